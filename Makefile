@@ -1,0 +1,44 @@
+# Conveyor: Airflow 3 as a CI/CD system for Kubernetes. `make help` lists the entry points.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV = $(shell scripts/venv)
+export PYTHONPATH := $(CURDIR)/plugins
+
+.PHONY: help install up down airflow-up airflow-down cluster-up cluster-down platform-up platform-down test test-unit test-integration lint bench validate
+
+help: ## list the entry points
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+install: ## create the Python environment (cached in /var/cache/conveyor)
+	@scripts/venv >/dev/null && echo "Python environment ready: $$(scripts/venv)"
+
+up: install ## start Conveyor: the local platform (when built) and Airflow on http://localhost:8080
+	@scripts/up
+
+down: ## stop everything `make up` started
+	@scripts/down
+
+airflow-up: install ## start only Airflow (standalone) with the sample apps
+	@scripts/airflow/up
+
+airflow-down: ## stop Airflow
+	@scripts/airflow/down
+
+cluster-up: ## start the single-node Kubernetes cluster (builds it on first use)
+	@scripts/cluster/up
+
+cluster-down: ## stop the Kubernetes cluster
+	@scripts/cluster/down
+
+test: install ## run the test suite (unit, DAG integrity, approval API, lint)
+	@scripts/test
+
+lint: install ## ruff and mypy
+	@$(VENV)/bin/ruff check plugins dags tests
+	@$(VENV)/bin/mypy plugins/conveyor
+
+validate: install ## validate every app spec strictly
+	@bin/conveyor validate --strict
+
+bench: install ## benchmarks (see bench/)
+	@echo "no benchmark yet: the release-flow benchmark arrives with the real pipelines"
