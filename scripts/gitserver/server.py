@@ -48,9 +48,8 @@ class GitHandler(BaseHTTPRequestHandler):
     backend: list[str] = []
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
-        sys.stderr.write(
-            "%s %s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), self.address_string(), format % args)
-        )
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        sys.stderr.write(f"{stamp} {self.address_string()} {format % args}\n")
 
     # --- auth -------------------------------------------------------------------
     def _authorized(self) -> bool:
@@ -183,7 +182,8 @@ class GitHandler(BaseHTTPRequestHandler):
             proc.wait()
             drain.join(timeout=5)
             if proc.returncode or any(errors):
-                self.log_message("git http-backend exit %s: %s", proc.returncode, b"".join(errors).decode(errors="replace").strip())
+                detail = b"".join(errors).decode(errors="replace").strip()
+                self.log_message("git http-backend exit %s: %s", proc.returncode, detail)
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         self._handle()

@@ -9,7 +9,6 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-
 from appointments.server import app_version, make_server
 
 
