@@ -1,0 +1,145 @@
+"""Every step image pinned in images/images.yaml is in the local registry, built by
+scripts/images/build, and holds the tools the pipeline steps call.
+
+Reads the registry at http://127.0.0.1:5000 over the v2 HTTP API with the password in
+/var/lib/conveyor/secrets/registry-password; looks into the layers without running
+anything.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+PINS = REPO / "images" / "images.yaml"
+STATE = Path(os.environ.get("CONVEYOR_STATE", "/var/lib/conveyor"))
+REGISTRY = os.environ.get("CONVEYOR_REGISTRY_URL", "http://127.0.0.1:5000")
+KUBECTL_BUILDS = "/var/cache/conveyor/kubernetes/*/bin/kubectl"
+BUILD = "run `make up` (or scripts/registry/up, then scripts/images/build)"
+ACCEPT = ", ".join([
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+])
+
+
+def _pins() -> dict[str, str]:
+    return yaml.safe_load(PINS.read_text(encoding="utf-8"))["images"]
+
+
+@pytest.fixture(scope="module")
+def auth() -> tuple[str, str]:
+    path = STATE / "secrets" / "registry-password"
+    if not path.is_file():
+        pytest.fail(f"{path} does not exist: the registry was never set up; {BUILD}")
+    credentials = ("conveyor", path.read_text(encoding="utf-8").strip())
+    try:
+        status = requests.get(f"{REGISTRY}/v2/", auth=credentials, timeout=10).status_code
+    except requests.ConnectionError:
+        pytest.fail(f"the registry at {REGISTRY} does not answer; {BUILD}")
+    if status != 200:
+        pytest.fail(f"the registry at {REGISTRY} answered {status} to the stored credentials; {BUILD}")
+    return credentials
+
+
+@cache
+def _manifest(ref: str, auth: tuple[str, str]) -> dict | None:
+    repo, tag = ref.rsplit(":", 1)
+    response = requests.get(f"{REGISTRY}/v2/{repo}/manifests/{tag}", auth=auth, headers={"Accept": ACCEPT}, timeout=10)
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    return response.json()
+
+
+def _config(ref: str, auth: tuple[str, str]) -> dict:
+    manifest = _manifest(ref, auth)
+    if manifest is None:
+        pytest.fail(f"{ref} is not in the registry at {REGISTRY}; {BUILD}")
+    repo = ref.rsplit(":", 1)[0]
+    response = requests.get(f"{REGISTRY}/v2/{repo}/blobs/{manifest['config']['digest']}", auth=auth, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def _files(ref: str, auth: tuple[str, str]) -> Iterator[tarfile.TarInfo]:
+    """Every entry of every layer, streamed (layers are not kept)."""
+    manifest = _manifest(ref, auth)
+    if manifest is None:
+        pytest.fail(f"{ref} is not in the registry at {REGISTRY}; {BUILD}")
+    repo = ref.rsplit(":", 1)[0]
+    for layer in manifest["layers"]:
+        url = f"{REGISTRY}/v2/{repo}/blobs/{layer['digest']}"
+        with requests.get(url, auth=auth, stream=True, timeout=60) as response:
+            response.raise_for_status()
+            response.raw.decode_content = True
+            with tarfile.open(fileobj=response.raw, mode="r|*") as tar:
+                yield from tar
+
+
+def _paths(ref: str, auth: tuple[str, str]) -> set[str]:
+    return {"/" + info.name.lstrip("./") for info in _files(ref, auth)}
+
+
+@pytest.mark.parametrize("name", list(_pins()))
+def test_image_is_in_registry(name: str, auth: tuple[str, str]) -> None:
+    ref = _pins()[name]
+    if _manifest(ref, auth) is None:
+        pytest.fail(f"image {name!r} ({ref}) is not in the registry at {REGISTRY}; {BUILD}")
+    labels = _config(ref, auth)["config"].get("Labels") or {}
+    assert labels.get("org.conveyor.build-hash"), f"{ref} was not built by scripts/images/build; {BUILD}"
+
+
+def test_toolbox_has_the_step_tools(auth: tuple[str, str]) -> None:
+    paths = _paths(_pins()["toolbox"], auth)
+    for tool in ("git", "envsubst", "skopeo", "buildah", "jq", "curl", "bash"):
+        assert f"/usr/bin/{tool}" in paths, f"the toolbox lacks {tool}; fix images/toolbox/Containerfile and {BUILD}"
+    config = _config(_pins()["toolbox"], auth)["config"]
+    assert "BUILDAH_ISOLATION=chroot" in config.get("Env", [])
+
+
+def test_toolbox_has_kubectl_once_the_cluster_built_it(auth: tuple[str, str]) -> None:
+    if not glob.glob(KUBECTL_BUILDS):
+        pytest.skip(f"no kubectl built yet ({KUBECTL_BUILDS}); the toolbox is built without it until then")
+    assert "/usr/local/bin/kubectl" in _paths(_pins()["toolbox"], auth), (
+        "kubectl exists on the host but not in the toolbox: rerun scripts/images/build (it rebuilds the toolbox)"
+    )
+
+
+def test_xcom_sidecar_has_shell_cat_sleep(auth: tuple[str, str]) -> None:
+    entries = {"/" + i.name.lstrip("./"): i for i in _files(_pins()["xcom-sidecar"], auth)}
+    for tool in ("/bin/sh", "/bin/cat", "/bin/sleep", "/bin/kill"):
+        assert tool in entries, f"the xcom sidecar lacks {tool}"
+
+
+@pytest.mark.parametrize(
+    ("name", "needed"),
+    [
+        ("python", ["/usr/bin/python3", "/usr/bin/git", "/usr/lib/python3/dist-packages/pytest/__init__.py"]),
+        ("maven", ["/usr/bin/mvn", "/usr/lib/jvm/java-17-openjdk-amd64/bin/javac"]),
+        ("python-runtime", ["/usr/bin/python3"]),
+        ("java-runtime", ["/usr/lib/jvm/java-17-openjdk-amd64/bin/java"]),
+    ],
+)
+def test_builder_and_runtime_images_have_their_tools(name: str, needed: list[str], auth: tuple[str, str]) -> None:
+    paths = _paths(_pins()[name], auth)
+    missing = [p for p in needed if p not in paths]
+    assert not missing, f"{_pins()[name]} lacks {missing}; fix images/{name}/Containerfile and {BUILD}"
+
+
+def test_sample_dockerfile_uses_the_pinned_runtime() -> None:
+    dockerfile = (REPO / "examples" / "appointments" / "Dockerfile").read_text(encoding="utf-8")
+    match = re.search(r"^FROM \$\{REGISTRY\}/(\S+)$", dockerfile, re.MULTILINE)
+    assert match, "examples/appointments/Dockerfile must start FROM ${REGISTRY}/<python-runtime pin>"
+    assert match.group(1) == _pins()["python-runtime"], "update the sample's FROM to the python-runtime pin in images.yaml"
