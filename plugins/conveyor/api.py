@@ -1,0 +1,459 @@
+"""Conveyor's approval API, mounted on the Airflow api-server at ``/conveyor`` by the plugin.
+
+Every route authenticates through Airflow's own auth (``get_user``: a Bearer token or the
+UI's session cookie) and checks DAG access with the auth manager; deciding a gate also
+needs the gate's policy to name the user or one of their roles. A decision is bound to
+the build it was shown (commit SHA and image digest) and stored signed, so the approval
+sensor can tell it from anything written by other means.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from conveyor import __version__, settings
+from conveyor import gate as gate_core
+from conveyor.exceptions import (
+    ApprovalError,
+    BuildMismatch,
+    ConveyorError,
+    GateNotOpen,
+    InvalidDecision,
+    NotAnApprover,
+    SpecError,
+)
+from conveyor.pipeline import Pipeline, build_pipeline
+from conveyor.spec import load_spec
+
+# Task states in which a gate is waiting for people.
+OPEN_STATES = {"running", "up_for_reschedule", "deferred", "queued", "scheduled"}
+
+
+class BuildInfo(BaseModel):
+    commit: str | None = None
+    digest: str | None = None
+    branch: str | None = None
+    build_number: int | None = None
+    release_tag: str | None = None
+    message: str | None = None
+    author: str | None = None
+
+
+class PolicyInfo(BaseModel):
+    users: list[str]
+    roles: list[str]
+    required: int
+    allow_self_approval: bool
+    timeout_seconds: int
+
+
+class DecisionInfo(BaseModel):
+    decision: Literal["approve", "reject"]
+    user: str
+    roles: list[str]
+    commit: str
+    digest: str
+    reason: str
+    at: str
+    client: str
+
+
+class GateInfo(BaseModel):
+    app: str
+    run_id: str
+    gate: str
+    releases_to: list[str]
+    task_state: str | None
+    status: Literal["waiting", "approved", "rejected", "closed"]
+    build: BuildInfo
+    policy: PolicyInfo
+    approvals: list[str]
+    required: int
+    decisions: list[DecisionInfo]
+    triggered_by: str | None
+    can_decide: bool
+    why_not: str | None = Field(default=None, description="why the current user cannot decide, if they cannot")
+
+
+class GateList(BaseModel):
+    gates: list[GateInfo]
+
+
+class DecisionRequest(BaseModel):
+    commit: str = Field(description="the commit SHA the decider was shown")
+    digest: str = Field(description="the image digest the decider was shown")
+    reason: str = Field(default="", max_length=2000, description="why; required for a reject")
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+def user_roles(user: Any) -> tuple[str, ...]:
+    """The user's role names, for the auth managers in use (Simple: ``role``; FAB: ``roles``)."""
+    roles: list[str] = []
+    role = getattr(user, "role", None)
+    if isinstance(role, str) and role:
+        roles.append(role.lower())
+    for r in getattr(user, "roles", None) or []:
+        name = getattr(r, "name", r)
+        if isinstance(name, str):
+            roles.append(name.lower())
+    return tuple(dict.fromkeys(roles))
+
+
+def _pipeline(dag_id: str) -> Pipeline:
+    path = settings.apps_folder() / f"{dag_id}.yaml"
+    if not path.is_file():
+        path = settings.apps_folder() / f"{dag_id}.yml"
+    if not path.is_file():
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"'{dag_id}' is not a Conveyor app (no spec in {settings.apps_folder()})."
+        )
+    try:
+        return build_pipeline(load_spec(path, settings.manifests_folder()))
+    except SpecError as exc:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"The app's spec is invalid, so its gates cannot be decided: {exc}"
+        ) from None
+
+
+def _xcom(session: Any, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+    from airflow.models.xcom import XComModel
+    from sqlalchemy import select
+
+    row = session.scalar(
+        select(XComModel).where(
+            XComModel.dag_id == dag_id,
+            XComModel.run_id == run_id,
+            XComModel.task_id == task_id,
+            XComModel.key == "return_value",
+            XComModel.map_index == -1,
+        )
+    )
+    if row is None:
+        return {}
+    value = XComModel.deserialize_value(row)
+    return value if isinstance(value, dict) else {}
+
+
+def _gate_context(session: Any, dag_id: str, run_id: str, gate_id: str) -> tuple[Pipeline, Any, Any, BuildInfo]:
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from sqlalchemy import select
+
+    pipeline = _pipeline(dag_id)
+    try:
+        step = pipeline.step(gate_id)
+    except KeyError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc).strip('"')) from None
+    if not step.is_gate:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"'{gate_id}' is a step of {dag_id}, not an approval gate.")
+    run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{dag_id} has no run '{run_id}'.")
+    ti = session.scalar(
+        select(TaskInstance).where(
+            TaskInstance.dag_id == dag_id,
+            TaskInstance.run_id == run_id,
+            TaskInstance.task_id == gate_id,
+            TaskInstance.map_index == -1,
+        )
+    )
+    checkout = _xcom(session, dag_id, run_id, "checkout")
+    build = _xcom(session, dag_id, run_id, "build")
+    info = BuildInfo(
+        commit=checkout.get("commit"),
+        digest=build.get("digest"),
+        branch=checkout.get("branch"),
+        build_number=checkout.get("build_number"),
+        release_tag=checkout.get("release_tag") or None,
+        message=checkout.get("message"),
+        author=checkout.get("author"),
+    )
+    return pipeline, run, ti, info
+
+
+def _stored(session: Any, key: str) -> str | None:
+    from airflow.models.variable import Variable
+    from sqlalchemy import select
+
+    row = session.scalar(select(Variable).where(Variable.key == key))
+    return row.val if row is not None else None
+
+
+def _gate_info(session: Any, user: Any, dag_id: str, run_id: str, gate_id: str) -> GateInfo:
+    pipeline, run, ti, build = _gate_context(session, dag_id, run_id, gate_id)
+    step = pipeline.step(gate_id)
+    assert step.policy is not None  # every gate has a policy
+    policy = step.policy
+    raw = gate_core.load_records(_stored(session, gate_core.storage_key(dag_id, run_id, gate_id)))
+    records = [r for r in (gate_core.Decision.from_json(x) for x in raw) if r is not None]
+    key = settings.approval_signing_key()
+    decisions = [r for r in records if r.verifies(key)]
+    task_state = (
+        str(ti.state.value if hasattr(ti.state, "value") else ti.state) if ti is not None and ti.state else None
+    )
+    gate_status: Literal["waiting", "approved", "rejected", "closed"] = "waiting"
+    approvals: list[str] = []
+    if build.commit and build.digest:
+        state = gate_core.evaluate(
+            raw,
+            policy=policy,
+            app=dag_id,
+            run_id=run_id,
+            gate=gate_id,
+            build=gate_core.Build(build.commit, build.digest),
+            key=key,
+            triggered_by=run.triggering_user_name,
+        )
+        gate_status = state.status.value
+        approvals = state.approvers
+    if task_state not in OPEN_STATES and gate_status == "waiting":
+        gate_status = "closed"
+    why_not = _why_not(user, policy, run, task_state, build, [d for d in decisions if d.user == user.get_name()])
+    return GateInfo(
+        app=dag_id,
+        run_id=run_id,
+        gate=gate_id,
+        releases_to=list(step.releases_to),
+        task_state=task_state,
+        status=gate_status,
+        build=build,
+        policy=PolicyInfo(
+            users=policy.users,
+            roles=policy.roles,
+            required=policy.required,
+            allow_self_approval=policy.allow_self_approval,
+            timeout_seconds=policy.timeout,
+        ),
+        approvals=approvals,
+        required=policy.required,
+        decisions=[
+            DecisionInfo(
+                decision=d.decision,
+                user=d.user,
+                roles=list(d.roles),
+                commit=d.commit,
+                digest=d.digest,
+                reason=d.reason,
+                at=d.at,
+                client=d.client,
+            )
+            for d in decisions
+        ],
+        triggered_by=run.triggering_user_name,
+        can_decide=why_not is None,
+        why_not=why_not,
+    )
+
+
+def _why_not(user: Any, policy: Any, run: Any, task_state: str | None, build: BuildInfo, own: list[Any]) -> str | None:
+    name = user.get_name()
+    if not gate_core.may_decide(policy, name, user_roles(user)):
+        listed = ", ".join([*(f"user {u}" for u in policy.users), *(f"role {r}" for r in policy.roles)])
+        return f"{name} is not an approver of this gate (approvers: {listed})."
+    if name == run.triggering_user_name and not policy.allow_self_approval:
+        return f"{name} triggered this run, and this gate does not allow approving your own run."
+    if task_state not in OPEN_STATES:
+        return f"The gate is not waiting for a decision (its task is {task_state or 'not started'})."
+    if not build.commit or not build.digest:
+        return "This run's commit and image digest are not known yet; wait for build to finish."
+    if any(d.commit == build.commit and d.digest == build.digest for d in own):
+        return f"{name} has already decided on this build."
+    return None
+
+
+def _decide(
+    session: Any,
+    request: Request,
+    user: Any,
+    dag_id: str,
+    run_id: str,
+    gate_id: str,
+    body: DecisionRequest,
+    decision: str,
+) -> GateInfo:
+    from airflow.models.variable import Variable
+    from sqlalchemy import select
+
+    if decision == gate_core.REJECT and not body.reason.strip():
+        raise InvalidDecision("A reject needs a reason: say what must change before this build may be released.")
+    pipeline, run, ti, build = _gate_context(session, dag_id, run_id, gate_id)
+    step = pipeline.step(gate_id)
+    assert step.policy is not None  # every gate has a policy
+    name = user.get_name()
+    roles = user_roles(user)
+    task_state = (
+        str(ti.state.value if hasattr(ti.state, "value") else ti.state) if ti is not None and ti.state else None
+    )
+    key_name = gate_core.storage_key(dag_id, run_id, gate_id)
+    # Lock the gate's record (PostgreSQL/MySQL) so two simultaneous decisions are both kept.
+    row = session.scalar(select(Variable).where(Variable.key == key_name).with_for_update())
+    raw = gate_core.load_records(row.val if row is not None else None)
+    own = [d for d in (gate_core.Decision.from_json(x) for x in raw) if d is not None and d.user == name]
+    if not gate_core.may_decide(step.policy, name, roles):
+        raise NotAnApprover(_why_not(user, step.policy, run, task_state, build, []) or "not an approver")
+    if name == run.triggering_user_name and not step.policy.allow_self_approval:
+        raise NotAnApprover(f"{name} triggered this run; this gate does not allow approving your own run.")
+    if task_state not in OPEN_STATES:
+        raise GateNotOpen(
+            f"The gate {gate_id} of run {run_id} is not waiting for a decision "
+            f"(task state: {task_state or 'not started'})."
+        )
+    if not build.commit or not build.digest:
+        raise GateNotOpen("This run's commit and image digest are not known yet, so there is nothing to decide on.")
+    if (body.commit, body.digest) != (build.commit, build.digest):
+        raise BuildMismatch(
+            f"This decision names commit {body.commit} and image {body.digest}, but run {run_id} built commit "
+            f"{build.commit} as image {build.digest}. Reload the gate and decide on what it shows now."
+        )
+    key = settings.approval_signing_key()
+    if any(d.verifies(key) and (d.commit, d.digest) == (build.commit, build.digest) for d in own):
+        raise GateNotOpen(f"{name} has already decided on this build; a decision counts once.")
+    host = request.client.host if request.client else "unknown"
+    client = f"{host} ({request.headers.get('user-agent', 'unknown client')})"
+    record = gate_core.Decision(
+        app=dag_id,
+        run_id=run_id,
+        gate=gate_id,
+        decision=decision,
+        user=name,
+        roles=roles,
+        commit=build.commit,
+        digest=build.digest,
+        reason=body.reason.strip(),
+        at=datetime.now(UTC).isoformat(timespec="seconds"),
+        client=client[:300],
+    ).signed(key)
+    kept = [gate_core.Decision.from_json(x) for x in raw]
+    records = [d for d in kept if d is not None] + [record]
+    Variable.set(
+        key_name,
+        gate_core.dump_records(dag_id, run_id, gate_id, records),
+        description=f"Conveyor approval records of {dag_id} {gate_id} ({run_id}); written only by the approval API.",
+        session=session,
+    )
+    session.flush()
+    return _gate_info(session, user, dag_id, run_id, gate_id)
+
+
+def _routes() -> APIRouter:
+    # Airflow imports are deferred to here so importing this module needs no Airflow config.
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.common.db.common import SessionDep
+    from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
+
+    router = APIRouter(prefix="/api/v1", tags=["Approvals"])
+    read_run = [Depends(requires_access_dag("GET", DagAccessEntity.RUN))]
+    errors: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorBody, "description": "Not authenticated"},
+        403: {"model": ErrorBody, "description": "Not an approver, self-approval, or no access to the app"},
+        404: {"model": ErrorBody, "description": "No such app, run or gate"},
+        409: {"model": ErrorBody, "description": "Gate not open, already decided, or the build changed"},
+        422: {"model": ErrorBody, "description": "Malformed decision (e.g. a reject without reason)"},
+    }
+
+    @router.get("/gates", response_model=GateList, summary="The gates waiting for a decision that you can see")
+    def list_gates(session: SessionDep, user: GetUserDep) -> GateList:
+        from airflow.api_fastapi.app import get_auth_manager
+        from airflow.models.taskinstance import TaskInstance
+        from sqlalchemy import select
+
+        from conveyor.spec import spec_files
+
+        apps = {p.stem for p in spec_files(settings.apps_folder())}
+        readable = get_auth_manager().get_authorized_dag_ids(user=user, method="GET") & apps
+        rows = session.execute(
+            select(TaskInstance.dag_id, TaskInstance.run_id, TaskInstance.task_id).where(
+                TaskInstance.dag_id.in_(readable),
+                TaskInstance.task_id.in_(["approve", "approve_prod"]),
+                TaskInstance.state.in_(sorted(OPEN_STATES)),
+            )
+        ).all()
+        gates = []
+        for dag_id, run_id, task_id in rows:
+            try:
+                gates.append(_gate_info(session, user, dag_id, run_id, task_id))
+            except HTTPException:
+                continue
+        return GateList(gates=gates)
+
+    @router.get(
+        "/gates/{dag_id}/{run_id}/{gate_id}",
+        response_model=GateInfo,
+        dependencies=read_run,
+        responses=errors,
+        summary="One gate: the build it guards, its policy and the decisions so far",
+    )
+    def get_gate(dag_id: str, run_id: str, gate_id: str, session: SessionDep, user: GetUserDep) -> GateInfo:
+        return _gate_info(session, user, dag_id, run_id, gate_id)
+
+    @router.post(
+        "/gates/{dag_id}/{run_id}/{gate_id}/approve",
+        response_model=GateInfo,
+        status_code=status.HTTP_201_CREATED,
+        dependencies=read_run,
+        responses=errors,
+        summary="Approve the build a gate guards",
+    )
+    def approve(
+        dag_id: str,
+        run_id: str,
+        gate_id: str,
+        body: DecisionRequest,
+        request: Request,
+        session: SessionDep,
+        user: GetUserDep,
+    ) -> GateInfo:
+        return _decide(session, request, user, dag_id, run_id, gate_id, body, gate_core.APPROVE)
+
+    @router.post(
+        "/gates/{dag_id}/{run_id}/{gate_id}/reject",
+        response_model=GateInfo,
+        status_code=status.HTTP_201_CREATED,
+        dependencies=read_run,
+        responses=errors,
+        summary="Reject the build a gate guards (a reason is required); the run stops at the gate",
+    )
+    def reject(
+        dag_id: str,
+        run_id: str,
+        gate_id: str,
+        body: DecisionRequest,
+        request: Request,
+        session: SessionDep,
+        user: GetUserDep,
+    ) -> GateInfo:
+        return _decide(session, request, user, dag_id, run_id, gate_id, body, gate_core.REJECT)
+
+    return router
+
+
+def create_app() -> FastAPI:
+    """The FastAPI app the plugin mounts at ``/conveyor`` on the api-server."""
+    app = FastAPI(
+        title="Conveyor",
+        version=__version__,
+        description="Release approvals for Conveyor pipelines. Authenticate as for Airflow's REST API "
+        "(Bearer token from /auth/token, or the UI session).",
+    )
+    app.include_router(_routes())
+
+    @app.exception_handler(ApprovalError)
+    async def approval_error(_: Request, exc: ApprovalError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
+
+    @app.exception_handler(ConveyorError)
+    async def conveyor_error(_: Request, exc: ConveyorError) -> JSONResponse:
+        return JSONResponse(status_code=500, content={"detail": str(exc)})
+
+    return app
+
+
+__all__ = ["create_app", "user_roles"]

@@ -1,0 +1,195 @@
+"""The ``conveyor`` command line: validate app specs, render manifests, show a pipeline's pods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from conveyor import settings
+from conveyor.exceptions import ConveyorError, SpecError
+from conveyor.pipeline import RunValues, build_pipeline
+from conveyor.render import manifest_variables, render_folder
+from conveyor.spec import AppSpec, load_spec, spec_files
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Conveyor: app specs in, pipeline DAGs of pod steps out.",
+)
+
+SAMPLE_DIGEST = "sha256:" + "0" * 64
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    """YAML with multi-line strings (step scripts, manifests) as readable literal blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> Any:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_LiteralDumper.add_representer(str, _str)
+
+
+def to_yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_LiteralDumper, sort_keys=False, default_flow_style=False, width=120)
+
+
+def _find_spec(name: str) -> AppSpec:
+    folder = settings.apps_folder()
+    for path in spec_files(folder):
+        if path.stem == name:
+            return load_spec(path, settings.manifests_folder())
+    known = ", ".join(p.stem for p in spec_files(folder)) or "none"
+    raise typer.BadParameter(f"no app named {name!r} in {folder} (apps: {known})", param_hint="APP")
+
+
+def _fail(message: str) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def validate(
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="spec files; default: every spec in the apps folder")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="also render every environment's manifests and check the step images")
+    ] = False,
+) -> None:
+    """Check app specs; every problem of a file is listed with its field and how to fix it."""
+    paths = files or spec_files(settings.apps_folder())
+    if not paths:
+        _fail(f"no app specs found in {settings.apps_folder()}; add include/apps/<app>.yaml")
+    bad = 0
+    images = settings.load_step_images() if strict else None
+    for path in paths:
+        try:
+            spec = load_spec(Path(path), settings.manifests_folder())
+            if strict:
+                _strict_checks(spec, images)
+        except SpecError as exc:
+            bad += 1
+            typer.secho(f"✗ {exc}", fg=typer.colors.RED, err=True)
+            continue
+        except ConveyorError as exc:
+            bad += 1
+            typer.secho(f"✗ {path}: {exc}", fg=typer.colors.RED, err=True)
+            continue
+        steps = " → ".join(build_pipeline(spec).step_ids)
+        typer.echo(f"✓ {path}: app {spec.name} (team {spec.team}): {steps}")
+    if bad:
+        _fail(f"{bad} of {len(paths)} spec(s) invalid")
+    typer.echo(f"{len(paths)} spec(s) valid")
+
+
+def _strict_checks(spec: AppSpec, images: settings.StepImages | None) -> None:
+    for name in ("dev", "prod"):
+        env = getattr(spec.environments, name)
+        variables = manifest_variables(
+            spec,
+            registry="registry.example",
+            build_number="1",
+            branch=spec.git.branch,
+            tag_name="v0.0.0",
+            digest=SAMPLE_DIGEST,
+        )
+        render_folder(settings.manifests_folder() / env.manifests, variables)
+    if images is not None:
+        for image in (spec.builder, spec.sonar.image if spec.sonar.enabled else "toolbox"):
+            if "/" not in image and image not in images.refs:
+                raise ConveyorError(
+                    f"image {image!r} is neither in {settings.images_file()} nor a full reference; add it there"
+                )
+
+
+def _registry_host(spec: AppSpec, registry: str | None) -> str:
+    if registry:
+        return registry
+    try:
+        from airflow.models.connection import Connection
+
+        from conveyor.secrets import registry_host
+
+        return registry_host(Connection.get_connection_from_secrets(spec.registry.connection))
+    except ConveyorError:
+        raise
+    except Exception as exc:
+        raise ConveyorError(
+            f"cannot read the registry connection '{spec.registry.connection}' ({type(exc).__name__}: {exc}); "
+            "pass --registry HOST, or create the connection (e.g. AIRFLOW_CONN_"
+            f"{spec.registry.connection.upper()})"
+        ) from None
+
+
+@app.command()
+def render(
+    name: Annotated[str, typer.Argument(metavar="APP", help="the app's name")],
+    env: Annotated[str, typer.Option("--env", help="dev or prod")] = "dev",
+    registry: Annotated[str | None, typer.Option(help="registry host; default: the registry connection's host")] = None,
+    build_number: Annotated[int, typer.Option(help="$BUILD_NUMBER")] = 1,
+    branch: Annotated[str | None, typer.Option(help="$BRANCH_NAME; default: the spec's branch")] = None,
+    tag_name: Annotated[str, typer.Option(help="$TAG_NAME (prod)")] = "",
+    digest: Annotated[str, typer.Option(help="the image digest $IMAGE is pinned to")] = SAMPLE_DIGEST,
+) -> None:
+    """Print an environment's manifests as a deploy would apply them."""
+    if env not in ("dev", "prod"):
+        raise typer.BadParameter("must be dev or prod", param_hint="--env")
+    try:
+        spec = _find_spec(name)
+        environment = getattr(spec.environments, env)
+        variables = manifest_variables(
+            spec,
+            registry=_registry_host(spec, registry),
+            build_number=str(build_number),
+            branch=branch or spec.git.branch,
+            tag_name=tag_name,
+            digest=digest,
+        )
+        typer.echo(f"# {spec.name} → {env} (namespace {environment.namespace})")
+        typer.echo(render_folder(settings.manifests_folder() / environment.manifests, variables), nl=False)
+    except ConveyorError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def show(
+    name: Annotated[str, typer.Argument(metavar="APP", help="the app's name")],
+    step: Annotated[str | None, typer.Option(help="only this step")] = None,
+) -> None:
+    """Print the app's steps and each step's pod spec, as the pod operator's dry run would.
+
+    Values known only while a run executes ({{ ... }}) are shown as the templates that
+    stand for them.
+    """
+    from kubernetes.client import ApiClient
+
+    from conveyor.steps import PodContext, build_step_pod
+
+    try:
+        spec = _find_spec(name)
+        pipeline = build_pipeline(spec)
+        ctx = PodContext(ci=settings.ci_cluster(), images=settings.load_step_images(), values=RunValues.airflow(spec))
+        typer.echo(f"# {spec.name}: " + " → ".join(pipeline.step_ids))
+        for s in pipeline.steps:
+            if step and s.id != step:
+                continue
+            typer.echo(f"---\n# step {s.id}: {s.doc}" + (" (release only)" if s.release_only else ""))
+            if s.is_gate:
+                assert s.policy is not None  # gates carry their policy
+                typer.echo(to_yaml({"gate": s.id, "releases_to": list(s.releases_to), "policy": s.policy.model_dump()}))
+            else:
+                typer.echo(to_yaml(ApiClient().sanitize_for_serialization(build_step_pod(pipeline, s, ctx))))
+        if step and step not in pipeline.step_ids:
+            _fail(f"{spec.name} has no step {step!r}; its steps are {', '.join(pipeline.step_ids)}")
+    except ConveyorError as exc:
+        _fail(str(exc))
+
+
+def main() -> None:
+    app(prog_name="conveyor")

@@ -1,0 +1,281 @@
+"""Turns the pipeline model into Airflow DAGs: stock pod operators plus the approval sensor.
+
+``register_apps`` is what ``dags/conveyor_apps.py`` calls: it builds one DAG per valid
+spec, and a spec that fails breaks only its own DAG, shown as an import error that
+names the file and the field.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Param, chain
+from kubernetes.client import ApiClient
+
+from conveyor import settings
+from conveyor.exceptions import SpecError
+from conveyor.operators import ApprovalSensor, ConveyorPodOperator
+from conveyor.pipeline import Pipeline, RunValues, Step, StepKind, build_pipeline, step_secrets
+from conveyor.render import manifest_variables, render_folder
+from conveyor.secrets import registry_host
+from conveyor.spec import RELEASE_TAG, AppSpec, load_specs
+from conveyor.steps import PodContext, build_step_pod
+from conveyor.steps.common import label_value
+
+START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
+log = logging.getLogger(__name__)
+TAG_PATTERN = "^$|" + RELEASE_TAG.pattern
+
+
+def image_tag_value(value: str) -> str:
+    """A branch name made safe inside an image tag (``feature/login`` → ``feature-login``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", value).strip("-.")[:80] or "branch"
+
+
+def jinja_literal(text: str) -> str:
+    """``text`` written so that Jinja renders it unchanged (spec values are data, not templates)."""
+    if "{{" not in text and "{%" not in text and "{#" not in text:
+        return text
+    return "".join("{{ '{' }}" if ch == "{" else ch for ch in text)
+
+
+def template_strings(values: RunValues, pipeline: Pipeline) -> list[str]:
+    """Every template a pod may contain: the run values, and the manifests of each environment."""
+    strings = [v for k, v in vars(values).items() if k != "manifests_template"]
+    strings += [values.manifests(env) for env in ("dev", "prod")]
+    return sorted(set(strings), key=len, reverse=True)
+
+
+def to_template_dict(obj: Any, templates: list[str]) -> Any:
+    """A pod (or part of it) as a dict for ``pod_template_dict``: only the run-value templates
+    stay templates, every other string is escaped so Jinja leaves it as it is."""
+    if isinstance(obj, dict):
+        return {k: to_template_dict(v, templates) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_template_dict(v, templates) for v in obj]
+    if not isinstance(obj, str):
+        return obj
+    pattern = re.compile("(" + "|".join(re.escape(t) for t in templates) + ")")
+    parts = pattern.split(obj)
+    return "".join(part if i % 2 else jinja_literal(part) for i, part in enumerate(parts))
+
+
+def manifests_macro(spec: AppSpec) -> Any:
+    """The ``conveyor_manifests(ti, environment)`` macro: the manifests of an environment,
+    rendered with this run's values (shown in the task's Rendered Templates)."""
+
+    def conveyor_manifests(ti: Any, environment: str) -> str:
+        from airflow.sdk import BaseHook
+
+        checkout = ti.xcom_pull(task_ids="checkout") or {}
+        build = ti.xcom_pull(task_ids="build") or {}
+        if not checkout.get("commit") or not build.get("digest"):
+            raise RuntimeError(
+                "This run's checkout or build result is missing, so the manifests cannot be rendered; "
+                "clear and rerun the run from 'checkout'."
+            )
+        env = getattr(spec.environments, environment)
+        variables = manifest_variables(
+            spec,
+            registry=registry_host(BaseHook.get_connection(spec.registry.connection)),
+            build_number=str(checkout["build_number"]),
+            branch=checkout["branch"],
+            tag_name=checkout.get("release_tag") or "" if environment == "prod" else "",
+            digest=build["digest"],
+        )
+        return render_folder(settings.manifests_folder() / env.manifests, variables)
+
+    return conveyor_manifests
+
+
+def registry_macros(spec: AppSpec) -> dict[str, Any]:
+    """``conveyor_registry()`` (host[:port] of the app's registry connection) and
+    ``conveyor_registry_tls_verify()`` ("false" when the connection's extra sets ``insecure``)."""
+
+    def conveyor_registry() -> str:
+        from airflow.sdk import BaseHook
+
+        return registry_host(BaseHook.get_connection(spec.registry.connection))
+
+    def conveyor_registry_tls_verify() -> str:
+        from airflow.sdk import BaseHook
+
+        insecure = BaseHook.get_connection(spec.registry.connection).extra_dejson.get("insecure")
+        return "false" if insecure in (True, "true", "True", "1", 1) else "true"
+
+    return {"conveyor_registry": conveyor_registry, "conveyor_registry_tls_verify": conveyor_registry_tls_verify}
+
+
+def dag_params(spec: AppSpec) -> dict[str, Param]:
+    return {
+        "branch": Param(
+            spec.git.branch,
+            type="string",
+            minLength=1,
+            maxLength=200,
+            pattern=r"^[A-Za-z0-9._/-]+$",
+            title="Branch",
+            description="The branch to build; the run resolves it to one commit.",
+        ),
+        "tag_name": Param(
+            None,
+            type=["null", "string"],
+            pattern=TAG_PATTERN,
+            title="Release tag",
+            description="Set it (e.g. v1.2.3 or v1.2.3-rc.1) to release: tag and deploy to production.",
+        ),
+    }
+
+
+def _doc(pipeline: Pipeline) -> str:
+    spec = pipeline.spec
+    lines = [
+        f"# {spec.name}",
+        spec.description or "",
+        "",
+        f"Team **{spec.team}**; code at `{spec.git.url}` (branch `{spec.git.branch}`).",
+        "",
+        "Trigger with `tag_name` (e.g. `v1.2.3`) to release to production; without it the run stops after "
+        "`deploy_dev`.",
+        "",
+        "| step | what it does |",
+        "|---|---|",
+        *[f"| `{s.id}` | {s.doc} |" for s in pipeline.steps],
+    ]
+    return "\n".join(lines)
+
+
+def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str]) -> Any:
+    spec = pipeline.spec
+    trigger_rule = "none_failed" if step.release_only else "all_success"
+    if step.is_gate:
+        assert step.policy is not None  # gates always carry their policy
+        return ApprovalSensor(
+            task_id=step.id,
+            app=spec.name,
+            policy=step.policy.model_dump(),
+            releases_to=step.releases_to,
+            release_only=step.release_only,
+            auto_tag=spec.release.auto_tag,
+            timeout=step.policy.timeout,
+            poke_interval=settings.gate_poke_interval(),
+            trigger_rule=trigger_rule,
+            doc_md=step.doc,
+            retries=0,
+        )
+    pod = build_step_pod(pipeline, step, ctx)
+    pod_dict = to_template_dict(ApiClient().sanitize_for_serialization(pod), templates)
+    extra: dict[str, Any] = {}
+    if step.kind in (StepKind.CHECKOUT, StepKind.DEPLOY):
+        # One checkout per app at a time keeps build numbers unique; deploys to one
+        # environment of one app never overlap.
+        extra["max_active_tis_per_dag"] = 1
+    return ConveyorPodOperator(
+        task_id=step.id,
+        app=spec.name,
+        step_kind=step.kind.value,
+        release_only=step.release_only,
+        auto_tag=spec.release.auto_tag,
+        auto_tag_prefix=spec.release.auto_tag_prefix,
+        secret_refs=[(r.kind, r.connection_id) for r in step_secrets(pipeline, step)],
+        kubernetes_conn_id=ctx.ci.connection_id,
+        namespace=ctx.ci.namespace,
+        name=pod.metadata.name,
+        pod_template_dict=pod_dict,
+        do_xcom_push=step.kind in (StepKind.CHECKOUT, StepKind.BUILD),
+        get_logs=True,
+        log_events_on_failure=True,
+        on_finish_action="delete_pod",
+        startup_timeout_seconds=300,
+        trigger_rule=trigger_rule,
+        doc_md=step.doc,
+        **extra,
+    )
+
+
+def build_dag(spec: AppSpec, *, ctx: PodContext | None = None) -> DAG:
+    """The DAG of one app: its id is the app's name, its tasks the pipeline's steps."""
+    pipeline = build_pipeline(spec)
+    values = RunValues.airflow(spec)
+    ctx = ctx or PodContext(ci=settings.ci_cluster(), images=settings.load_step_images(), values=values)
+    templates = template_strings(values, pipeline)
+    dag = DAG(
+        dag_id=spec.name,
+        description=spec.description or f"Conveyor pipeline of {spec.name}",
+        schedule=spec.schedule,
+        start_date=START_DATE,
+        catchup=False,
+        tags=["conveyor", spec.team],
+        params=dag_params(spec),
+        doc_md=_doc(pipeline),
+        default_args={"owner": spec.owner or spec.team, "retries": spec.retries},
+        user_defined_macros={"conveyor_manifests": manifests_macro(spec), **registry_macros(spec)},
+        user_defined_filters={"conveyor_label": label_value, "conveyor_tag": image_tag_value},
+        max_active_runs=8,
+    )
+    with dag:
+        tasks = [_task(step, pipeline, ctx, templates) for step in pipeline.steps]
+        chain(*tasks)
+    return dag
+
+
+def report_spec_errors(errors: list[SpecError]) -> bool:
+    """Show bad specs as the DAG file's import error while the good apps' DAGs still load.
+
+    Airflow keeps import errors per file; raising would drop every app of this file. So
+    the errors are added to the import result Airflow's Python importer is filling for
+    this file (Airflow 3.3's ``DagImportResult``), which the UI lists under "Import
+    Errors" and clears on the next clean parse. Without such a result (another Airflow
+    version, or a plain import), they are logged and issued as warnings. Returns whether
+    they reached Airflow's import result.
+    """
+    message = "\n\n".join(
+        f"Failed to build DAG '{Path(e.file).stem}' from '{e.file}':\n" + "\n".join(f"  - {p}" for p in e.problems)
+        for e in errors
+    )
+    frame = inspect.currentframe()
+    while frame is not None:
+        result: Any = frame.f_locals.get("result")
+        if result is not None and type(result).__name__ == "DagImportResult" and hasattr(result, "errors"):
+            from airflow.dag_processing.importers.base import DagImportError
+
+            result.errors.append(
+                DagImportError(
+                    file_path=result.file_path, message=message, error_type="conveyor-spec", stacktrace=message
+                )
+            )
+            return True
+        frame = frame.f_back
+    log.error("%s", message)
+    warnings.warn(message, stacklevel=2)
+    return False
+
+
+def register_apps(namespace: dict[str, Any], folder: Path | None = None) -> dict[str, DAG]:
+    """Build a DAG for every app spec into ``namespace`` (a DAG file's ``globals()``).
+
+    A bad spec breaks only its own DAG: the others load and the bad one is reported as
+    this file's import error, naming the spec file and field. In strict mode
+    (``[conveyor] strict``) any bad spec fails the whole file instead, for CI.
+    """
+    specs, errors = load_specs(folder or settings.apps_folder(), settings.manifests_folder())
+    if errors and settings.strict():
+        raise (
+            errors[0]
+            if len(errors) == 1
+            else SpecError(", ".join(e.file for e in errors), [p for e in errors for p in e.problems])
+        )
+    dags: dict[str, DAG] = {}
+    for spec in specs:
+        dag = build_dag(spec)
+        namespace[f"conveyor_{spec.name.replace('-', '_')}"] = dag
+        dags[spec.name] = dag
+    if errors:
+        report_spec_errors(errors)
+    return dags

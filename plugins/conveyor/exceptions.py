@@ -1,0 +1,75 @@
+"""Every error Conveyor raises on purpose, so callers can catch one base class.
+
+The tree::
+
+    ConveyorError
+    ├── SpecError            an app spec file is invalid (all its problems at once)
+    ├── ConfigurationError   the Airflow [conveyor] section or images file is wrong
+    ├── RenderError          a manifest could not be rendered (unknown variable, bad file)
+    └── ApprovalError        an approval decision was refused
+        ├── NotAnApprover        the user is not allowed to decide this gate (403)
+        ├── GateNotOpen          the gate is not waiting for a decision (409)
+        ├── BuildMismatch        the decision names another commit or digest (409)
+        └── InvalidDecision      the decision itself is malformed, e.g. a reject without reason (422)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ConveyorError(Exception):
+    """Base class of every error Conveyor raises on purpose."""
+
+
+@dataclass(frozen=True)
+class SpecProblem:
+    """One problem in one app spec file: where it is and how to fix it."""
+
+    file: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.field}" if self.field else self.file
+        return f"{where}: {self.message}"
+
+
+class SpecError(ConveyorError):
+    """An app spec file is invalid; ``problems`` lists every problem found in it."""
+
+    def __init__(self, file: str, problems: list[SpecProblem]) -> None:
+        self.file = file
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"Failed to build the app from '{file}' ({len(problems)} problem(s)):\n{lines}")
+
+
+class ConfigurationError(ConveyorError):
+    """Conveyor's configuration (the [conveyor] section, images file) is wrong or missing."""
+
+
+class RenderError(ConveyorError):
+    """A manifest could not be rendered."""
+
+
+class ApprovalError(ConveyorError):
+    """An approval decision was refused; ``status_code`` is the HTTP status the API answers."""
+
+    status_code = 400
+
+
+class NotAnApprover(ApprovalError):
+    status_code = 403
+
+
+class GateNotOpen(ApprovalError):
+    status_code = 409
+
+
+class BuildMismatch(ApprovalError):
+    status_code = 409
+
+
+class InvalidDecision(ApprovalError):
+    status_code = 422

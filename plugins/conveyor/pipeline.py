@@ -1,0 +1,206 @@
+"""The pipeline model: an app's steps, their order and what each step needs.
+
+Plain frozen dataclasses built by pure functions from an :class:`AppSpec`; nothing
+here imports Airflow, so the whole model is testable without a database or cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from conveyor.spec import ApprovalPolicy, AppSpec, Environment
+
+
+class StepKind(StrEnum):
+    CHECKOUT = "checkout"
+    UNIT_TEST = "unit_test"
+    SONAR = "sonar"
+    BUILD = "build"
+    PUSH = "push"
+    GATE = "gate"
+    DEPLOY = "deploy"
+    TAG = "tag"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a pipeline; ``id`` is the Airflow task id and part of the contract."""
+
+    id: str
+    kind: StepKind
+    doc: str
+    environment: str | None = None  # deploy steps: the environment they deploy to
+    releases_to: tuple[str, ...] = ()  # gates: the environments their decision releases to
+    release_only: bool = False  # runs only for a release (tag_name set or automatic tags)
+    policy: ApprovalPolicy | None = None  # gates only
+
+    @property
+    def is_gate(self) -> bool:
+        return self.kind is StepKind.GATE
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """An app's steps in the order they run (a straight chain)."""
+
+    spec: AppSpec
+    steps: tuple[Step, ...]
+
+    @property
+    def app(self) -> str:
+        return self.spec.name
+
+    @property
+    def step_ids(self) -> list[str]:
+        return [s.id for s in self.steps]
+
+    def step(self, step_id: str) -> Step:
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(f"{self.app} has no step {step_id!r}; its steps are {', '.join(self.step_ids)}")
+
+    def environment(self, name: str) -> Environment:
+        env: Environment = getattr(self.spec.environments, name)
+        return env
+
+    def gates(self) -> list[Step]:
+        return [s for s in self.steps if s.is_gate]
+
+
+def build_pipeline(spec: AppSpec) -> Pipeline:
+    """The steps of an app, in order:
+    checkout → unit_test → [sonar] → build → push → approve → deploy_dev → tag → [approve_prod] → deploy_prod."""
+    extra_gate = spec.approvals.approve_prod
+    steps: list[Step] = [
+        Step(
+            "checkout",
+            StepKind.CHECKOUT,
+            "Resolve the branch to one commit and check the repo has what the spec needs.",
+        ),
+        Step(
+            "unit_test", StepKind.UNIT_TEST, "Run the app's tests in its builder image; a failing test stops the run."
+        ),
+    ]
+    if spec.sonar.enabled:
+        steps.append(Step("sonar", StepKind.SONAR, "SonarQube analysis; the quality gate must pass."))
+    steps += [
+        Step("build", StepKind.BUILD, "Build the image without a Docker daemon and push the SNAPSHOT tags."),
+        Step("push", StepKind.PUSH, "Promote the same digest to 'latest' (no rebuild)."),
+        Step(
+            "approve",
+            StepKind.GATE,
+            "Wait for an authorised human decision on this exact build.",
+            releases_to=("dev",) if extra_gate else ("dev", "prod"),
+            policy=spec.approvals.approve,
+        ),
+        Step("deploy_dev", StepKind.DEPLOY, "Apply the manifests to dev and wait for the rollout.", environment="dev"),
+        Step("tag", StepKind.TAG, "Push the git tag and tag the same image digest.", release_only=True),
+    ]
+    if extra_gate:
+        steps.append(
+            Step(
+                "approve_prod",
+                StepKind.GATE,
+                "A second decision before production.",
+                releases_to=("prod",),
+                release_only=True,
+                policy=extra_gate,
+            )
+        )
+    steps.append(
+        Step(
+            "deploy_prod",
+            StepKind.DEPLOY,
+            "Apply the manifests to prod with the tagged image and wait for the rollout.",
+            environment="prod",
+            release_only=True,
+        )
+    )
+    return Pipeline(spec=spec, steps=tuple(steps))
+
+
+@dataclass(frozen=True)
+class RunValues:
+    """Values known only while a run executes, as the strings that stand for them in a pod spec.
+
+    In Airflow they are Jinja expressions rendered by the worker just before the pod is
+    created; ``conveyor show`` prints them as they are.
+    """
+
+    run_id: str
+    run_label: str
+    build_number: str
+    requested_branch: str
+    branch: str
+    branch_tag: str
+    commit: str
+    commit_label: str
+    release_tag: str
+    digest: str
+    registry: str
+    registry_tls_verify: str
+    manifests_template: str  # with {environment}: the rendered manifests of that environment
+
+    def manifests(self, environment: str) -> str:
+        return self.manifests_template.format(environment=environment)
+
+    @classmethod
+    def airflow(cls, spec: AppSpec) -> RunValues:
+        checkout = "ti.xcom_pull(task_ids='checkout')"
+        return cls(
+            run_id="{{ run_id }}",
+            run_label="{{ run_id | conveyor_label }}",
+            build_number=f"{{{{ {checkout}['build_number'] }}}}",
+            requested_branch="{{ params.branch }}",
+            branch=f"{{{{ {checkout}['branch'] }}}}",
+            branch_tag=f"{{{{ {checkout}['branch'] | conveyor_tag }}}}",
+            commit=f"{{{{ {checkout}['commit'] }}}}",
+            commit_label=f"{{{{ {checkout}['commit'] }}}}",
+            release_tag=f"{{{{ {checkout}['release_tag'] }}}}",
+            digest="{{ ti.xcom_pull(task_ids='build')['digest'] }}",
+            registry="{{ conveyor_registry() }}",
+            registry_tls_verify="{{ conveyor_registry_tls_verify() }}",
+            manifests_template="{{{{ conveyor_manifests(ti, '{environment}') }}}}",
+        )
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A Kubernetes Secret, in the CI namespace, made from an Airflow connection before a step runs.
+
+    Only the Secret's name appears in a pod spec; its values never do.
+    """
+
+    kind: str  # git | registry | kubeconfig | sonar
+    connection_id: str
+
+    @property
+    def name(self) -> str:
+        slug = re.sub(r"[^a-z0-9-]+", "-", self.connection_id.lower()).strip("-")[:30] or "conn"
+        digest = hashlib.sha256(self.connection_id.encode()).hexdigest()[:6]
+        return f"conveyor-{self.kind}-{slug}-{digest}"
+
+
+def step_secrets(pipeline: Pipeline, step: Step) -> tuple[SecretRef, ...]:
+    """Which connections a step needs, turned into Secret references (pure)."""
+    spec = pipeline.spec
+    git = SecretRef("git", spec.git.connection)
+    registry = SecretRef("registry", spec.registry.connection)
+    if step.kind is StepKind.CHECKOUT or step.kind is StepKind.UNIT_TEST:
+        return (git,)
+    if step.kind is StepKind.SONAR:
+        return (git, SecretRef("sonar", spec.sonar.connection))
+    if step.kind is StepKind.BUILD:
+        return (git, registry)
+    if step.kind is StepKind.PUSH:
+        return (registry,)
+    if step.kind is StepKind.TAG:
+        return (git, registry)
+    if step.kind is StepKind.DEPLOY:
+        assert step.environment is not None  # set by build_pipeline for every deploy step
+        return (SecretRef("kubeconfig", pipeline.environment(step.environment).cluster),)
+    return ()

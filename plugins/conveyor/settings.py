@@ -1,0 +1,151 @@
+"""Conveyor's settings, read from the Airflow config section ``[conveyor]``.
+
+Every value is read through a function when it is needed, never at import time, so
+``AIRFLOW__CONVEYOR__*`` environment variables set by a test or a deployment apply.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from conveyor.exceptions import ConfigurationError
+
+
+def _conf_get(key: str, fallback: str) -> str:
+    env = os.environ.get(f"AIRFLOW__CONVEYOR__{key.upper()}")
+    if env is not None:
+        return env
+    try:
+        from airflow.sdk import conf
+    except ImportError:  # pragma: no cover - Airflow is a hard dependency
+        return fallback
+    value = conf.get("conveyor", key, fallback=fallback)
+    return fallback if value is None else str(value)
+
+
+def conveyor_home() -> Path:
+    """The root of the Conveyor checkout (holds include/, images/)."""
+    env = os.environ.get("CONVEYOR_HOME")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2]
+
+
+def apps_folder() -> Path:
+    """Where the app specs live (``[conveyor] apps_folder``)."""
+    return Path(_conf_get("apps_folder", str(conveyor_home() / "include" / "apps")))
+
+
+def manifests_folder() -> Path:
+    """Where the manifests of every app live (``[conveyor] manifests_folder``)."""
+    return Path(_conf_get("manifests_folder", str(conveyor_home() / "include" / "manifests")))
+
+
+def images_file() -> Path:
+    """The file that pins the step images (``[conveyor] images_file``)."""
+    return Path(_conf_get("images_file", str(conveyor_home() / "images" / "images.yaml")))
+
+
+def strict() -> bool:
+    """In strict mode one bad app spec fails the whole DAG file (for CI)."""
+    return _conf_get("strict", "false").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def gate_poke_interval() -> float:
+    """Seconds between two checks of an approval gate."""
+    raw = _conf_get("gate_poke_interval", "30")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"[conveyor] gate_poke_interval is {raw!r}, not a number of seconds; set it to e.g. 30."
+        ) from None
+    if value <= 0:
+        raise ConfigurationError(f"[conveyor] gate_poke_interval must be positive, got {raw!r}.")
+    return value
+
+
+def approval_signing_key() -> bytes:
+    """The secret that signs approval decisions, shared by the api-server and the workers."""
+    key = _conf_get("approval_signing_key", "")
+    if len(key) < 16:
+        raise ConfigurationError(
+            "Conveyor's approval signing key is not set (or shorter than 16 characters). Set "
+            "[conveyor] approval_signing_key (AIRFLOW__CONVEYOR__APPROVAL_SIGNING_KEY) to the same long "
+            "random string on the api-server and on every worker, e.g. the output of "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`."
+        )
+    return key.encode()
+
+
+def ui_base_url() -> str:
+    """The URL people open Airflow at, for links in notifications and logs."""
+    try:
+        from airflow.sdk import conf
+
+        base = conf.get("api", "base_url", fallback="") or ""
+    except ImportError:  # pragma: no cover
+        base = ""
+    return (base or "http://localhost:8080").rstrip("/")
+
+
+@dataclass(frozen=True)
+class CiCluster:
+    """Where pipeline pods run: the CI cluster's connection and namespace."""
+
+    connection_id: str
+    namespace: str
+    image_pull_secret: str | None
+    service_account: str | None
+
+
+def ci_cluster() -> CiCluster:
+    pull_secret = _conf_get("image_pull_secret", "conveyor-registry").strip()
+    service_account = _conf_get("ci_service_account", "").strip()
+    return CiCluster(
+        connection_id=_conf_get("ci_connection_id", "k8s_ci"),
+        namespace=_conf_get("ci_namespace", "conveyor-ci"),
+        image_pull_secret=pull_secret or None,
+        service_account=service_account or None,
+    )
+
+
+@dataclass(frozen=True)
+class StepImages:
+    """The step images, resolved to full references: ``registry/repository:tag``."""
+
+    registry: str
+    refs: dict[str, str]
+
+    def ref(self, name: str) -> str:
+        """The full reference of a named image, or ``name`` itself when it is already a reference."""
+        if name in self.refs:
+            return f"{self.registry}/{self.refs[name]}" if self.registry else self.refs[name]
+        return name
+
+    def __hash__(self) -> int:  # dict field: hash by content
+        return hash((self.registry, tuple(sorted(self.refs.items()))))
+
+
+def load_step_images(path: Path | None = None) -> StepImages:
+    """Read the image pins file (``images/images.yaml``)."""
+    path = path or images_file()
+    try:
+        data: Any = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"The step images file {path} does not exist. Restore images/images.yaml or point "
+            "[conveyor] images_file at your copy."
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), dict):
+        raise ConfigurationError(f"{path} must have an 'images:' mapping of name to repository:tag.")
+    registry = str(data.get("registry") or "").rstrip("/")
+    refs = {str(k): str(v) for k, v in data["images"].items()}
+    return StepImages(registry=registry, refs=refs)

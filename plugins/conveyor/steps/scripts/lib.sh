@@ -1,0 +1,57 @@
+# Shared helpers of Conveyor's step scripts. Every value from an app spec or a run
+# arrives as a positional argument or an environment variable, never pasted into
+# this text, so nothing a user writes is ever interpreted by a shell.
+set -euo pipefail
+
+say() { printf '[conveyor] %s\n' "$*"; }
+fail() { printf '[conveyor] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# git with the credentials of the Secret mounted as GIT_USERNAME / GIT_PASSWORD; they are
+# handed to git by a credential helper, so they never appear in a URL or in the log.
+git_() {
+  git -c credential.helper= \
+      -c 'credential.helper=!f() { test "$1" = get || exit 0; printf "username=%s\npassword=%s\n" "${GIT_USERNAME:-}" "${GIT_PASSWORD:-}"; }; f' \
+      -c advice.detachedHead=false -c init.defaultBranch=main -c safe.directory='*' "$@"
+}
+
+# Write the step's result for Airflow's XCom (read by the KubernetesPodOperator's sidecar).
+xcom() { mkdir -p /airflow/xcom && cat > /airflow/xcom/return.json; }
+
+# skopeo / buildah against the registry, with the mounted auth file.
+tls_flag() { printf -- '--tls-verify=%s' "${REGISTRY_TLS_VERIFY:-true}"; }
+
+# Fetch exactly one commit into a directory: $1 url, $2 commit, $3 directory.
+fetch_commit() {
+  local url="$1" commit="$2" dir="$3"
+  [[ "$commit" =~ ^[0-9a-f]{40}$ ]] || fail "'$commit' is not a commit SHA; the checkout step hands one on (rerun checkout)."
+  git_ init -q "$dir"
+  git_ -C "$dir" remote add origin "$url"
+  if ! git_ -C "$dir" fetch -q --depth 1 origin "$commit" 2>/dev/null; then
+    git_ -C "$dir" fetch -q origin '+refs/heads/*:refs/remotes/origin/*' '+refs/tags/*:refs/tags/*' \
+      || fail "cannot fetch from $url; check the repository URL and the git connection's credentials."
+  fi
+  git_ -C "$dir" checkout -q "$commit" \
+    || fail "commit $commit is not in $url any more (was the branch force-pushed?); start a new run."
+  say "workspace at commit $commit"
+}
+
+# Point TAG at an existing DIGEST without rebuilding: $1 repository, $2 digest, $3 tag,
+# $4 "keep" to refuse moving a tag that already points elsewhere.
+promote() {
+  local repository="$1" digest="$2" tag="$3" mode="${4:-move}" current now
+  [[ "$digest" =~ ^sha256:[0-9a-f]{64}$ ]] || fail "'$digest' is not an image digest; the build step hands one on (rerun build)."
+  current="$(skopeo inspect "$(tls_flag)" --format '{{.Digest}}' "docker://$repository:$tag" 2>/dev/null || true)"
+  if [[ "$current" == "$digest" ]]; then
+    say "$repository:$tag already points at $digest; nothing to do"
+    return 0
+  fi
+  if [[ -n "$current" && "$mode" == keep ]]; then
+    fail "$repository:$tag already exists and points at $current, not at this build's $digest. Release under a new tag."
+  fi
+  say "promoting $repository@$digest to :$tag"
+  skopeo copy --quiet "--src-tls-verify=${REGISTRY_TLS_VERIFY:-true}" "--dest-tls-verify=${REGISTRY_TLS_VERIFY:-true}" \
+    "docker://$repository@$digest" "docker://$repository:$tag"
+  now="$(skopeo inspect "$(tls_flag)" --format '{{.Digest}}' "docker://$repository:$tag")"
+  [[ "$now" == "$digest" ]] || fail "after the copy $repository:$tag points at $now, not $digest; check the registry."
+  say "$repository:$tag -> $digest"
+}
