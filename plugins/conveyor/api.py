@@ -12,6 +12,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.common.db.common import SessionDep
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -345,9 +348,6 @@ def _decide(
 
 def _routes() -> APIRouter:
     # Airflow imports are deferred to here so importing this module needs no Airflow config.
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-    from airflow.api_fastapi.common.db.common import SessionDep
-    from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 
     router = APIRouter(prefix="/api/v1", tags=["Approvals"])
     read_run = [Depends(requires_access_dag("GET", DagAccessEntity.RUN))]

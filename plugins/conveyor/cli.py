@@ -114,7 +114,7 @@ def _registry_host(spec: AppSpec, registry: str | None) -> str:
     try:
         from airflow.models.connection import Connection
 
-        from conveyor.secrets import registry_host
+        from conveyor.credentials import registry_host
 
         return registry_host(Connection.get_connection_from_secrets(spec.registry.connection))
     except ConveyorError:

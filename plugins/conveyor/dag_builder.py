@@ -19,11 +19,11 @@ from airflow.sdk import DAG, Param, chain
 from kubernetes.client import ApiClient
 
 from conveyor import settings
+from conveyor.credentials import registry_host
 from conveyor.exceptions import SpecError
 from conveyor.operators import ApprovalSensor, ConveyorPodOperator
 from conveyor.pipeline import Pipeline, RunValues, Step, StepKind, build_pipeline, step_secrets
 from conveyor.render import manifest_variables, render_folder
-from conveyor.secrets import registry_host
 from conveyor.spec import RELEASE_TAG, AppSpec, load_specs
 from conveyor.steps import PodContext, build_step_pod
 from conveyor.steps.common import label_value

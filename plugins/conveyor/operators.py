@@ -17,8 +17,8 @@ from airflow.sdk import BaseSensorOperator, Variable
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from conveyor import gate as gate_core
+from conveyor.credentials import sync_secrets
 from conveyor.pipeline import SecretRef
-from conveyor.secrets import sync_secrets
 from conveyor.settings import approval_signing_key, ui_base_url
 from conveyor.spec import ApprovalPolicy, git_ref_problem
 

@@ -447,13 +447,14 @@ def _problem_message(error: Any, model_fields: list[str] | None = None) -> str:
             message += f" (known fields here: {', '.join(model_fields)})"
         return message
     message = str(error["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if message.startswith(prefix):
-            message = message[len(prefix) :]
-    if kind in {"string_type", "int_type", "bool_type", "list_type", "dict_type", "model_type"}:
-        message += f" (got {error.get('input')!r})"
-    if kind == "enum" or kind == "literal_error":
-        message = message.replace("Input should be", "must be")
+    if kind == "value_error":
+        return message.removeprefix("Value error, ")
+    if kind == "too_short":
+        return "must not be empty; give at least one item"
+    message = message.replace("Input should be", "must be")
+    value = error.get("input")
+    if isinstance(value, str | int | float | bool) or value is None:
+        message += f" (got {value!r})"
     return message
 
 

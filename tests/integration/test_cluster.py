@@ -1,0 +1,195 @@
+"""The local single-node Kubernetes cluster (scripts/cluster) does real work.
+
+Needs a running cluster: `make cluster-up`. Talks to it with the kubeconfigs `up`
+writes to /var/lib/conveyor/kubeconfigs.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+pytestmark = pytest.mark.integration
+
+KUBECONFIGS = Path(os.environ.get("CONVEYOR_KUBECONFIGS", "/var/lib/conveyor/kubeconfigs"))
+NODE = "conveyor-node"
+HOST_IP = "10.88.0.1"
+CI_NS = "conveyor-ci"
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10.1-conveyor"
+BUSYBOX_IMAGE = "conveyor.local/busybox:1"
+NOT_RUNNING = "the local cluster is not running ({}); start it with `make cluster-up`"
+
+
+def _api(name: str) -> client.ApiClient:
+    path = KUBECONFIGS / f"{name}.kubeconfig"
+    if not path.is_file():
+        pytest.fail(NOT_RUNNING.format(f"{path} does not exist"))
+    return config.new_client_from_config(config_file=str(path))
+
+
+@pytest.fixture(scope="module")
+def admin() -> Iterator[client.ApiClient]:
+    api = _api("admin")
+    try:
+        client.VersionApi(api).get_code(_request_timeout=5)
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "not running"
+        pytest.fail(NOT_RUNNING.format(f"the API server does not answer: {exc}"))
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def core(admin: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(admin)
+
+
+@pytest.fixture
+def cleanup(core: client.CoreV1Api) -> Iterator[list[tuple[str, str]]]:
+    """Pods and services (kind, name) in conveyor-ci to delete after the test."""
+    objects: list[tuple[str, str]] = []
+    yield objects
+    for kind, name in objects:
+        delete = core.delete_namespaced_pod if kind == "pod" else core.delete_namespaced_service
+        try:
+            delete(name, CI_NS, grace_period_seconds=0)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f}s")
+        time.sleep(1)
+
+
+def _pod(name: str, image: str, command: list[str] | None = None, labels: dict[str, str] | None = None,
+         restart: str = "Never") -> client.V1Pod:
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name, labels={"app.kubernetes.io/part-of": "conveyor-tests", **(labels or {})}),
+        spec=client.V1PodSpec(
+            restart_policy=restart,
+            termination_grace_period_seconds=0,
+            containers=[client.V1Container(name="main", image=image, image_pull_policy="Never", command=command)],
+        ),
+    )
+
+
+def _phase(core: client.CoreV1Api, name: str) -> str:
+    return core.read_namespaced_pod(name, CI_NS).status.phase or ""
+
+
+def _events(core: client.CoreV1Api, name: str) -> str:
+    events = core.list_namespaced_event(CI_NS, field_selector=f"involvedObject.name={name}").items
+    return "; ".join(f"{e.reason}: {e.message}" for e in events)
+
+
+def _run_to_completion(core: client.CoreV1Api, cleanup: list[tuple[str, str]], name: str, command: list[str]) -> str:
+    """Runs busybox COMMAND in a pod; returns its log after it succeeded."""
+    core.create_namespaced_pod(CI_NS, _pod(name, BUSYBOX_IMAGE, command))
+    cleanup.append(("pod", name))
+    _wait(f"pod {name} to finish ({_events(core, name)})", lambda: _phase(core, name) in ("Succeeded", "Failed"))
+    log = core.read_namespaced_pod_log(name, CI_NS)
+    assert _phase(core, name) == "Succeeded", f"pod {name} failed; its log: {log!r}"
+    return log
+
+
+def test_node_is_ready(core: client.CoreV1Api) -> None:
+    node = core.read_node(NODE)
+    ready = {c.type: c.status for c in node.status.conditions}["Ready"]
+    assert ready == "True"
+    assert node.status.node_info.kubelet_version.startswith("v1.35.")
+    assert node.status.node_info.container_runtime_version.startswith("containerd://")
+
+
+def test_pod_with_local_pause_image_runs(core: client.CoreV1Api, cleanup: list[tuple[str, str]]) -> None:
+    name = _name("pause")
+    core.create_namespaced_pod(CI_NS, _pod(name, PAUSE_IMAGE, restart="Always"))
+    cleanup.append(("pod", name))
+    _wait(f"pod {name} to be Running ({_events(core, name)})", lambda: _phase(core, name) == "Running")
+    pod = core.read_namespaced_pod(name, CI_NS)
+    assert pod.status.pod_ip.startswith("10.88.")
+    assert pod.status.container_statuses[0].ready
+
+
+def test_dev_credentials_cannot_touch_prod() -> None:
+    dev = client.CoreV1Api(_api("dev"))
+    name = _name("rbac-probe")
+    body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name), data={"a": "b"})
+    # the token works in its own namespace ...
+    dev.create_namespaced_config_map("dev", body)
+    dev.delete_namespaced_config_map(name, "dev")
+    # ... and nowhere else
+    for namespace in ("prod", CI_NS):
+        with pytest.raises(ApiException) as denied:
+            dev.create_namespaced_config_map(namespace, body)
+        assert denied.value.status == 403
+    with pytest.raises(ApiException) as denied:
+        client.AppsV1Api(_api("dev")).list_namespaced_deployment("prod")
+    assert denied.value.status == 403
+
+
+def test_cluster_ip_service_reaches_pod(core: client.CoreV1Api, cleanup: list[tuple[str, str]]) -> None:
+    server = _name("web")
+    token = uuid.uuid4().hex
+    core.create_namespaced_pod(CI_NS, _pod(
+        server, BUSYBOX_IMAGE,
+        ["/bin/sh", "-c", f"echo {token} > /www/index.html && exec httpd -f -p 8080 -h /www"],
+        labels={"conveyor-test": server}, restart="Always"))
+    cleanup.append(("pod", server))
+    core.create_namespaced_service(CI_NS, client.V1Service(
+        metadata=client.V1ObjectMeta(name=server),
+        spec=client.V1ServiceSpec(selector={"conveyor-test": server},
+                                  ports=[client.V1ServicePort(port=80, target_port=8080)])))
+    cleanup.append(("service", server))
+    _wait(f"pod {server} to be Running ({_events(core, server)})", lambda: _phase(core, server) == "Running")
+    cluster_ip = core.read_namespaced_service(server, CI_NS).spec.cluster_ip
+    assert cluster_ip.startswith("10.96.")
+
+    log = _run_to_completion(core, cleanup, _name("client"), [
+        "/bin/sh", "-c",
+        # kube-proxy may take a moment to program the new service
+        f"for i in $(seq 1 30); do wget -q -T 2 -O- http://{cluster_ip}/ && exit 0; sleep 1; done; exit 1"])
+    assert token in log
+
+
+def test_pods_reach_host_services_on_bridge_gateway(core: client.CoreV1Api, cleanup: list[tuple[str, str]]) -> None:
+    token = uuid.uuid4().hex
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = token.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer((HOST_IP, 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = httpd.server_address[1]
+        log = _run_to_completion(core, cleanup, _name("to-host"),
+                                 ["wget", "-q", "-T", "10", "-O-", f"http://{HOST_IP}:{port}/"])
+        assert log.strip() == token
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -1,0 +1,152 @@
+"""App spec validation: every problem of a file at once, each with its exact field path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conveyor.exceptions import SpecError
+from conveyor.spec import AppSpec, ImageStrategy, load_spec, load_specs, parse_duration, validate_release_tag
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+VALID = FIXTURES / "apps" / "valid"
+INVALID = FIXTURES / "apps" / "invalid"
+MANIFESTS = FIXTURES / "manifests"
+REPO = Path(__file__).resolve().parents[2]
+
+# For each invalid fixture: the exact field paths its errors must name.
+EXPECTED_FIELDS = {
+    "names.yaml": {
+        "team",
+        "git.url",
+        "git.branch",
+        "git.connection",
+        "builder",
+        "test.command",
+        "registry.project",
+        "environments.dev.namespace",
+        "environments.dev.manifests",
+    },
+    "structure.yaml": {
+        "git.brnach",
+        "builder",
+        "image.strategy",
+        "environments.prod",
+        "approvals.approve.required",
+        "retries",
+    },
+    "rules.yaml": {
+        "schedule",
+        "image",
+        "sonar",
+        "environments.dev.manifests",
+        "environments.dev.rollout_timeout",
+        "approvals.approve.timeout",
+        "approvals.approve_prod",
+        "release.auto_tag_prefix",
+        "notifications.email",
+    },
+    "yaml_syntax.yaml": {"line 5, column 10"},
+    "wrong_name.yaml": {"name"},
+}
+
+
+def load_invalid(name: str) -> SpecError:
+    with pytest.raises(SpecError) as info:
+        load_spec(INVALID / name, MANIFESTS)
+    return info.value
+
+
+@pytest.mark.parametrize("path", sorted(VALID.glob("*.yaml")), ids=lambda p: p.name)
+def test_valid_fixtures_load(path: Path) -> None:
+    spec = load_spec(path, MANIFESTS)
+    assert spec.name == path.stem
+
+
+def test_every_invalid_fixture_is_covered() -> None:
+    assert {p.name for p in INVALID.glob("*.yaml")} == set(EXPECTED_FIELDS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_FIELDS))
+def test_invalid_fixture_reports_every_problem_with_its_field(name: str) -> None:
+    error = load_invalid(name)
+    assert {p.field for p in error.problems} == EXPECTED_FIELDS[name]
+    for problem in error.problems:
+        assert problem.file == str(INVALID / name)
+        assert str(problem).startswith(f"{INVALID / name}: {problem.field}: ")
+
+
+def test_messages_say_how_to_fix() -> None:
+    problems = {p.field: p.message for p in load_invalid("names.yaml").problems}
+    assert "DNS-1123" in problems["environments.dev.namespace"]
+    assert "'feature..x' is not a valid git branch name" in problems["git.branch"]
+    assert "Use a name like 'main'" in problems["git.branch"]
+    structure = {p.field: p.message for p in load_invalid("structure.yaml").problems}
+    assert "known fields here: url, branch, connection" in structure["git.brnach"]
+    assert structure["builder"] == "this field is required; add it"
+    assert "(got 'two')" in structure["approvals.approve.required"]
+    assert "'dockerfile', 'source' or 'binary'" in structure["image.strategy"]
+    rules = {p.field: p.message for p in load_invalid("rules.yaml").problems}
+    assert "missing-folder does not exist" in rules["environments.dev.manifests"]
+    assert "project_key" in rules["sonar"]
+
+
+def test_shell_metacharacters_never_pass() -> None:
+    fields = {p.field for p in load_invalid("names.yaml").problems}
+    assert {"git.url", "builder", "git.connection"} <= fields
+
+
+def test_one_bad_file_does_not_spoil_the_others() -> None:
+    specs, errors = load_specs(INVALID, MANIFESTS)
+    assert specs == []
+    assert len(errors) == len(EXPECTED_FIELDS)
+    specs, errors = load_specs(VALID, MANIFESTS)
+    assert sorted(s.name for s in specs) == ["b2i", "full", "minimal", "s2i"]
+    assert errors == []
+
+
+def test_defaults_and_parsing() -> None:
+    spec = load_spec(VALID / "minimal.yaml", MANIFESTS)
+    assert spec.git.branch == "main"
+    assert spec.git.connection == "git_default"
+    assert spec.test.command == ["pytest", "-q"]  # a string is split into arguments, never run by a shell
+    assert spec.image.strategy is ImageStrategy.DOCKERFILE
+    assert spec.sonar.enabled is False
+    assert spec.approvals.approve.required == 1
+    assert spec.approvals.approve.allow_self_approval is False
+    assert spec.approvals.approve.timeout == 24 * 3600
+    full = load_spec(VALID / "full.yaml", MANIFESTS)
+    assert full.approvals.approve.timeout == 36 * 3600
+    assert full.environments.prod.rollout_timeout == 600
+
+
+@pytest.mark.parametrize("tag", ["v1.2.3", "v0.0.1", "v1.2.3-rc.1", "v10.20.30-beta"])
+def test_release_tags_accepted(tag: str) -> None:
+    assert validate_release_tag(tag) == tag
+
+
+@pytest.mark.parametrize("tag", ["1.2.3", "v1.2", "v1.2.3.4", "v01.2.3", "v1.2.3-", "v1.2.3;ls", "latest"])
+def test_release_tags_refused(tag: str) -> None:
+    with pytest.raises(ValueError, match="use the form v1.2.3"):
+        validate_release_tag(tag)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("45m", 2700), ("24h", 86400), ("1d12h", 129600), (30, 30)])
+def test_durations(text: str | int, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_jenkins_pipeline_is_expressible() -> None:
+    """The boot-preject sample expresses the Jenkins pipeline in ../shared/reference."""
+    spec: AppSpec = load_spec(REPO / "include" / "apps" / "boot-preject.yaml", REPO / "include" / "manifests")
+    assert spec.git.branch == "master"
+    assert spec.git.connection == "gitee"
+    assert spec.builder == "maven"
+    assert spec.package is not None
+    assert spec.package.command == ["mvn", "clean", "package", "-Dmaven.test.skip=true"]
+    assert spec.registry.project == "ks-devops"
+    assert spec.registry.connection == "harbor"
+    assert spec.environments.dev.namespace == "middleware"
+    assert spec.environments.dev.cluster == "demo-kubeconfig"
+    assert spec.image.strategy is ImageStrategy.DOCKERFILE
