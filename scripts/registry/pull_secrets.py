@@ -83,7 +83,8 @@ def with_client(kubeconfig: str, namespaces: list[str], config: str) -> None:
     try:
         core.list_namespace(limit=1, _request_timeout=10)
     except Exception as exc:  # noqa: BLE001 - any failure here means the cluster is unreachable
-        fail(f"the cluster in {kubeconfig} does not answer ({exc.__class__.__name__}: {exc}). Is it up? Run: make cluster-up")
+        fail(f"the cluster in {kubeconfig} does not answer ({exc.__class__.__name__}: {exc}). "
+             "Is it up? Run: make cluster-up")
     for ns in namespaces:
         try:
             core.read_namespace(ns)
@@ -126,7 +127,8 @@ def main() -> None:
     parser.add_argument("namespaces", nargs="+")
     args = parser.parse_args()
     if not Path(args.kubeconfig).is_file():
-        fail(f"kubeconfig {args.kubeconfig} does not exist (the cluster writes them to {STATE}/kubeconfigs; run make cluster-up)")
+        fail(f"kubeconfig {args.kubeconfig} does not exist "
+             f"(the cluster writes them to {STATE}/kubeconfigs; run make cluster-up)")
     bad = [ns for ns in args.namespaces if not DNS1123.match(ns)]
     if bad:
         fail(f"not DNS-1123 namespace names: {', '.join(bad)} (lowercase letters, digits, '-', at most 63)")

@@ -88,8 +88,9 @@ def _files(ref: str, auth: tuple[str, str]) -> Iterator[tarfile.TarInfo]:
                 yield from tar
 
 
-def _paths(ref: str, auth: tuple[str, str]) -> set[str]:
-    return {"/" + info.name.lstrip("./") for info in _files(ref, auth)}
+@cache
+def _paths(ref: str, auth: tuple[str, str]) -> frozenset[str]:
+    return frozenset("/" + info.name.lstrip("./") for info in _files(ref, auth))
 
 
 @pytest.mark.parametrize("name", list(_pins()))
@@ -118,9 +119,9 @@ def test_toolbox_has_kubectl_once_the_cluster_built_it(auth: tuple[str, str]) ->
 
 
 def test_xcom_sidecar_has_shell_cat_sleep(auth: tuple[str, str]) -> None:
-    entries = {"/" + i.name.lstrip("./"): i for i in _files(_pins()["xcom-sidecar"], auth)}
+    paths = _paths(_pins()["xcom-sidecar"], auth)
     for tool in ("/bin/sh", "/bin/cat", "/bin/sleep", "/bin/kill"):
-        assert tool in entries, f"the xcom sidecar lacks {tool}"
+        assert tool in paths, f"the xcom sidecar lacks {tool}"
 
 
 @pytest.mark.parametrize(
@@ -142,4 +143,6 @@ def test_sample_dockerfile_uses_the_pinned_runtime() -> None:
     dockerfile = (REPO / "examples" / "appointments" / "Dockerfile").read_text(encoding="utf-8")
     match = re.search(r"^FROM \$\{REGISTRY\}/(\S+)$", dockerfile, re.MULTILINE)
     assert match, "examples/appointments/Dockerfile must start FROM ${REGISTRY}/<python-runtime pin>"
-    assert match.group(1) == _pins()["python-runtime"], "update the sample's FROM to the python-runtime pin in images.yaml"
+    assert match.group(1) == _pins()["python-runtime"], (
+        "update the sample's FROM to the python-runtime pin in images.yaml"
+    )
