@@ -99,12 +99,13 @@ def _events(core: client.CoreV1Api, name: str) -> str:
     return "; ".join(f"{e.reason}: {e.message}" for e in events)
 
 
+# (Debian's static busybox wget segfaults with its own -T timeout: wrap it in `timeout`.)
 def _run_to_completion(core: client.CoreV1Api, cleanup: list[tuple[str, str]], name: str, command: list[str]) -> str:
     """Runs busybox COMMAND in a pod; returns its log after it succeeded."""
     core.create_namespaced_pod(CI_NS, _pod(name, BUSYBOX_IMAGE, command))
     cleanup.append(("pod", name))
     _wait(f"pod {name} to finish ({_events(core, name)})", lambda: _phase(core, name) in ("Succeeded", "Failed"))
-    log = core.read_namespaced_pod_log(name, CI_NS)
+    log = core.read_namespaced_pod_log(name, CI_NS, _preload_content=False).data.decode()
     assert _phase(core, name) == "Succeeded", f"pod {name} failed; its log: {log!r}"
     return log
 
@@ -164,7 +165,7 @@ def test_cluster_ip_service_reaches_pod(core: client.CoreV1Api, cleanup: list[tu
     log = _run_to_completion(core, cleanup, _name("client"), [
         "/bin/sh", "-c",
         # kube-proxy may take a moment to program the new service
-        f"for i in $(seq 1 30); do wget -q -T 2 -O- http://{cluster_ip}/ && exit 0; sleep 1; done; exit 1"])
+        f"for i in $(seq 1 30); do timeout 3 wget -q -O- http://{cluster_ip}/ && exit 0; sleep 1; done; exit 1"])
     assert token in log
 
 
@@ -188,7 +189,7 @@ def test_pods_reach_host_services_on_bridge_gateway(core: client.CoreV1Api, clea
     try:
         port = httpd.server_address[1]
         log = _run_to_completion(core, cleanup, _name("to-host"),
-                                 ["wget", "-q", "-T", "10", "-O-", f"http://{HOST_IP}:{port}/"])
+                                 ["timeout", "20", "wget", "-q", "-O-", f"http://{HOST_IP}:{port}/"])
         assert log.strip() == token
     finally:
         httpd.shutdown()
