@@ -23,12 +23,13 @@ ETCD_DIR="$CONVEYOR_CACHE/etcd/$ETCD_DEB_VERSION"
 ETCD_BIN="$ETCD_DIR/usr/bin/etcd"
 K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 
-STATE="/var/lib/conveyor/cluster"
+CONVEYOR_STATE="${CONVEYOR_STATE:-/var/lib/conveyor}"
+STATE="$CONVEYOR_STATE/cluster"
 RUN="$STATE/run"
 LOGS="$STATE/logs"
 PKI="$STATE/pki"
-KUBECONFIGS="/var/lib/conveyor/kubeconfigs"
-CONNECTIONS="/var/lib/conveyor/connections"
+KUBECONFIGS="$CONVEYOR_STATE/kubeconfigs"
+CONNECTIONS="$CONVEYOR_STATE/connections"
 
 NODE_NAME="conveyor-node"
 HOST_IP="10.88.0.1"             # the bridge gateway: pods reach the host here

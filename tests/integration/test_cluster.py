@@ -80,8 +80,9 @@ def _wait(what: str, check: Callable[[], bool], timeout: float = 120) -> None:
 
 def _pod(name: str, image: str, command: list[str] | None = None, labels: dict[str, str] | None = None,
          restart: str = "Never") -> client.V1Pod:
+    all_labels = {"app.kubernetes.io/part-of": "conveyor-tests", **(labels or {})}
     return client.V1Pod(
-        metadata=client.V1ObjectMeta(name=name, labels={"app.kubernetes.io/part-of": "conveyor-tests", **(labels or {})}),
+        metadata=client.V1ObjectMeta(name=name, labels=all_labels),
         spec=client.V1PodSpec(
             restart_policy=restart,
             termination_grace_period_seconds=0,
@@ -194,3 +195,37 @@ def test_pods_reach_host_services_on_bridge_gateway(core: client.CoreV1Api, clea
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def _pinned_image(key: str) -> str:
+    """registry/repo:tag of images/images.yaml's KEY (the cluster pulls it by this name)."""
+    text = (Path(__file__).resolve().parents[2] / "images" / "images.yaml").read_text()
+    registry = next(line.split(":", 1)[1].split("#")[0].strip() for line in text.splitlines()
+                    if line.startswith("registry:"))
+    ref = next(line.split(":", 1)[1].split("#")[0].strip() for line in text.splitlines()
+               if line.strip().startswith(f"{key}:") and line.startswith(" "))
+    return f"{registry}/{ref}"
+
+
+def test_node_pulls_from_plain_http_registry_on_bridge(core: client.CoreV1Api,
+                                                       cleanup: list[tuple[str, str]]) -> None:
+    """containerd pulls 10.88.0.1:5000/... over plain HTTP (certs.d/hosts.toml).
+
+    Needs the local registry (`make up`) with the image pushed and the pull secret on
+    conveyor-ci's default ServiceAccount (scripts/registry/pull-secrets).
+    """
+    image = _pinned_image("xcom-sidecar")
+    name = _name("pull")
+    pod = _pod(name, image, restart="Never")
+    pod.spec.containers[0].image_pull_policy = "Always"
+    core.create_namespaced_pod(CI_NS, pod)
+    cleanup.append(("pod", name))
+
+    def pulled() -> bool:
+        statuses = core.read_namespaced_pod(name, CI_NS).status.container_statuses or []
+        return bool(statuses and statuses[0].image_id)
+
+    _wait(f"{image} to be pulled into pod {name} (is the registry up? `make up`) ({_events(core, name)})",
+          pulled, timeout=90)
+    events = _events(core, name)
+    assert f'Successfully pulled image "{image}"' in events
