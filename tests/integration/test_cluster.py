@@ -32,17 +32,20 @@ NOT_RUNNING = "the local cluster is not running ({}); start it with `make cluste
 def _api(name: str) -> client.ApiClient:
     path = KUBECONFIGS / f"{name}.kubeconfig"
     if not path.is_file():
-        pytest.fail(NOT_RUNNING.format(f"{path} does not exist"))
+        pytest.fail(NOT_RUNNING.format(f"{path} does not exist"), pytrace=False)
     return config.new_client_from_config(config_file=str(path))
 
 
 @pytest.fixture(scope="module")
 def admin() -> Iterator[client.ApiClient]:
     api = _api("admin")
+    problem = ""
     try:
         client.VersionApi(api).get_code(_request_timeout=5)
     except Exception as exc:  # noqa: BLE001 - any failure to connect means "not running"
-        pytest.fail(NOT_RUNNING.format(f"the API server does not answer: {exc}"))
+        problem = f"the API server at {api.configuration.host} does not answer: {exc.__class__.__name__}"
+    if problem:
+        pytest.fail(NOT_RUNNING.format(problem), pytrace=False)
     yield api
     api.close()
 
@@ -129,7 +132,7 @@ def test_pod_with_local_pause_image_runs(core: client.CoreV1Api, cleanup: list[t
     assert pod.status.container_statuses[0].ready
 
 
-def test_dev_credentials_cannot_touch_prod() -> None:
+def test_dev_credentials_cannot_touch_prod(admin: client.ApiClient) -> None:
     dev = client.CoreV1Api(_api("dev"))
     name = _name("rbac-probe")
     body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name), data={"a": "b"})
