@@ -9,9 +9,11 @@ anything.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import tarfile
+import time
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -146,3 +148,97 @@ def test_sample_dockerfile_uses_the_pinned_runtime() -> None:
     assert match.group(1) == _pins()["python-runtime"], (
         "update the sample's FROM to the python-runtime pin in images.yaml"
     )
+
+
+# --- in the cluster -------------------------------------------------------------
+
+KUBECONFIG = Path(os.environ.get("CONVEYOR_KUBECONFIGS", "/var/lib/conveyor/kubeconfigs")) / "admin.kubeconfig"
+CI_NS = "conveyor-ci"
+PULL_SECRET = "conveyor-registry"
+
+
+def test_step_images_pull_and_run_in_the_cluster(auth: tuple[str, str]) -> None:
+    """The node's containerd pulls the toolbox and the XCom sidecar from 10.88.0.1:5000 with
+    the `conveyor-registry` pull secret, and they do what a KubernetesPodOperator step needs."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    if not KUBECONFIG.is_file():
+        pytest.fail(f"{KUBECONFIG} does not exist: the cluster is not set up; run `make up`")
+    api = config.new_client_from_config(config_file=str(KUBECONFIG))
+    core = client.CoreV1Api(api)
+    try:
+        core.read_namespaced_secret(PULL_SECRET, CI_NS, _request_timeout=10)
+    except ApiException as exc:
+        pytest.fail(f"secret {CI_NS}/{PULL_SECRET} is missing ({exc.status}); run `make up` "
+                    f"(or scripts/registry/pull-secrets {KUBECONFIG} {CI_NS})")
+    except Exception as exc:  # noqa: BLE001 - any connection failure means the cluster is down
+        pytest.fail(f"the cluster does not answer ({exc.__class__.__name__}); run `make up`")
+
+    registry = yaml.safe_load(PINS.read_text(encoding="utf-8"))["registry"]
+    name = f"images-probe-{os.urandom(4).hex()}"
+    xcom = client.V1VolumeMount(name="xcom", mount_path="/airflow/xcom")
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name, labels={"app.kubernetes.io/part-of": "conveyor-tests"}),
+        spec=client.V1PodSpec(
+            restart_policy="Never",
+            termination_grace_period_seconds=0,
+            image_pull_secrets=[client.V1LocalObjectReference(name=PULL_SECRET)],
+            volumes=[client.V1Volume(name="xcom", empty_dir=client.V1EmptyDirVolumeSource())],
+            containers=[
+                client.V1Container(
+                    name="base", image=f"{registry}/{_pins()['toolbox']}", image_pull_policy="Always",
+                    command=["sh", "-c", "git --version && envsubst --version && skopeo --version && "
+                             "buildah --version && echo '{\"ok\": true}' > /airflow/xcom/return.json"],
+                    volume_mounts=[xcom],
+                ),
+                client.V1Container(
+                    name="airflow-xcom-sidecar", image=f"{registry}/{_pins()['xcom-sidecar']}",
+                    image_pull_policy="Always",
+                    # the KubernetesPodOperator's sidecar command, stopped by SIGINT below
+                    command=["sh", "-c", 'trap "exit 0" INT; while true; do sleep 1; done;'],
+                    volume_mounts=[xcom],
+                ),
+            ],
+        ),
+    )
+    core.create_namespaced_pod(CI_NS, pod)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            status = core.read_namespaced_pod(name, CI_NS).status
+            states = {s.name: s.state for s in status.container_statuses or []}
+            base = states.get("base")
+            if base is not None and base.terminated is not None:
+                break
+            waiting = [s.waiting.reason for s in states.values() if s.waiting and s.waiting.reason]
+            if any(r in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName") for r in waiting):
+                events = core.list_namespaced_event(CI_NS, field_selector=f"involvedObject.name={name}").items
+                pytest.fail(f"the node cannot pull the step images: {[e.message for e in events][-3:]}; "
+                            "run `make up` (registry, images, pull secrets)")
+            if time.monotonic() > deadline:
+                pytest.fail(f"pod {name} did not finish within 180s (waiting: {waiting})")
+            time.sleep(1)
+        log = core.read_namespaced_pod_log(name, CI_NS, container="base")
+        assert base.terminated.exit_code == 0, f"the toolbox step failed: {log}"
+        for tool in ("git version", "envsubst", "skopeo version", "buildah version"):
+            assert tool in log
+        from kubernetes.stream import stream
+
+        def sidecar(*command: str) -> str:
+            # raw stdout: with preloaded content the client turns JSON output into a Python repr
+            ws = stream(core.connect_get_namespaced_pod_exec, name, CI_NS, container="airflow-xcom-sidecar",
+                        command=list(command), stderr=True, stdin=False, stdout=True, tty=False,
+                        _preload_content=False)
+            try:
+                ws.run_forever(timeout=30)
+                return ws.read_stdout()
+            finally:
+                ws.close()
+                ws.sock.shutdown()  # close() skips the socket once the server has hung up
+
+        assert json.loads(sidecar("cat", "/airflow/xcom/return.json")) == {"ok": True}
+        sidecar("kill", "-s", "SIGINT", "1")
+    finally:
+        core.delete_namespaced_pod(name, CI_NS, grace_period_seconds=0)
+        api.close()
