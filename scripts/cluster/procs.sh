@@ -27,6 +27,10 @@ all_alive() { local c; for c in "${COMPONENTS[@]}"; do alive "$c" || return 1; d
 start_daemon() {
   local name=$1; shift
   log "starting $name"
+  # Keep one previous log when it grew past 50 MiB.
+  if [[ -f "$LOGS/$name.log" ]] && (( $(stat -c %s "$LOGS/$name.log") > 50 * 1024 * 1024 )); then
+    mv -f "$LOGS/$name.log" "$LOGS/$name.log.1"
+  fi
   {
     echo "=== $(date -u +%FT%TZ) starting: $*"
   } >> "$LOGS/$name.log"
