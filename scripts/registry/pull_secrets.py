@@ -58,18 +58,19 @@ def with_kubectl(kubectl: str, kubeconfig: str, namespaces: list[str], config: s
             run("apply", "-f", "-", stdin=json.dumps(ns_doc))
         run("apply", "-f", "-", stdin=json.dumps(secret_manifest(ns, config)))
         for _ in range(30):
-            if run("-n", ns, "get", "serviceaccount", "default", check=False).returncode == 0:
-                patch = {"imagePullSecrets": [{"name": SECRET}]}
-                current = json.loads(run("-n", ns, "get", "serviceaccount", "default", "-o", "json").stdout)
-                names = [s.get("name") for s in current.get("imagePullSecrets") or []]
-                if SECRET not in names:
-                    patch["imagePullSecrets"] = [{"name": n} for n in names] + [{"name": SECRET}]
-                    run("-n", ns, "patch", "serviceaccount", "default", "--type=merge", "-p", json.dumps(patch))
+            accounts = json.loads(run("-n", ns, "get", "serviceaccounts", "-o", "json").stdout)["items"]
+            if any(a["metadata"]["name"] == "default" for a in accounts):
                 break
             time.sleep(1)
         else:
             print(f"pull-secrets: warning: {ns} has no default ServiceAccount yet (is kube-controller-manager "
                   f"running?); pods there must name imagePullSecrets: {SECRET}", file=sys.stderr)
+        for account in accounts:
+            names = [s.get("name") for s in account.get("imagePullSecrets") or []]
+            if SECRET not in names:
+                patch = {"imagePullSecrets": [{"name": n} for n in names] + [{"name": SECRET}]}
+                run("-n", ns, "patch", "serviceaccount", account["metadata"]["name"], "--type=merge",
+                    "-p", json.dumps(patch))
         print(f"pull-secrets: {ns}/{SECRET} ready", file=sys.stderr)
 
 
@@ -101,21 +102,18 @@ def with_client(kubeconfig: str, namespaces: list[str], config: str) -> None:
                 raise
             core.create_namespaced_secret(ns, body)
         for _ in range(30):
-            try:
-                account = core.read_namespaced_service_account("default", ns)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                time.sleep(1)
-                continue
-            names = [s.name for s in account.image_pull_secrets or []]
-            if SECRET not in names:
-                refs = [{"name": n} for n in names] + [{"name": SECRET}]
-                core.patch_namespaced_service_account("default", ns, {"imagePullSecrets": refs})
-            break
+            accounts = core.list_namespaced_service_account(ns).items
+            if any(a.metadata.name == "default" for a in accounts):
+                break
+            time.sleep(1)
         else:
             print(f"pull-secrets: warning: {ns} has no default ServiceAccount yet (is kube-controller-manager "
                   f"running?); pods there must name imagePullSecrets: {SECRET}", file=sys.stderr)
+        for account in accounts:
+            names = [s.name for s in account.image_pull_secrets or []]
+            if SECRET not in names:
+                refs = [{"name": n} for n in names] + [{"name": SECRET}]
+                core.patch_namespaced_service_account(account.metadata.name, ns, {"imagePullSecrets": refs})
         print(f"pull-secrets: {ns}/{SECRET} ready", file=sys.stderr)
     api_client.close()
 
