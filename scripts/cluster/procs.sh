@@ -34,7 +34,7 @@ start_daemon() {
   {
     echo "=== $(date -u +%FT%TZ) starting: $*"
   } >> "$LOGS/$name.log"
-  setsid nohup "$@" >> "$LOGS/$name.log" 2>&1 < /dev/null &
+  setsid nohup "$@" >> "$LOGS/$name.log" 2>&1 < /dev/null 9>&- &
   echo $! > "$RUN/$name.pid"
   sleep 0.5
   alive "$name" || { tail -20 "$LOGS/$name.log" >&2; die "$name exited right after starting (log: $LOGS/$name.log)" "read the log above, fix the cause, then run scripts/cluster/down && make cluster-up"; }
@@ -82,4 +82,13 @@ stop() {
     fi
   fi
   rm -f "$RUN/$name.pid"
+}
+
+# lock_cluster: one `up` or `down` at a time (waits up to 10 minutes for the other).
+lock_cluster() {
+  mkdir -p "$RUN"
+  exec 9>"$RUN/cluster.lock"
+  if ! flock -w 600 9; then
+    die "another scripts/cluster/up or down has been running for 10 minutes" "wait for it or stop it (its pid: fuser $RUN/cluster.lock), then retry"
+  fi
 }

@@ -36,6 +36,11 @@ def _api(name: str) -> client.ApiClient:
     return config.new_client_from_config(config_file=str(path))
 
 
+def _close(api: client.ApiClient) -> None:
+    api.close()
+    api.rest_client.pool_manager.clear()  # close() leaves the pooled TLS sockets open
+
+
 @pytest.fixture(scope="module")
 def admin() -> Iterator[client.ApiClient]:
     api = _api("admin")
@@ -47,7 +52,21 @@ def admin() -> Iterator[client.ApiClient]:
     if problem:
         pytest.fail(NOT_RUNNING.format(problem), pytrace=False)
     yield api
-    api.close()
+    _close(api)
+
+
+@pytest.fixture
+def api_for(admin: client.ApiClient) -> Iterator[Callable[[str], client.ApiClient]]:
+    """API clients logged in with another kubeconfig (ci, dev, prod); closed afterwards."""
+    opened: list[client.ApiClient] = []
+
+    def open_(name: str) -> client.ApiClient:
+        opened.append(_api(name))
+        return opened[-1]
+
+    yield open_
+    for api in opened:
+        _close(api)
 
 
 @pytest.fixture
@@ -132,8 +151,8 @@ def test_pod_with_local_pause_image_runs(core: client.CoreV1Api, cleanup: list[t
     assert pod.status.container_statuses[0].ready
 
 
-def test_dev_credentials_cannot_touch_prod(admin: client.ApiClient) -> None:
-    dev = client.CoreV1Api(_api("dev"))
+def test_dev_credentials_cannot_touch_prod(api_for: Callable[[str], client.ApiClient]) -> None:
+    dev = client.CoreV1Api(api_for("dev"))
     name = _name("rbac-probe")
     body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name), data={"a": "b"})
     # the token works in its own namespace ...
@@ -145,7 +164,7 @@ def test_dev_credentials_cannot_touch_prod(admin: client.ApiClient) -> None:
             dev.create_namespaced_config_map(namespace, body)
         assert denied.value.status == 403
     with pytest.raises(ApiException) as denied:
-        client.AppsV1Api(_api("dev")).list_namespaced_deployment("prod")
+        client.AppsV1Api(api_for("dev")).list_namespaced_deployment("prod")
     assert denied.value.status == 403
 
 
@@ -232,3 +251,57 @@ def test_node_pulls_from_plain_http_registry_on_bridge(core: client.CoreV1Api,
           pulled, timeout=90)
     events = _events(core, name)
     assert f'Successfully pulled image "{image}"' in events
+
+
+def test_ci_credentials_run_and_exec_into_pipeline_pods(api_for: Callable[[str], client.ApiClient]) -> None:
+    """What the KubernetesPodOperator does with k8s_ci: create, watch, exec (xcom sidecar), delete."""
+    from kubernetes.stream import stream
+
+    ci = client.CoreV1Api(api_for("ci"))
+    name = _name("ci-exec")
+    ci.create_namespaced_pod(CI_NS, _pod(name, BUSYBOX_IMAGE, ["sleep", "300"]))
+    try:
+        _wait(f"pod {name} to be Running", lambda: ci.read_namespaced_pod(name, CI_NS).status.phase == "Running")
+        ws = stream(ci.connect_get_namespaced_pod_exec, name, CI_NS,
+                    command=["/bin/sh", "-c", "echo xcom-$((6 * 7))"],
+                    stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+        try:
+            ws.run_forever(timeout=30)
+            out = ws.read_stdout()
+        finally:
+            ws.close()
+            ws.sock.shutdown()  # close() skips the socket when the server closed first
+        assert out.strip() == "xcom-42"
+        with pytest.raises(ApiException) as denied:
+            ci.list_namespaced_pod("dev")
+        assert denied.value.status == 403
+    finally:
+        ci.delete_namespaced_pod(name, CI_NS, grace_period_seconds=0)
+
+
+def test_dev_credentials_deploy_into_dev(api_for: Callable[[str], client.ApiClient]) -> None:
+    """The deployer can roll out a Deployment in its namespace, and it becomes available."""
+    apps = client.AppsV1Api(api_for("dev"))
+    name = _name("deploy")
+    labels = {"app": name}
+    deployment = client.V1Deployment(
+        metadata=client.V1ObjectMeta(name=name, labels=labels),
+        spec=client.V1DeploymentSpec(
+            replicas=1,
+            selector=client.V1LabelSelector(match_labels=labels),
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(labels=labels),
+                spec=client.V1PodSpec(termination_grace_period_seconds=0, containers=[
+                    client.V1Container(name="main", image=PAUSE_IMAGE, image_pull_policy="Never")]),
+            ),
+        ),
+    )
+    apps.create_namespaced_deployment("dev", deployment)
+    try:
+        _wait(f"deployment dev/{name} to be available",
+              lambda: (apps.read_namespaced_deployment(name, "dev").status.available_replicas or 0) == 1)
+        # rollout undo reads the ReplicaSets and patches the Deployment
+        assert apps.list_namespaced_replica_set("dev", label_selector=f"app={name}").items
+        apps.patch_namespaced_deployment(name, "dev", {"metadata": {"annotations": {"conveyor/test": "1"}}})
+    finally:
+        apps.delete_namespaced_deployment(name, "dev", propagation_policy="Foreground")
