@@ -6,6 +6,7 @@
 # (Debian bookworm ships containerd 1.6.20). Changing it triggers a rebuild.
 K8S_VERSION="v1.35.4"
 K8S_STAGING_VERSION="v0.${K8S_VERSION#v1.}"   # k8s.io/api etc. of the same release
+COREDNS_VERSION="v1.14.7"                     # github.com/coredns/coredns, the cluster DNS
 CRICTL_VERSION="v1.34.0"                      # sigs.k8s.io/cri-tools, for scripts/cluster/down and debugging
 
 CONVEYOR_CACHE="${CONVEYOR_CACHE:-/var/cache/conveyor}"
@@ -44,6 +45,8 @@ KUBELET_ROOT="$STATE/kubelet"
 CNI_CONF_DIR="$STATE/cni/net.d"
 CNI_BIN_DIR="/usr/lib/cni"
 PAUSE_IMAGE="registry.k8s.io/pause:3.10.1-conveyor"
+COREDNS_IMAGE="conveyor.local/coredns:${COREDNS_VERSION#v}"
+CLUSTER_DNS_IP="10.96.0.10"
 BUSYBOX_IMAGE="conveyor.local/busybox:1"   # a static busybox, imported for smoke tests
 
 log()  { printf '>> %s\n' "$*" >&2; }

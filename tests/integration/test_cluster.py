@@ -192,6 +192,16 @@ def test_cluster_ip_service_reaches_pod(core: client.CoreV1Api, cleanup: list[tu
     assert token in log
 
 
+def test_cluster_dns_resolves_services(core: client.CoreV1Api, cleanup: list[tuple[str, str]]) -> None:
+    log = _run_to_completion(core, cleanup, _name("dns"), [
+        "/bin/sh", "-c",
+        "cat /etc/resolv.conf && nslookup kubernetes.default.svc.cluster.local"
+        " && nslookup kube-dns.kube-system.svc.cluster.local"])
+    assert "nameserver 10.96.0.10" in log
+    assert "Address: 10.96.0.1\n" in log
+    assert "Address: 10.96.0.10\n" in log
+
+
 def test_pods_reach_host_services_on_bridge_gateway(core: client.CoreV1Api, cleanup: list[tuple[str, str]]) -> None:
     token = uuid.uuid4().hex
 
