@@ -23,8 +23,8 @@ from conveyor.settings import approval_signing_key, ui_base_url
 from conveyor.spec import ApprovalPolicy, git_ref_problem
 
 NOT_A_RELEASE = (
-    "Skipped: this run is not a release. '{step}' runs only when the run has a tag_name "
-    '(trigger it with the param tag_name, e.g. {{"tag_name": "v1.2.3"}}) or the app sets release.auto_tag.'
+    "Skipped: this run is not a release. Step {step} runs only when the run has a tag_name "
+    "(trigger the run with the param tag_name set, e.g. v1.2.3) or the app sets release.auto_tag."
 )
 BUILD_NUMBERS_KEEP = 500
 
@@ -89,6 +89,13 @@ class ConveyorPodOperator(KubernetesPodOperator):
         self.auto_tag = auto_tag
         self.auto_tag_prefix = auto_tag_prefix
         self.secret_refs = [tuple(r) for r in secret_refs]
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        # A step that will skip (not a release) must not fail first on rendering values,
+        # such as this run's image digest, that a non-release run may never produce.
+        if self.release_only and not is_release(context["params"], self.auto_tag):
+            return
+        super().render_template_fields(context, jinja_env)
 
     def execute(self, context: Any) -> Any:
         params = context["params"]

@@ -1,0 +1,123 @@
+"""Conveyor's approval API through the real Airflow api-server app (auth, policy, binding)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import Run
+
+pytestmark = pytest.mark.airflow
+
+
+def decide(api: Any, headers: dict[str, str], run: Run, action: str, gate: str = "approve", **body: Any) -> Any:
+    return api.post(f"{run.gate_url(gate)}/{action}", headers=headers, json={**run.build(), **body})
+
+
+def test_unauthenticated_requests_get_401(api: Any, auth: Any, waiting_gate: Callable[..., Run]) -> None:
+    run = waiting_gate()
+    assert api.get("/conveyor/api/v1/gates").status_code == 401
+    assert api.get(run.gate_url()).status_code == 401
+    response = api.post(f"{run.gate_url()}/approve", json=run.build())
+    assert response.status_code == 401
+    bad_token = {"Authorization": "Bearer not-a-token"}
+    response = api.post(f"{run.gate_url()}/approve", headers=bad_token, json=run.build())
+    assert response.status_code in (401, 403)  # Airflow answers a forged token with 403 "Invalid JWT token"
+    assert api.get(run.gate_url(), headers=auth("alice")).json()["decisions"] == []
+
+
+def test_approver_by_name_is_accepted_and_the_gate_shows_it(api: Any, auth: Any, waiting_gate: Callable[..., Run]) -> None:
+    run = waiting_gate()
+    before = api.get(run.gate_url(), headers=auth("bob")).json()
+    assert before["status"] == "waiting" and before["can_decide"] is True
+    assert before["build"]["commit"] == run.commit and before["build"]["digest"] == run.digest
+    response = decide(api, auth("bob"), run, "approve", reason="tested on staging")
+    assert response.status_code == 201, response.text
+    gate = response.json()
+    assert gate["status"] == "approved"
+    assert gate["approvals"] == ["bob"]
+    (decision,) = gate["decisions"]
+    assert decision["user"] == "bob" and decision["reason"] == "tested on staging"
+    assert decision["commit"] == run.commit and decision["digest"] == run.digest
+    listed = api.get("/conveyor/api/v1/gates", headers=auth("bob")).json()["gates"]
+    assert run.run_id in {g["run_id"] for g in listed}
+
+
+def test_approver_by_role_is_accepted(api: Any, auth: Any, waiting_gate: Callable[..., Run]) -> None:
+    run = waiting_gate()
+    response = decide(api, auth("alice"), run, "approve")  # alice is listed by her role, admin
+    assert response.status_code == 201, response.text
+    assert response.json()["decisions"][0]["roles"] == ["admin"]
+
+
+def test_non_approver_gets_403_and_no_buttons(api: Any, auth: Any, waiting_gate: Callable[..., Run]) -> None:
+    run = waiting_gate()
+    response = decide(api, auth("carol"), run, "approve")
+    assert response.status_code == 403
+    assert "carol is not an approver of this gate" in response.json()["detail"]
+    gate = api.get(run.gate_url(), headers=auth("carol")).json()
+    assert gate["can_decide"] is False and gate["decisions"] == []
+
+
+def test_the_person_who_triggered_the_run_may_not_approve_it(api: Any, auth: Any, waiting_gate: Callable[..., Run]) -> None:
+    run = waiting_gate(user="bob")
+    response = decide(api, auth("bob"), run, "approve")
+    assert response.status_code == 403
+    assert "bob triggered this run" in response.json()["detail"]
+
+
+def test_decision_for_another_digest_is_refused(api: Any, auth: Any, waiting_gate: Callable[..., Run]) -> None:
+    run = waiting_gate()
+    response = api.post(
+        f"{run.gate_url()}/approve", headers=auth("bob"), json={"commit": run.commit, "digest": "sha256:" + "0" * 64}
+    )
+    assert response.status_code == 409
+    assert f"built commit {run.commit} as image {run.digest}" in response.json()["detail"]
+    assert api.get(run.gate_url(), headers=auth("bob")).json()["decisions"] == []
+
+
+def test_reject_needs_a_reason(api: Any, auth: Any, waiting_gate: Callable[..., Run]) -> None:
+    run = waiting_gate()
+    response = decide(api, auth("bob"), run, "reject", reason="   ")
+    assert response.status_code == 422
+    assert "A reject needs a reason" in response.json()["detail"]
+    response = decide(api, auth("bob"), run, "reject", reason="the migration is missing")
+    assert response.status_code == 201
+    assert response.json()["status"] == "rejected"
+
+
+def test_a_decision_counts_once(api: Any, auth: Any, waiting_gate: Callable[..., Run]) -> None:
+    run = waiting_gate()
+    assert decide(api, auth("bob"), run, "approve").status_code == 201
+    again = decide(api, auth("bob"), run, "approve")
+    assert again.status_code == 409 and "already decided" in again.json()["detail"]
+
+
+def test_unknown_app_run_and_gate_are_404(api: Any, auth: Any, waiting_gate: Callable[..., Run]) -> None:
+    run = waiting_gate()
+    headers = auth("alice")
+    assert api.get(f"/conveyor/api/v1/gates/appointments/{run.run_id}/deploy_dev", headers=headers).status_code == 404
+    assert api.get("/conveyor/api/v1/gates/appointments/no-such-run/approve", headers=headers).status_code == 404
+    assert api.get(f"/conveyor/api/v1/gates/appointments/{run.run_id}/approve_prod", headers=headers).status_code == 404
+
+
+def test_decisions_are_stored_signed(api: Any, auth: Any, waiting_gate: Callable[..., Run]) -> None:
+    from airflow.models.variable import Variable
+
+    from conveyor import gate
+
+    run = waiting_gate()
+    decide(api, auth("bob"), run, "approve")
+    stored = json.loads(Variable.get(gate.storage_key(run.dag_id, run.run_id, "approve")))
+    (record,) = stored["decisions"]
+    assert len(record["signature"]) == 64
+    assert gate.Decision.from_json(record).verifies(b"tests-signing-key-0123456789")
+
+
+def test_openapi_documents_the_routes(api: Any) -> None:
+    paths = api.get("/conveyor/openapi.json").json()["paths"]
+    assert "/api/v1/gates/{dag_id}/{run_id}/{gate_id}/approve" in paths
+    assert "/api/v1/gates/{dag_id}/{run_id}/{gate_id}/reject" in paths

@@ -1,0 +1,189 @@
+"""Generated DAGs run through ``dag.test()``: pod steps marked successful, the approval sensor
+real, decisions made through the approval API while the run waits at the gate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import COMMIT, DIGEST, Run, set_build_results
+
+pytestmark = pytest.mark.airflow
+
+RUNNER = Path(__file__).resolve().parents[1] / "support" / "run_dag_test.py"
+POD_STEPS = "checkout|unit_test|sonar|build|push|deploy_dev|tag|deploy_prod"
+NOT_RELEASE_STEPS = "checkout|unit_test|sonar|build|push|deploy_dev"
+
+
+class DagTest:
+    """A ``dag.test()`` run in a child process, and ways to watch it."""
+
+    def __init__(self, dag_id: str, conf: dict, pattern: str, log: Path) -> None:
+        self.dag_id = dag_id
+        self.log = log
+        self.runs_before = self._last_run_pk()
+        self._out = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(RUNNER), dag_id, json.dumps(conf), f"^({pattern})$"],
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"},  # task logs, as a user reads them
+        )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            value = check()
+            if value:
+                return value
+            if self.proc.poll() is not None:
+                pytest.fail(f"dag.test ended before {what}:\n{self.output()[-4000:]}")
+            time.sleep(0.5)
+        pytest.fail(f"timed out waiting for {what}:\n{self.output()[-4000:]}")
+
+    @staticmethod
+    def _last_run_pk() -> int:
+        from airflow.models.dagrun import DagRun
+        from airflow.utils.session import create_session
+        from sqlalchemy import func, select
+
+        with create_session() as session:
+            return session.scalar(select(func.max(DagRun.id))) or 0
+
+    def run_id(self) -> str:
+        """The run this dag.test created (the first run newer than the ones before it)."""
+        from airflow.models.dagrun import DagRun
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        def find() -> str | None:
+            with create_session() as session:
+                return session.scalar(
+                    select(DagRun.run_id)
+                    .where(DagRun.dag_id == self.dag_id, DagRun.id > self.runs_before)
+                    .order_by(DagRun.id)
+                    .limit(1)
+                )
+
+        return self.wait_for("the run to start", find)
+
+    def state(self, run_id: str, task_id: str) -> str | None:
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        with create_session() as session:
+            state = session.scalar(
+                select(TaskInstance.state).where(TaskInstance.run_id == run_id, TaskInstance.task_id == task_id)
+            )
+        return str(state.value if hasattr(state, "value") else state) if state else None
+
+    def finish(self, timeout: float = 120) -> str:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            pytest.fail(f"dag.test did not finish in {timeout}s:\n{self.output()[-4000:]}")
+        self._out.close()
+        return self.output()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._out.close()
+
+
+@pytest.fixture
+def dag_test(airflow_db: Any, tmp_path: Path) -> Iterator[Callable[..., DagTest]]:
+    started: list[DagTest] = []
+
+    def start(dag_id: str, conf: dict, pattern: str = POD_STEPS) -> DagTest:
+        run = DagTest(dag_id, conf, pattern, tmp_path / f"dag-test-{len(started)}.log")
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.stop()
+
+
+def wait_at_gate(run: DagTest) -> Run:
+    run_id = run.run_id()
+    run.wait_for("the gate to wait", lambda: run.state(run_id, "approve") == "up_for_reschedule")
+    # What the checkout and build pods would have handed on; dag.test marked them successful.
+    set_build_results(run.dag_id, run_id)
+    return Run(run.dag_id, run_id)
+
+
+def test_release_waits_for_approval_then_reaches_production(
+    dag_test: Callable[..., DagTest], api: Any, auth: Any
+) -> None:
+    from airflow.models.variable import Variable
+
+    from conveyor import gate
+
+    run = dag_test("appointments", {"tag_name": "v1.0.0"})
+    waiting = wait_at_gate(run)
+
+    # A record written around the API (a raw Variable edit) must not open the gate.
+    forged = gate.Decision(
+        app="appointments", run_id=waiting.run_id, gate="approve", decision="approve", user="bob", roles=("user",),
+        commit=COMMIT, digest=DIGEST, reason="", at="2026-11-27T00:00:00+00:00",
+    ).signed(b"a guessed key, not the real one")
+    Variable.set(gate.storage_key("appointments", waiting.run_id, "approve"),
+                 gate.dump_records("appointments", waiting.run_id, "approve", [forged]))
+    run.wait_for("the sensor to notice the forged record",
+                 lambda: "not signed by Conveyor's approval API" in run.output(), timeout=30)
+    assert run.state(waiting.run_id, "approve") == "up_for_reschedule"
+    assert run.state(waiting.run_id, "deploy_dev") is None
+
+    response = api.post(f"{waiting.gate_url()}/approve", headers=auth("alice"), json=waiting.build())
+    assert response.status_code == 201, response.text
+    output = run.finish()
+    assert f"DAG RUN FINISHED {waiting.run_id} success" in output, output[-4000:]
+    for task_id in ("approve", "deploy_dev", "tag", "deploy_prod"):
+        assert run.state(waiting.run_id, task_id) == "success", task_id
+    assert "Approved by alice" in output
+
+
+def test_reject_with_reason_fails_the_gate_and_stops_the_run(
+    dag_test: Callable[..., DagTest], api: Any, auth: Any
+) -> None:
+    run = dag_test("appointments", {"tag_name": "v1.0.1"})
+    waiting = wait_at_gate(run)
+    reason = "the booking migration is missing"
+    response = api.post(f"{waiting.gate_url()}/reject", headers=auth("bob"), json={**waiting.build(), "reason": reason})
+    assert response.status_code == 201, response.text
+    output = run.finish()
+    assert f"DAG RUN FINISHED {waiting.run_id} failed" in output, output[-4000:]
+    assert run.state(waiting.run_id, "approve") == "failed"
+    assert run.state(waiting.run_id, "deploy_dev") == "upstream_failed"
+    assert "Rejected by bob" in output and reason in output
+
+
+def test_without_tag_name_the_run_stops_after_deploy_dev_and_says_why(
+    dag_test: Callable[..., DagTest], api: Any, auth: Any
+) -> None:
+    run = dag_test("appointments", {}, NOT_RELEASE_STEPS)
+    waiting = wait_at_gate(run)
+    response = api.post(f"{waiting.gate_url()}/approve", headers=auth("bob"), json=waiting.build())
+    assert response.status_code == 201, response.text
+    output = run.finish()
+    assert f"DAG RUN FINISHED {waiting.run_id} success" in output, output[-4000:]
+    assert run.state(waiting.run_id, "deploy_dev") == "success"
+    assert run.state(waiting.run_id, "tag") == "skipped"
+    assert run.state(waiting.run_id, "deploy_prod") == "skipped"
+    assert "Step tag runs only when the run has a tag_name" in output
+    assert "Step deploy_prod runs only when the run has a tag_name" in output

@@ -1,0 +1,67 @@
+"""Test settings shared by every suite.
+
+The Airflow configuration for the tests is set here, before anything imports Airflow:
+a throw-away AIRFLOW_HOME with its own SQLite database, this checkout's dags/ and
+plugins/, a signing key for approvals, and four users of Airflow's simple auth manager.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="conveyor-tests-"))
+PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "dave": "dave-pw"}
+# alice: admin, listed nowhere by name; bob: user, listed by name; carol: viewer; dave: op.
+USERS = "alice:admin,bob:user,carol:viewer,dave:op"
+
+(AIRFLOW_HOME / "passwords.json").write_text(json.dumps(PASSWORDS))
+TEST_ENV = {
+    "AIRFLOW_HOME": str(AIRFLOW_HOME),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+    "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": USERS,
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(AIRFLOW_HOME / "passwords.json"),
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
+    "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
+    "AIRFLOW__CONVEYOR__APPROVAL_SIGNING_KEY": "tests-signing-key-0123456789",
+    "AIRFLOW__CONVEYOR__GATE_POKE_INTERVAL": "1",
+    "AIRFLOW__CONVEYOR__APPS_FOLDER": str(REPO / "include" / "apps"),
+    "AIRFLOW__CONVEYOR__MANIFESTS_FOLDER": str(REPO / "include" / "manifests"),
+    "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+    "CONVEYOR_HOME": str(REPO),
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "plugins"), os.environ.get("PYTHONPATH")])),
+}
+os.environ.update(TEST_ENV)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Iterator[Path]:
+    """An initialised Airflow metadata database with the sample apps' DAGs in it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True, env=os.environ.copy()
+    )
+    if result.returncode != 0:
+        pytest.fail(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+
+    manager = DagBundlesManager()
+    manager.sync_bundles_to_db()
+    for bundle in manager.get_all_dag_bundles():
+        if not bundle.is_initialized:
+            bundle.initialize()
+        bag = BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)
+        assert not bag.import_errors, bag.import_errors
+        sync_bag_to_db(bag, bundle.name, bundle.version)
+    yield AIRFLOW_HOME

@@ -1,0 +1,150 @@
+"""Every generated DAG: loads without import errors, has the contract's task order, tags,
+params, retries and owner, and skips release-only steps with the reason."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk.exceptions import AirflowSkipException
+
+from conveyor.operators import ApprovalSensor, ConveyorPodOperator
+from conveyor.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures"
+ORDER = ["checkout", "unit_test", "sonar", "build", "push", "approve", "deploy_dev", "tag", "approve_prod", "deploy_prod"]
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> DagBag:
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+def sample_apps() -> list[str]:
+    return sorted(p.stem for p in (REPO / "include" / "apps").glob("*.yaml"))
+
+
+def test_no_import_errors(dagbag: DagBag) -> None:
+    assert dagbag.import_errors == {}
+    assert sorted(dagbag.dag_ids) == sample_apps()
+
+
+@pytest.mark.parametrize("app", sample_apps())
+def test_task_order_and_metadata(dagbag: DagBag, app: str) -> None:
+    spec = load_spec(REPO / "include" / "apps" / f"{app}.yaml")
+    dag = dagbag.dags[app]
+    expected = [t for t in ORDER if t != "sonar" or spec.sonar.enabled]
+    expected = [t for t in expected if t != "approve_prod" or spec.approvals.approve_prod]
+    # a straight chain, in the contract's order
+    ids = [t.task_id for t in dag.topological_sort()]
+    assert ids == expected
+    for upstream, downstream in zip(expected, expected[1:], strict=False):
+        assert dag.get_task(downstream).upstream_task_ids == {upstream}
+    assert set(dag.tags) == {"conveyor", spec.team}
+    for task in dag.tasks:
+        assert task.owner == (spec.owner or spec.team)
+        if isinstance(task, ConveyorPodOperator):
+            assert task.retries == spec.retries
+            assert task.kubernetes_conn_id == "k8s_ci"
+            assert task.on_finish_action.value == "delete_pod"
+        else:
+            assert isinstance(task, ApprovalSensor)
+            assert task.mode == "reschedule"
+            assert task.retries == 0
+    assert dag.get_task("approve").timeout == spec.approvals.approve.timeout
+    assert dag.get_task("checkout").max_active_tis_per_dag == 1
+    assert dag.get_task("deploy_prod").max_active_tis_per_dag == 1
+
+
+@pytest.mark.parametrize("app", sample_apps())
+def test_params(dagbag: DagBag, app: str) -> None:
+    spec = load_spec(REPO / "include" / "apps" / f"{app}.yaml")
+    params = dagbag.dags[app].params
+    assert params["branch"] == spec.git.branch
+    assert params["tag_name"] is None
+    params.validate()
+    tag = params.get_param("tag_name")
+    for ok in (None, "", "v1.2.3", "v1.2.3-rc.1"):
+        assert tag.resolve(ok) == ok
+    for wrong in ("1.0", "v1.2", "latest", "v1.2.3; ls"):
+        with pytest.raises(Exception, match="does not match"):
+            tag.resolve(wrong)
+    branch = params.get_param("branch")
+    with pytest.raises(Exception, match="does not match"):
+        branch.resolve("feature branch")
+
+
+@pytest.mark.parametrize("task_id", ["tag", "deploy_prod"])
+def test_release_steps_skip_without_tag_name_with_the_reason(dagbag: DagBag, task_id: str) -> None:
+    task = dagbag.dags["appointments"].get_task(task_id)
+    with pytest.raises(AirflowSkipException, match=f"Step {task_id} runs only when the run has a tag_name"):
+        task.execute({"params": {"branch": "main", "tag_name": None}})
+    assert task.trigger_rule == "none_failed"  # runs after a skipped step, to log its own reason
+
+
+def test_second_gate_skips_too(dagbag: DagBag) -> None:
+    gate = dagbag.dags["boot-preject"].get_task("approve_prod")
+    with pytest.raises(AirflowSkipException, match="not a release"):
+        gate.execute({"params": {"tag_name": ""}})
+
+
+def test_release_steps_run_with_tag_name_or_auto_tag() -> None:
+    from conveyor.operators import is_release, release_tag
+
+    assert is_release({"tag_name": "v1.0.0"}, auto_tag=False)
+    assert not is_release({"tag_name": None}, auto_tag=False)
+    assert is_release({"tag_name": None}, auto_tag=True)
+    assert release_tag({"tag_name": None}, True, "v2.3", 17) == "v2.3.17"
+    assert release_tag({"tag_name": "v9.0.0"}, True, "v2.3", 17) == "v9.0.0"
+
+
+def test_one_bad_spec_leaves_the_others_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    for name in ("minimal.yaml", "s2i.yaml"):
+        shutil.copy(FIXTURES / "apps" / "valid" / name, apps)
+    shutil.copy(FIXTURES / "apps" / "invalid" / "names.yaml", apps)
+    monkeypatch.setenv("AIRFLOW__CONVEYOR__APPS_FOLDER", str(apps))
+    monkeypatch.setenv("AIRFLOW__CONVEYOR__MANIFESTS_FOLDER", str(FIXTURES / "manifests"))
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert sorted(bag.dag_ids) == ["minimal", "s2i"]
+    assert len(bag.import_errors) == 1
+    (where, message), = bag.import_errors.items()
+    assert where.endswith("conveyor_apps.py")
+    assert f"Failed to build DAG 'names' from '{apps / 'names.yaml'}'" in message
+    assert "environments.dev.namespace: 'Dev' is not a valid Kubernetes name" in message
+    assert "git.branch: 'feature..x' is not a valid git branch name" in message
+
+
+def test_strict_mode_fails_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    shutil.copy(FIXTURES / "apps" / "valid" / "minimal.yaml", apps)
+    shutil.copy(FIXTURES / "apps" / "invalid" / "wrong_name.yaml", apps)
+    monkeypatch.setenv("AIRFLOW__CONVEYOR__APPS_FOLDER", str(apps))
+    monkeypatch.setenv("AIRFLOW__CONVEYOR__MANIFESTS_FOLDER", str(FIXTURES / "manifests"))
+    monkeypatch.setenv("AIRFLOW__CONVEYOR__STRICT", "true")
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.dag_ids == []
+    (message,) = bag.import_errors.values()
+    assert "'another-name' does not match the file name 'wrong_name'" in message
+
+
+def test_pod_templates_only_render_run_values(dagbag: DagBag) -> None:
+    """Spec values are data: Jinja in them is escaped, run values are templates."""
+    from conveyor.dag_builder import jinja_literal, to_template_dict
+
+    assert jinja_literal("echo {{ conn.registry.password }}") == "echo {{ '{' }}{{ '{' }} conn.registry.password }}"
+    import jinja2
+
+    env = jinja2.Environment()
+    for text in ["{{ x }}", "{% raw %}", "${#arr[@]} {{.Digest}}", "{#"]:
+        assert env.from_string(jinja_literal(text)).render() == text
+    templates = ["{{ run_id }}"]
+    assert to_template_dict({"a": ["x-{{ run_id }}-{{ y }}"]}, templates) == {"a": ["x-{{ run_id }}-{{ '{' }}{{ '{' }} y }}"]}
+    task = dagbag.dags["appointments"].get_task("build")
+    script_text = task.pod_template_dict["spec"]["containers"][0]["command"][2]
+    assert "{{ '{' }}{{ '{' }}.Digest}}" in script_text
