@@ -59,14 +59,26 @@ def set_build_results(dag_id: str, run_id: str, commit: str = COMMIT, digest: st
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        checkout = {"commit": commit, "branch": "main", "build_number": 7, "release_tag": "v1.0.0",
-                    "message": "Add booking API", "author": "Dev <dev@example.com>", **extra}
+        checkout = {
+            "commit": commit,
+            "branch": "main",
+            "build_number": 7,
+            "release_tag": "v1.0.0",
+            "message": "Add booking API",
+            "author": "Dev <dev@example.com>",
+            **extra,
+        }
         build = {"digest": digest, "repository": f"10.88.0.1:5000/conveyor/{dag_id}"}
         # As the execution API stores what a task pushes: already serialised by the Task SDK.
         for task_id, value in (("checkout", checkout), ("build", build)):
             XComModel.set(
-                "return_value", serialize(value), dag_id=dag_id, task_id=task_id, run_id=run_id,
-                serialize=False, session=session,
+                "return_value",
+                serialize(value),
+                dag_id=dag_id,
+                task_id=task_id,
+                run_id=run_id,
+                serialize=False,
+                session=session,
             )
 
 
@@ -79,7 +91,9 @@ def waiting_gate(api: Any, auth: Callable[[str], dict[str, str]]) -> Callable[..
     from airflow.utils.state import TaskInstanceState
     from sqlalchemy import select
 
-    def make(dag_id: str = "appointments", *, user: str = "dave", gate: str = "approve", conf: dict | None = None) -> Run:
+    def make(
+        dag_id: str = "appointments", *, user: str = "dave", gate: str = "approve", conf: dict | None = None
+    ) -> Run:
         response = api.post(
             f"/api/v2/dags/{dag_id}/dagRuns",
             headers=auth(user),

@@ -29,7 +29,9 @@ def test_unauthenticated_requests_get_401(api: Any, auth: Any, waiting_gate: Cal
     assert api.get(run.gate_url(), headers=auth("alice")).json()["decisions"] == []
 
 
-def test_approver_by_name_is_accepted_and_the_gate_shows_it(api: Any, auth: Any, waiting_gate: Callable[..., Run]) -> None:
+def test_approver_by_name_is_accepted_and_the_gate_shows_it(
+    api: Any, auth: Any, waiting_gate: Callable[..., Run]
+) -> None:
     run = waiting_gate()
     before = api.get(run.gate_url(), headers=auth("bob")).json()
     assert before["status"] == "waiting" and before["can_decide"] is True
@@ -62,7 +64,9 @@ def test_non_approver_gets_403_and_no_buttons(api: Any, auth: Any, waiting_gate:
     assert gate["can_decide"] is False and gate["decisions"] == []
 
 
-def test_the_person_who_triggered_the_run_may_not_approve_it(api: Any, auth: Any, waiting_gate: Callable[..., Run]) -> None:
+def test_the_person_who_triggered_the_run_may_not_approve_it(
+    api: Any, auth: Any, waiting_gate: Callable[..., Run]
+) -> None:
     run = waiting_gate(user="bob")
     response = decide(api, auth("bob"), run, "approve")
     assert response.status_code == 403

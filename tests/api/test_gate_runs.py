@@ -139,13 +139,26 @@ def test_release_waits_for_approval_then_reaches_production(
 
     # A record written around the API (a raw Variable edit) must not open the gate.
     forged = gate.Decision(
-        app="appointments", run_id=waiting.run_id, gate="approve", decision="approve", user="bob", roles=("user",),
-        commit=COMMIT, digest=DIGEST, reason="", at="2026-11-27T00:00:00+00:00",
+        app="appointments",
+        run_id=waiting.run_id,
+        gate="approve",
+        decision="approve",
+        user="bob",
+        roles=("user",),
+        commit=COMMIT,
+        digest=DIGEST,
+        reason="",
+        at="2026-11-27T00:00:00+00:00",
     ).signed(b"a guessed key, not the real one")
-    Variable.set(gate.storage_key("appointments", waiting.run_id, "approve"),
-                 gate.dump_records("appointments", waiting.run_id, "approve", [forged]))
-    run.wait_for("the sensor to notice the forged record",
-                 lambda: "not signed by Conveyor's approval API" in run.output(), timeout=30)
+    Variable.set(
+        gate.storage_key("appointments", waiting.run_id, "approve"),
+        gate.dump_records("appointments", waiting.run_id, "approve", [forged]),
+    )
+    run.wait_for(
+        "the sensor to notice the forged record",
+        lambda: "not signed by Conveyor's approval API" in run.output(),
+        timeout=30,
+    )
     assert run.state(waiting.run_id, "approve") == "up_for_reschedule"
     assert run.state(waiting.run_id, "deploy_dev") is None
 

@@ -15,7 +15,18 @@ from conveyor.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
-ORDER = ["checkout", "unit_test", "sonar", "build", "push", "approve", "deploy_dev", "tag", "approve_prod", "deploy_prod"]
+ORDER = [
+    "checkout",
+    "unit_test",
+    "sonar",
+    "build",
+    "push",
+    "approve",
+    "deploy_dev",
+    "tag",
+    "approve_prod",
+    "deploy_prod",
+]
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +123,7 @@ def test_one_bad_spec_leaves_the_others_loaded(tmp_path: Path, monkeypatch: pyte
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert sorted(bag.dag_ids) == ["minimal", "s2i"]
     assert len(bag.import_errors) == 1
-    (where, message), = bag.import_errors.items()
+    ((where, message),) = bag.import_errors.items()
     assert where.endswith("conveyor_apps.py")
     assert f"Failed to build DAG 'names' from '{apps / 'names.yaml'}'" in message
     assert "environments.dev.namespace: 'Dev' is not a valid Kubernetes name" in message
@@ -144,7 +155,9 @@ def test_pod_templates_only_render_run_values(dagbag: DagBag) -> None:
     for text in ["{{ x }}", "{% raw %}", "${#arr[@]} {{.Digest}}", "{#"]:
         assert env.from_string(jinja_literal(text)).render() == text
     templates = ["{{ run_id }}"]
-    assert to_template_dict({"a": ["x-{{ run_id }}-{{ y }}"]}, templates) == {"a": ["x-{{ run_id }}-{{ '{' }}{{ '{' }} y }}"]}
+    assert to_template_dict({"a": ["x-{{ run_id }}-{{ y }}"]}, templates) == {
+        "a": ["x-{{ run_id }}-{{ '{' }}{{ '{' }} y }}"]
+    }
     task = dagbag.dags["appointments"].get_task("build")
     script_text = task.pod_template_dict["spec"]["containers"][0]["command"][2]
     assert "{{ '{' }}{{ '{' }}.Digest}}" in script_text

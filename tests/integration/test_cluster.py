@@ -100,8 +100,13 @@ def _wait(what: str, check: Callable[[], bool], timeout: float = 120) -> None:
         time.sleep(1)
 
 
-def _pod(name: str, image: str, command: list[str] | None = None, labels: dict[str, str] | None = None,
-         restart: str = "Never") -> client.V1Pod:
+def _pod(
+    name: str,
+    image: str,
+    command: list[str] | None = None,
+    labels: dict[str, str] | None = None,
+    restart: str = "Never",
+) -> client.V1Pod:
     all_labels = {"app.kubernetes.io/part-of": "conveyor-tests", **(labels or {})}
     return client.V1Pod(
         metadata=client.V1ObjectMeta(name=name, labels=all_labels),
@@ -171,32 +176,57 @@ def test_dev_credentials_cannot_touch_prod(api_for: Callable[[str], client.ApiCl
 def test_cluster_ip_service_reaches_pod(core: client.CoreV1Api, cleanup: list[tuple[str, str]]) -> None:
     server = _name("web")
     token = uuid.uuid4().hex
-    core.create_namespaced_pod(CI_NS, _pod(
-        server, BUSYBOX_IMAGE,
-        ["/bin/sh", "-c", f"echo {token} > /www/index.html && exec httpd -f -p 8080 -h /www"],
-        labels={"conveyor-test": server}, restart="Always"))
+    core.create_namespaced_pod(
+        CI_NS,
+        _pod(
+            server,
+            BUSYBOX_IMAGE,
+            ["/bin/sh", "-c", f"echo {token} > /www/index.html && exec httpd -f -p 8080 -h /www"],
+            labels={"conveyor-test": server},
+            restart="Always",
+        ),
+    )
     cleanup.append(("pod", server))
-    core.create_namespaced_service(CI_NS, client.V1Service(
-        metadata=client.V1ObjectMeta(name=server),
-        spec=client.V1ServiceSpec(selector={"conveyor-test": server},
-                                  ports=[client.V1ServicePort(port=80, target_port=8080)])))
+    core.create_namespaced_service(
+        CI_NS,
+        client.V1Service(
+            metadata=client.V1ObjectMeta(name=server),
+            spec=client.V1ServiceSpec(
+                selector={"conveyor-test": server}, ports=[client.V1ServicePort(port=80, target_port=8080)]
+            ),
+        ),
+    )
     cleanup.append(("service", server))
     _wait(f"pod {server} to be Running ({_events(core, server)})", lambda: _phase(core, server) == "Running")
     cluster_ip = core.read_namespaced_service(server, CI_NS).spec.cluster_ip
     assert cluster_ip.startswith("10.96.")
 
-    log = _run_to_completion(core, cleanup, _name("client"), [
-        "/bin/sh", "-c",
-        # kube-proxy may take a moment to program the new service
-        f"for i in $(seq 1 30); do timeout 3 wget -q -O- http://{cluster_ip}/ && exit 0; sleep 1; done; exit 1"])
+    log = _run_to_completion(
+        core,
+        cleanup,
+        _name("client"),
+        [
+            "/bin/sh",
+            "-c",
+            # kube-proxy may take a moment to program the new service
+            f"for i in $(seq 1 30); do timeout 3 wget -q -O- http://{cluster_ip}/ && exit 0; sleep 1; done; exit 1",
+        ],
+    )
     assert token in log
 
 
 def test_cluster_dns_resolves_services(core: client.CoreV1Api, cleanup: list[tuple[str, str]]) -> None:
-    log = _run_to_completion(core, cleanup, _name("dns"), [
-        "/bin/sh", "-c",
-        "cat /etc/resolv.conf && nslookup kubernetes.default.svc.cluster.local"
-        " && nslookup kube-dns.kube-system.svc.cluster.local"])
+    log = _run_to_completion(
+        core,
+        cleanup,
+        _name("dns"),
+        [
+            "/bin/sh",
+            "-c",
+            "cat /etc/resolv.conf && nslookup kubernetes.default.svc.cluster.local"
+            " && nslookup kube-dns.kube-system.svc.cluster.local",
+        ],
+    )
     assert "nameserver 10.96.0.10" in log
     assert "Address: 10.96.0.1\n" in log
     assert "Address: 10.96.0.10\n" in log
@@ -221,8 +251,9 @@ def test_pods_reach_host_services_on_bridge_gateway(core: client.CoreV1Api, clea
     thread.start()
     try:
         port = httpd.server_address[1]
-        log = _run_to_completion(core, cleanup, _name("to-host"),
-                                 ["timeout", "20", "wget", "-q", "-O-", f"http://{HOST_IP}:{port}/"])
+        log = _run_to_completion(
+            core, cleanup, _name("to-host"), ["timeout", "20", "wget", "-q", "-O-", f"http://{HOST_IP}:{port}/"]
+        )
         assert log.strip() == token
     finally:
         httpd.shutdown()
@@ -232,15 +263,18 @@ def test_pods_reach_host_services_on_bridge_gateway(core: client.CoreV1Api, clea
 def _pinned_image(key: str) -> str:
     """registry/repo:tag of images/images.yaml's KEY (the cluster pulls it by this name)."""
     text = (Path(__file__).resolve().parents[2] / "images" / "images.yaml").read_text()
-    registry = next(line.split(":", 1)[1].split("#")[0].strip() for line in text.splitlines()
-                    if line.startswith("registry:"))
-    ref = next(line.split(":", 1)[1].split("#")[0].strip() for line in text.splitlines()
-               if line.strip().startswith(f"{key}:") and line.startswith(" "))
+    registry = next(
+        line.split(":", 1)[1].split("#")[0].strip() for line in text.splitlines() if line.startswith("registry:")
+    )
+    ref = next(
+        line.split(":", 1)[1].split("#")[0].strip()
+        for line in text.splitlines()
+        if line.strip().startswith(f"{key}:") and line.startswith(" ")
+    )
     return f"{registry}/{ref}"
 
 
-def test_node_pulls_from_plain_http_registry_on_bridge(core: client.CoreV1Api,
-                                                       cleanup: list[tuple[str, str]]) -> None:
+def test_node_pulls_from_plain_http_registry_on_bridge(core: client.CoreV1Api, cleanup: list[tuple[str, str]]) -> None:
     """containerd pulls 10.88.0.1:5000/... over plain HTTP (certs.d/hosts.toml).
 
     Needs the local registry (`make up`) with the image pushed and the pull secret on
@@ -257,8 +291,11 @@ def test_node_pulls_from_plain_http_registry_on_bridge(core: client.CoreV1Api,
         statuses = core.read_namespaced_pod(name, CI_NS).status.container_statuses or []
         return bool(statuses and statuses[0].image_id)
 
-    _wait(f"{image} to be pulled into pod {name} (is the registry up? `make up`) ({_events(core, name)})",
-          pulled, timeout=90)
+    _wait(
+        f"{image} to be pulled into pod {name} (is the registry up? `make up`) ({_events(core, name)})",
+        pulled,
+        timeout=90,
+    )
     events = _events(core, name)
     assert f'Successfully pulled image "{image}"' in events
 
@@ -272,9 +309,17 @@ def test_ci_credentials_run_and_exec_into_pipeline_pods(api_for: Callable[[str],
     ci.create_namespaced_pod(CI_NS, _pod(name, BUSYBOX_IMAGE, ["sleep", "300"]))
     try:
         _wait(f"pod {name} to be Running", lambda: ci.read_namespaced_pod(name, CI_NS).status.phase == "Running")
-        ws = stream(ci.connect_get_namespaced_pod_exec, name, CI_NS,
-                    command=["/bin/sh", "-c", "echo xcom-$((6 * 7))"],
-                    stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+        ws = stream(
+            ci.connect_get_namespaced_pod_exec,
+            name,
+            CI_NS,
+            command=["/bin/sh", "-c", "echo xcom-$((6 * 7))"],
+            stderr=True,
+            stdin=False,
+            stdout=True,
+            tty=False,
+            _preload_content=False,
+        )
         try:
             ws.run_forever(timeout=30)
             out = ws.read_stdout()
@@ -301,15 +346,19 @@ def test_dev_credentials_deploy_into_dev(api_for: Callable[[str], client.ApiClie
             selector=client.V1LabelSelector(match_labels=labels),
             template=client.V1PodTemplateSpec(
                 metadata=client.V1ObjectMeta(labels=labels),
-                spec=client.V1PodSpec(termination_grace_period_seconds=0, containers=[
-                    client.V1Container(name="main", image=PAUSE_IMAGE, image_pull_policy="Never")]),
+                spec=client.V1PodSpec(
+                    termination_grace_period_seconds=0,
+                    containers=[client.V1Container(name="main", image=PAUSE_IMAGE, image_pull_policy="Never")],
+                ),
             ),
         ),
     )
     apps.create_namespaced_deployment("dev", deployment)
     try:
-        _wait(f"deployment dev/{name} to be available",
-              lambda: (apps.read_namespaced_deployment(name, "dev").status.available_replicas or 0) == 1)
+        _wait(
+            f"deployment dev/{name} to be available",
+            lambda: (apps.read_namespaced_deployment(name, "dev").status.available_replicas or 0) == 1,
+        )
         # rollout undo reads the ReplicaSets and patches the Deployment
         assert apps.list_namespaced_replica_set("dev", label_selector=f"app={name}").items
         apps.patch_namespaced_deployment(name, "dev", {"metadata": {"annotations": {"conveyor/test": "1"}}})

@@ -30,10 +30,12 @@ STATE = Path(os.environ.get("CONVEYOR_STATE", "/var/lib/conveyor"))
 REGISTRY = os.environ.get("CONVEYOR_REGISTRY_URL", "http://127.0.0.1:5000")
 KUBECTL_BUILDS = "/var/cache/conveyor/kubernetes/*/bin/kubectl"
 BUILD = "run `make up` (or scripts/registry/up, then scripts/images/build)"
-ACCEPT = ", ".join([
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-])
+ACCEPT = ", ".join(
+    [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ]
+)
 
 
 def _pins() -> dict[str, str]:
@@ -170,8 +172,10 @@ def test_step_images_pull_and_run_in_the_cluster(auth: tuple[str, str]) -> None:
     try:
         core.read_namespaced_secret(PULL_SECRET, CI_NS, _request_timeout=10)
     except ApiException as exc:
-        pytest.fail(f"secret {CI_NS}/{PULL_SECRET} is missing ({exc.status}); run `make up` "
-                    f"(or scripts/registry/pull-secrets {KUBECONFIG} {CI_NS})")
+        pytest.fail(
+            f"secret {CI_NS}/{PULL_SECRET} is missing ({exc.status}); run `make up` "
+            f"(or scripts/registry/pull-secrets {KUBECONFIG} {CI_NS})"
+        )
     except Exception as exc:  # noqa: BLE001 - any connection failure means the cluster is down
         pytest.fail(f"the cluster does not answer ({exc.__class__.__name__}); run `make up`")
 
@@ -187,13 +191,20 @@ def test_step_images_pull_and_run_in_the_cluster(auth: tuple[str, str]) -> None:
             volumes=[client.V1Volume(name="xcom", empty_dir=client.V1EmptyDirVolumeSource())],
             containers=[
                 client.V1Container(
-                    name="base", image=f"{registry}/{_pins()['toolbox']}", image_pull_policy="Always",
-                    command=["sh", "-c", "git --version && envsubst --version && skopeo --version && "
-                             "buildah --version && echo '{\"ok\": true}' > /airflow/xcom/return.json"],
+                    name="base",
+                    image=f"{registry}/{_pins()['toolbox']}",
+                    image_pull_policy="Always",
+                    command=[
+                        "sh",
+                        "-c",
+                        "git --version && envsubst --version && skopeo --version && "
+                        "buildah --version && echo '{\"ok\": true}' > /airflow/xcom/return.json",
+                    ],
                     volume_mounts=[xcom],
                 ),
                 client.V1Container(
-                    name="airflow-xcom-sidecar", image=f"{registry}/{_pins()['xcom-sidecar']}",
+                    name="airflow-xcom-sidecar",
+                    image=f"{registry}/{_pins()['xcom-sidecar']}",
                     image_pull_policy="Always",
                     # the KubernetesPodOperator's sidecar command, stopped by SIGINT below
                     command=["sh", "-c", 'trap "exit 0" INT; while true; do sleep 1; done;'],
@@ -214,8 +225,10 @@ def test_step_images_pull_and_run_in_the_cluster(auth: tuple[str, str]) -> None:
             waiting = [s.waiting.reason for s in states.values() if s.waiting and s.waiting.reason]
             if any(r in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName") for r in waiting):
                 events = core.list_namespaced_event(CI_NS, field_selector=f"involvedObject.name={name}").items
-                pytest.fail(f"the node cannot pull the step images: {[e.message for e in events][-3:]}; "
-                            "run `make up` (registry, images, pull secrets)")
+                pytest.fail(
+                    f"the node cannot pull the step images: {[e.message for e in events][-3:]}; "
+                    "run `make up` (registry, images, pull secrets)"
+                )
             if time.monotonic() > deadline:
                 pytest.fail(f"pod {name} did not finish within 180s (waiting: {waiting})")
             time.sleep(1)
@@ -227,9 +240,18 @@ def test_step_images_pull_and_run_in_the_cluster(auth: tuple[str, str]) -> None:
 
         def sidecar(*command: str) -> str:
             # raw stdout: with preloaded content the client turns JSON output into a Python repr
-            ws = stream(core.connect_get_namespaced_pod_exec, name, CI_NS, container="airflow-xcom-sidecar",
-                        command=list(command), stderr=True, stdin=False, stdout=True, tty=False,
-                        _preload_content=False)
+            ws = stream(
+                core.connect_get_namespaced_pod_exec,
+                name,
+                CI_NS,
+                container="airflow-xcom-sidecar",
+                command=list(command),
+                stderr=True,
+                stdin=False,
+                stdout=True,
+                tty=False,
+                _preload_content=False,
+            )
             try:
                 ws.run_forever(timeout=30)
                 return ws.read_stdout()

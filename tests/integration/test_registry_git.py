@@ -67,8 +67,13 @@ def _upload_blob(repo: str, data: bytes, auth: tuple[str, str] | None) -> reques
         location = REGISTRY + location
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     sep = "&" if "?" in location else "?"
-    return requests.put(f"{location}{sep}digest={digest}", data=data, auth=auth, timeout=10,
-                        headers={"Content-Type": "application/octet-stream"})
+    return requests.put(
+        f"{location}{sep}digest={digest}",
+        data=data,
+        auth=auth,
+        timeout=10,
+        headers={"Content-Type": "application/octet-stream"},
+    )
 
 
 @pytest.fixture
@@ -82,16 +87,31 @@ def pushed_image(registry_auth: tuple[str, str]) -> Iterator[tuple[str, str, str
         assert response.status_code == 201, (
             f"blob upload with credentials failed: {response.status_code} {response.text}"
         )
-    manifest = json.dumps({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": "sha256:" + hashlib.sha256(layer).hexdigest(), "size": len(layer)}],
-    }).encode()
-    response = requests.put(f"{REGISTRY}/v2/{repo}/manifests/v1", data=manifest, auth=registry_auth, timeout=10,
-                            headers={"Content-Type": OCI_MANIFEST})
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": "sha256:" + hashlib.sha256(config).hexdigest(),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": "sha256:" + hashlib.sha256(layer).hexdigest(),
+                    "size": len(layer),
+                }
+            ],
+        }
+    ).encode()
+    response = requests.put(
+        f"{REGISTRY}/v2/{repo}/manifests/v1",
+        data=manifest,
+        auth=registry_auth,
+        timeout=10,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
     assert response.status_code == 201, f"manifest push with credentials failed: {response.status_code} {response.text}"
     digest = response.headers["Docker-Content-Digest"]
     yield repo, "v1", digest
@@ -144,13 +164,26 @@ def test_registry_connection_file_matches_credentials(registry_auth: tuple[str, 
 def _git_env(password: str | None) -> dict[str, str]:
     """git isolated from the user's config and credential helpers; credentials only as given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update({"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
-                "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@conveyor.invalid",
-                "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@conveyor.invalid"})
+    env.update(
+        {
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_AUTHOR_NAME": "test",
+            "GIT_AUTHOR_EMAIL": "test@conveyor.invalid",
+            "GIT_COMMITTER_NAME": "test",
+            "GIT_COMMITTER_EMAIL": "test@conveyor.invalid",
+        }
+    )
     if password is not None:
         token = base64.b64encode(f"{USER}:{password}".encode()).decode()
-        env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
-                    "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}"})
+        env.update(
+            {
+                "GIT_CONFIG_COUNT": "1",
+                "GIT_CONFIG_KEY_0": "http.extraHeader",
+                "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}",
+            }
+        )
     return env
 
 

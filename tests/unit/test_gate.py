@@ -12,17 +12,45 @@ BUILD = gate.Build(commit="a" * 40, digest="sha256:" + "b" * 64)
 POLICY = ApprovalPolicy(users=["alice", "bob", "carol"], roles=["release"], required=2)
 
 
-def record(user: str, decision: str = gate.APPROVE, *, roles: tuple[str, ...] = (), build: gate.Build = BUILD,
-           key: bytes = KEY, run_id: str = "run-1", reason: str = "") -> dict:
-    return gate.Decision(
-        app="web", run_id=run_id, gate="approve", decision=decision, user=user, roles=roles,
-        commit=build.commit, digest=build.digest, reason=reason, at="2026-11-27T10:00:00+00:00",
-    ).signed(key).to_json()
+def record(
+    user: str,
+    decision: str = gate.APPROVE,
+    *,
+    roles: tuple[str, ...] = (),
+    build: gate.Build = BUILD,
+    key: bytes = KEY,
+    run_id: str = "run-1",
+    reason: str = "",
+) -> dict:
+    return (
+        gate.Decision(
+            app="web",
+            run_id=run_id,
+            gate="approve",
+            decision=decision,
+            user=user,
+            roles=roles,
+            commit=build.commit,
+            digest=build.digest,
+            reason=reason,
+            at="2026-11-27T10:00:00+00:00",
+        )
+        .signed(key)
+        .to_json()
+    )
 
 
 def evaluate(records: list, policy: ApprovalPolicy = POLICY, triggered_by: str | None = None) -> gate.GateState:
-    return gate.evaluate(records, policy=policy, app="web", run_id="run-1", gate="approve", build=BUILD, key=KEY,
-                         triggered_by=triggered_by)
+    return gate.evaluate(
+        records,
+        policy=policy,
+        app="web",
+        run_id="run-1",
+        gate="approve",
+        build=BUILD,
+        key=KEY,
+        triggered_by=triggered_by,
+    )
 
 
 def test_opens_only_at_the_required_number_of_distinct_approvers() -> None:

@@ -19,13 +19,29 @@ def pipeline_of(name: str):  # noqa: ANN201 - test helper
 
 def test_default_order_without_sonar() -> None:
     assert pipeline_of("minimal").step_ids == [
-        "checkout", "unit_test", "build", "push", "approve", "deploy_dev", "tag", "deploy_prod",
+        "checkout",
+        "unit_test",
+        "build",
+        "push",
+        "approve",
+        "deploy_dev",
+        "tag",
+        "deploy_prod",
     ]
 
 
 def test_sonar_and_second_gate() -> None:
     assert pipeline_of("full").step_ids == [
-        "checkout", "unit_test", "sonar", "build", "push", "approve", "deploy_dev", "tag", "approve_prod", "deploy_prod",
+        "checkout",
+        "unit_test",
+        "sonar",
+        "build",
+        "push",
+        "approve",
+        "deploy_dev",
+        "tag",
+        "approve_prod",
+        "deploy_prod",
     ]
 
 

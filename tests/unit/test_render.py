@@ -50,11 +50,15 @@ def test_old_pipeline_manifest_renders_with_only_its_variables_changed() -> None
     rendered = render_folder(REPO / "include" / "manifests" / "boot-preject", variables)
     body = rendered.split("\n", 1)[1]  # drop the "# Source:" line
     original = (REPO / "include" / "manifests" / "boot-preject" / "deploy.yml").read_text()
-    expected = original.replace("$REGISTRY/$HARBOR_NAMESPACE/boot-preject:SNAPSHOT-$BUILD_NUMBER",
-                                "harbor.xxx.com/ks-devops/boot-preject:SNAPSHOT-42")
+    expected = original.replace(
+        "$REGISTRY/$HARBOR_NAMESPACE/boot-preject:SNAPSHOT-$BUILD_NUMBER",
+        "harbor.xxx.com/ks-devops/boot-preject:SNAPSHOT-42",
+    )
     assert body.strip() == expected.strip()
     doc = yaml.safe_load(body)
-    assert doc["spec"]["template"]["spec"]["containers"][0]["image"] == "harbor.xxx.com/ks-devops/boot-preject:SNAPSHOT-42"
+    assert (
+        doc["spec"]["template"]["spec"]["containers"][0]["image"] == "harbor.xxx.com/ks-devops/boot-preject:SNAPSHOT-42"
+    )
     assert doc["metadata"]["namespace"] == "middleware"
 
 
@@ -63,19 +67,31 @@ def test_kept_manifest_is_the_reference_file() -> None:
         pytest.fail(f"{REFERENCE} is missing: the shared/ folder must sit beside the checkout")
     kept = (REPO / "include" / "manifests" / "boot-preject" / "deploy.yml").read_text()
     reference = REFERENCE.read_text()
-    assert reference[reference.index("apiVersion:"):] in kept
+    assert reference[reference.index("apiVersion:") :] in kept
 
 
 def test_image_is_pinned_by_digest() -> None:
     variables = boot_preject_variables()
     assert variables["IMAGE"] == f"harbor.xxx.com/ks-devops/boot-preject@{DIGEST}"
-    assert set(variables) == {"REGISTRY", "HARBOR_NAMESPACE", "APP_NAME", "BUILD_NUMBER", "BRANCH_NAME", "TAG_NAME", "IMAGE"}
+    assert set(variables) == {
+        "REGISTRY",
+        "HARBOR_NAMESPACE",
+        "APP_NAME",
+        "BUILD_NUMBER",
+        "BRANCH_NAME",
+        "TAG_NAME",
+        "IMAGE",
+    }
 
 
 def test_sample_manifests_render_to_valid_yaml() -> None:
     spec = load_spec(REPO / "include" / "apps" / "appointments.yaml", REPO / "include" / "manifests")
-    variables = manifest_variables(spec, registry="10.88.0.1:5000", build_number="7", branch="main", tag_name="v1.0.0", digest=DIGEST)
-    docs = [d for d in yaml.safe_load_all(render_folder(REPO / "include" / "manifests" / "appointments", variables)) if d]
+    variables = manifest_variables(
+        spec, registry="10.88.0.1:5000", build_number="7", branch="main", tag_name="v1.0.0", digest=DIGEST
+    )
+    docs = [
+        d for d in yaml.safe_load_all(render_folder(REPO / "include" / "manifests" / "appointments", variables)) if d
+    ]
     kinds = {d["kind"]: d for d in docs}
     assert set(kinds) == {"Deployment", "Service"}
     container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]

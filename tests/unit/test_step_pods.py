@@ -33,7 +33,9 @@ IMAGES = StepImages(
         "sonar-scanner": "conveyor/sonar-scanner:5",
     },
 )
-CI = CiCluster(connection_id="k8s_ci", namespace="conveyor-ci", image_pull_secret="conveyor-registry", service_account=None)
+CI = CiCluster(
+    connection_id="k8s_ci", namespace="conveyor-ci", image_pull_secret="conveyor-registry", service_account=None
+)
 APPS = ["minimal", "full", "s2i", "b2i"]
 
 
@@ -57,7 +59,9 @@ def with_script_markers(pod: dict) -> dict:
     for c in containers(pod):
         command = c.get("command", [])
         if command[:2] == ["bash", "-c"]:
-            name = next(n for n in ("checkout", "fetch", "build", "promote", "tag", "deploy") if command[2] == script(n))
+            name = next(
+                n for n in ("checkout", "fetch", "build", "promote", "tag", "deploy") if command[2] == script(n)
+            )
             command[2] = f"<conveyor step script {name}.sh>"
     return pod
 
