@@ -1,5 +1,5 @@
 # Shared settings for scripts/cluster/*. Sourced, not executed.
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # the settings are used by the scripts that source this
 
 # The one pinned Kubernetes release. 1.35 is the newest release whose kubelet still
 # runs on cgroup v1 (with failCgroupV1: false) and supports containerd 1.x

@@ -69,12 +69,12 @@ check_alive() {
 
 # stop NAME: TERM, then KILL after a grace period.
 stop() {
-  local name=$1 pid i
+  local name=$1 pid
   pid=$(pid_of "$name")
   if [[ -n "$pid" ]] && alive "$name"; then
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 30); do running "$pid" || break; sleep 0.5; done
+    for _ in $(seq 1 30); do running "$pid" || break; sleep 0.5; done
     if running "$pid"; then
       warn "$name did not stop within 15s; killing it"
       kill -KILL "$pid" 2>/dev/null || true
