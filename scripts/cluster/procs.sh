@@ -92,3 +92,12 @@ lock_cluster() {
     die "another scripts/cluster/up or down has been running for 10 minutes" "wait for it or stop it (its pid: fuser $RUN/cluster.lock), then retry"
   fi
 }
+
+# our_shim_pids: containerd shims started by *our* containerd (matched by socket path).
+our_shim_pids() {
+  local d cmd
+  for d in /proc/[0-9]*; do
+    cmd=$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null || true)
+    if [[ "$cmd" == *containerd-shim* && "$cmd" == *"$CONTAINERD_SOCK"* ]]; then echo "${d#/proc/}"; fi
+  done
+}
