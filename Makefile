@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV = $(shell scripts/venv)
 export PYTHONPATH := $(CURDIR)/plugins
 
-.PHONY: help install up down airflow-up airflow-down cluster-up cluster-down platform-up platform-down test test-unit test-integration lint bench validate
+.PHONY: help install up down airflow-up airflow-down cluster-up cluster-down test test-integration lint bench validate
 
 help: ## list the entry points
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -12,7 +12,7 @@ help: ## list the entry points
 install: ## create the Python environment (cached in /var/cache/conveyor)
 	@scripts/venv >/dev/null && echo "Python environment ready: $$(scripts/venv)"
 
-up: install ## start Conveyor: the local platform (when built) and Airflow on http://localhost:8080
+up: install ## start Conveyor: Kubernetes, registry, Git server, step images and Airflow on :8080
 	@scripts/up
 
 down: ## stop everything `make up` started
@@ -30,8 +30,11 @@ cluster-up: ## start the single-node Kubernetes cluster (builds it on first use)
 cluster-down: ## stop the Kubernetes cluster
 	@scripts/cluster/down
 
-test: install ## run the test suite (unit, DAG integrity, approval API, lint)
+test: install ## run the test suite: lint, types, unit, DAG integrity, approval API
 	@scripts/test
+
+test-integration: install ## run the tests against the local platform (after `make up`)
+	@scripts/test integration
 
 lint: install ## ruff and mypy
 	@$(VENV)/bin/ruff check plugins dags tests
@@ -40,5 +43,5 @@ lint: install ## ruff and mypy
 validate: install ## validate every app spec strictly
 	@bin/conveyor validate --strict
 
-bench: install ## benchmarks (see bench/)
-	@echo "no benchmark yet: the release-flow benchmark arrives with the real pipelines"
+bench: install ## benchmarks (see bench/): none yet, the release-flow benchmark comes with real pipelines
+	@echo "No benchmark yet: the release-flow benchmark arrives with the real pipelines (issue 4)."
