@@ -364,3 +364,28 @@ def test_dev_credentials_deploy_into_dev(api_for: Callable[[str], client.ApiClie
         apps.patch_namespaced_deployment(name, "dev", {"metadata": {"annotations": {"conveyor/test": "1"}}})
     finally:
         apps.delete_namespaced_deployment(name, "dev", propagation_policy="Foreground")
+
+
+def test_airflow_connections_work_with_the_kubernetes_provider(admin: client.ApiClient,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """/var/lib/conveyor/connections/k8s_*.json, exported as AIRFLOW_CONN_*, as the provider reads them."""
+    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+    connections = Path(os.environ.get("CONVEYOR_CONNECTIONS", "/var/lib/conveyor/connections"))
+    for conn_id in ("k8s_ci", "k8s_dev", "k8s_prod"):
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", (connections / f"{conn_id}.json").read_text())
+
+    expected = {"k8s_ci": "conveyor-ci", "k8s_dev": "dev", "k8s_prod": "prod"}
+    for conn_id, namespace in expected.items():
+        hook = KubernetesHook(conn_id=conn_id)
+        assert hook.get_namespace() == namespace
+        assert hook.get_xcom_sidecar_container_image() == _pinned_image("xcom-sidecar")
+        api = hook.core_v1_client
+        try:
+            api.list_namespaced_pod(namespace)  # allowed in its own namespace
+            other = "prod" if namespace != "prod" else "dev"
+            with pytest.raises(ApiException) as denied:
+                api.list_namespaced_pod(other)
+            assert denied.value.status == 403
+        finally:
+            _close(api.api_client)
