@@ -1,9 +1,10 @@
 # Shared settings for scripts/cluster/*. Sourced, not executed.
 # shellcheck shell=bash disable=SC2034  # the settings are used by the scripts that source this
 
-# The one pinned Kubernetes release. 1.35 is the newest release whose kubelet still
-# runs on cgroup v1 (with failCgroupV1: false) and supports containerd 1.x
-# (Debian bookworm ships containerd 1.6.20). Changing it triggers a rebuild.
+# The one pinned Kubernetes release. Verified on this host (cgroup v1, Debian
+# bookworm's containerd 1.6.20): the 1.35 kubelet still accepts cgroup v1 with
+# failCgroupV1: false and falls back to the configured cgroup driver for containerd
+# 1.x (no CRI RuntimeConfig); upstream is removing both. Changing it rebuilds.
 K8S_VERSION="v1.35.4"
 K8S_STAGING_VERSION="v0.${K8S_VERSION#v1.}"   # k8s.io/api etc. of the same release
 COREDNS_VERSION="v1.14.7"                     # github.com/coredns/coredns, the cluster DNS
