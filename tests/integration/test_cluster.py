@@ -10,6 +10,7 @@ import http.server
 import os
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -173,7 +174,9 @@ def test_dev_credentials_cannot_touch_prod(api_for: Callable[[str], client.ApiCl
     assert denied.value.status == 403
 
 
-def test_cluster_ip_service_reaches_pod(core: client.CoreV1Api, cleanup: list[tuple[str, str]]) -> None:
+def test_cluster_ip_service_reaches_pod_from_pods_and_host(
+    core: client.CoreV1Api, cleanup: list[tuple[str, str]]
+) -> None:
     server = _name("web")
     token = uuid.uuid4().hex
     core.create_namespaced_pod(
@@ -213,6 +216,9 @@ def test_cluster_ip_service_reaches_pod(core: client.CoreV1Api, cleanup: list[tu
         ],
     )
     assert token in log
+    # ... and from the host (kube-proxy also programs the host's own traffic)
+    with urllib.request.urlopen(f"http://{cluster_ip}/", timeout=10) as response:
+        assert response.read().decode().strip() == token
 
 
 def test_cluster_dns_resolves_services(core: client.CoreV1Api, cleanup: list[tuple[str, str]]) -> None:
@@ -366,8 +372,9 @@ def test_dev_credentials_deploy_into_dev(api_for: Callable[[str], client.ApiClie
         apps.delete_namespaced_deployment(name, "dev", propagation_policy="Foreground")
 
 
-def test_airflow_connections_work_with_the_kubernetes_provider(admin: client.ApiClient,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_airflow_connections_work_with_the_kubernetes_provider(
+    admin: client.ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """/var/lib/conveyor/connections/k8s_*.json, exported as AIRFLOW_CONN_*, as the provider reads them."""
     from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
