@@ -1,9 +1,9 @@
 # Certificates and kubeconfigs for the local cluster (openssl only). Sourced by `up`.
 # shellcheck shell=bash
 
-# cert NAME SUBJECT EKU [SAN]: a key + certificate signed by the cluster CA.
+# cert NAME SUBJECT EKU [SAN] [CA]: a key + certificate signed by CA (default: the cluster CA).
 cert() {
-  local name=$1 subj=$2 eku=$3 san=${4:-}
+  local name=$1 subj=$2 eku=$3 san=${4:-} ca=${5:-ca}
   [[ -s "$PKI/$name.crt" && -s "$PKI/$name.key" ]] && return 0
   local ext="$PKI/$name.ext"
   {
@@ -13,21 +13,29 @@ cert() {
     [[ -n "$san" ]] && echo "subjectAltName=$san"
   } > "$ext"
   openssl req -new -newkey rsa:2048 -nodes -keyout "$PKI/$name.key" -out "$PKI/$name.csr" -subj "$subj" 2>/dev/null
-  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" -CAcreateserial \
     -out "$PKI/$name.crt" -days 3650 -sha256 -extfile "$ext" 2>/dev/null
   rm -f "$PKI/$name.csr" "$ext"
   chmod 600 "$PKI/$name.key"
 }
 
+# ca NAME CN: a self-signed CA.
+ca() {
+  [[ -s "$PKI/$1.crt" ]] && return 0
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$PKI/$1.key" -out "$PKI/$1.crt" \
+    -days 3650 -sha256 -subj "/CN=$2" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+  chmod 600 "$PKI/$1.key"
+}
+
 ensure_pki() {
   mkdir -p "$PKI"; chmod 700 "$PKI"
-  if [[ ! -s "$PKI/ca.crt" ]]; then
-    log "creating the cluster CA and certificates in $PKI"
-    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$PKI/ca.key" -out "$PKI/ca.crt" \
-      -days 3650 -sha256 -subj "/CN=conveyor-cluster-ca" \
-      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
-    chmod 600 "$PKI/ca.key"
-  fi
+  [[ -s "$PKI/ca.crt" ]] || log "creating the cluster CA and certificates in $PKI"
+  ca ca conveyor-cluster-ca
+  # The request-header (front proxy) CA the API server trusts for aggregated APIs;
+  # without it every component logs "missing content for CA bundle" errors.
+  ca front-proxy-ca conveyor-front-proxy-ca
+  cert front-proxy-client "/CN=front-proxy-client" clientAuth "" front-proxy-ca
   cert apiserver "/CN=kube-apiserver" serverAuth \
     "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:$NODE_NAME,IP:127.0.0.1,IP:$HOST_IP,IP:$KUBERNETES_SVC_IP"
   cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
