@@ -7,10 +7,8 @@ names the file and the field.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
-import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from kubernetes.client import ApiClient
 
 from conveyor import settings
 from conveyor.credentials import registry_host
-from conveyor.exceptions import SpecError
+from conveyor.exceptions import InvalidSpecs, SpecError
 from conveyor.operators import ApprovalSensor, ConveyorPodOperator
 from conveyor.pipeline import Pipeline, RunValues, Step, StepKind, build_pipeline, step_secrets
 from conveyor.render import manifest_variables, render_folder
@@ -225,44 +223,32 @@ def build_dag(spec: AppSpec, *, ctx: PodContext | None = None) -> DAG:
     return dag
 
 
-def report_spec_errors(errors: list[SpecError]) -> bool:
-    """Show bad specs as the DAG file's import error while the good apps' DAGs still load.
-
-    Airflow keeps import errors per file; raising would drop every app of this file. So
-    the errors are added to the import result Airflow's Python importer is filling for
-    this file (Airflow 3.3's ``DagImportResult``), which the UI lists under "Import
-    Errors" and clears on the next clean parse. Without such a result (another Airflow
-    version, or a plain import), they are logged and issued as warnings. Returns whether
-    they reached Airflow's import result.
-    """
-    message = "\n\n".join(
+def spec_errors_message(errors: list[SpecError]) -> str:
+    return "\n\n".join(
         f"Failed to build DAG '{Path(e.file).stem}' from '{e.file}':\n" + "\n".join(f"  - {p}" for p in e.problems)
         for e in errors
     )
-    frame = inspect.currentframe()
-    while frame is not None:
-        result: Any = frame.f_locals.get("result")
-        if result is not None and type(result).__name__ == "DagImportResult" and hasattr(result, "errors"):
-            from airflow.dag_processing.importers.base import DagImportError
 
-            result.errors.append(
-                DagImportError(
-                    file_path=result.file_path, message=message, error_type="conveyor-spec", stacktrace=message
-                )
-            )
-            return True
-        frame = frame.f_back
-    log.error("%s", message)
-    warnings.warn(message, stacklevel=2)
-    return False
+
+def check_specs(folder: Path | None = None) -> None:
+    """Raise one error listing every invalid app spec (the body of dags/conveyor_spec_check.py).
+
+    Airflow keeps import errors per DAG file and hides the DAGs of a file that has one.
+    So the apps' DAGs come from one file that never fails on a bad spec, and the bad
+    specs are reported by this second, DAG-less file: its import error names each spec
+    file and field, and it clears itself on the next parse once the specs are fixed.
+    """
+    _, errors = load_specs(folder or settings.apps_folder(), settings.manifests_folder())
+    if errors:
+        raise InvalidSpecs(spec_errors_message(errors))
 
 
 def register_apps(namespace: dict[str, Any], folder: Path | None = None) -> dict[str, DAG]:
     """Build a DAG for every app spec into ``namespace`` (a DAG file's ``globals()``).
 
-    A bad spec breaks only its own DAG: the others load and the bad one is reported as
-    this file's import error, naming the spec file and field. In strict mode
-    (``[conveyor] strict``) any bad spec fails the whole file instead, for CI.
+    A bad spec breaks only its own DAG: the others load, and dags/conveyor_spec_check.py
+    reports the bad one as its import error. In strict mode (``[conveyor] strict``) any
+    bad spec fails this file too, for CI.
     """
     specs, errors = load_specs(folder or settings.apps_folder(), settings.manifests_folder())
     if errors and settings.strict():
@@ -276,6 +262,6 @@ def register_apps(namespace: dict[str, Any], folder: Path | None = None) -> dict
         dag = build_dag(spec)
         namespace[f"conveyor_{spec.name.replace('-', '_')}"] = dag
         dags[spec.name] = dag
-    if errors:
-        report_spec_errors(errors)
+    for error in errors:
+        log.error("%s", spec_errors_message([error]))
     return dags

@@ -4,6 +4,7 @@ The tree::
 
     ConveyorError
     ├── SpecError            an app spec file is invalid (all its problems at once)
+    ├── InvalidSpecs         some app specs of a folder are invalid (every file's problems)
     ├── ConfigurationError   the Airflow [conveyor] section or images file is wrong
     ├── RenderError          a manifest could not be rendered (unknown variable, bad file)
     └── ApprovalError        an approval decision was refused
@@ -43,6 +44,10 @@ class SpecError(ConveyorError):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"Failed to build the app from '{file}' ({len(problems)} problem(s)):\n{lines}")
+
+
+class InvalidSpecs(ConveyorError):
+    """Some app specs of a folder are invalid; the message lists each file, field and fix."""
 
 
 class ConfigurationError(ConveyorError):
