@@ -10,7 +10,7 @@ cert() {
     echo "basicConstraints=critical,CA:FALSE"
     echo "keyUsage=critical,digitalSignature,keyEncipherment"
     echo "extendedKeyUsage=$eku"
-    [[ -n "$san" ]] && echo "subjectAltName=$san"
+    if [[ -n "$san" ]]; then echo "subjectAltName=$san"; fi
   } > "$ext"
   openssl req -new -newkey rsa:2048 -nodes -keyout "$PKI/$name.key" -out "$PKI/$name.csr" -subj "$subj" 2>/dev/null
   openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" -CAcreateserial \
