@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -160,7 +161,7 @@ def test_pod_operator_runs_a_step_pod_through_airflow(airflow_db: Path, core: An
     finally:
         pods.stop(wait=60)  # the DELETED event follows the task's end by a moment
     log = result.stdout + result.stderr
-    assert result.returncode == 0 and " success" in result.stdout.splitlines()[-1], (
+    assert result.returncode == 0 and re.search(r"^DAG RUN FINISHED \S+ success$", result.stdout, re.MULTILINE), (
         f"the DAG run did not succeed (exit {result.returncode}); its log ends:\n{log[-4000:]}"
     )
     assert pods.error is None, f"watching the pods of {dag_id} failed: {pods.error!r}"
