@@ -216,7 +216,9 @@ class ApprovalSensor(BaseSensorOperator):
             self.log.warning("Ignored %d decision(s) made for another build.", state.ignored_other_build)
         if state.rejection is not None:
             r = state.rejection
-            raise AirflowFailException(f"Rejected by {r.user} at {r.at}: {r.reason}")
+            message = f"Rejected by {r.user} at {r.at}: {r.reason}"
+            self.log.error("%s", message)
+            raise AirflowFailException(message)
         if state.status is gate_core.GateStatus.APPROVED:
             self.log.info(
                 "Approved by %s for commit %s, image %s; releasing to %s.",

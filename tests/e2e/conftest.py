@@ -1,0 +1,139 @@
+"""Fixtures for end-to-end runs: the real Airflow that `make up` started, over its REST API,
+and the local cluster, registry and Git server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+STATE = Path(os.environ.get("CONVEYOR_STATE", "/var/lib/conveyor"))
+AIRFLOW_URL = os.environ.get("CONVEYOR_AIRFLOW_URL", "http://localhost:8080")
+PASSWORDS = STATE / "airflow" / "simple_auth_manager_passwords.json.generated"
+REPO = Path(__file__).resolve().parents[2]
+TERMINAL = {"success", "failed"}
+
+
+@pytest.fixture(scope="session")
+def airflow() -> Iterator[Callable[[str], httpx.Client]]:
+    """An HTTP client on the running Airflow, logged in as the given user."""
+    if not PASSWORDS.exists():
+        pytest.fail(f"{PASSWORDS} is missing: start the platform with `make up` first")
+    passwords = json.loads(PASSWORDS.read_text())
+    clients: dict[str, httpx.Client] = {}
+
+    def client(user: str = "admin") -> httpx.Client:
+        if user not in clients:
+            try:
+                response = httpx.post(
+                    f"{AIRFLOW_URL}/auth/token", json={"username": user, "password": passwords[user]}, timeout=30
+                )
+            except httpx.ConnectError:
+                pytest.fail(f"Airflow is not answering at {AIRFLOW_URL}: start the platform with `make up`")
+            assert response.status_code == 201, response.text
+            token = response.json()["access_token"]
+            clients[user] = httpx.Client(base_url=AIRFLOW_URL, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        return clients[user]
+
+    yield client
+    for c in clients.values():
+        c.close()
+
+
+@dataclass
+class PipelineRun:
+    airflow: Callable[[str], httpx.Client]
+    dag_id: str
+    run_id: str
+
+    def tasks(self) -> dict[str, str | None]:
+        response = self.airflow("admin").get(f"/api/v2/dags/{self.dag_id}/dagRuns/{self.run_id}/taskInstances")
+        response.raise_for_status()
+        return {t["task_id"]: t["state"] for t in response.json()["task_instances"]}
+
+    def state(self) -> str:
+        response = self.airflow("admin").get(f"/api/v2/dags/{self.dag_id}/dagRuns/{self.run_id}")
+        response.raise_for_status()
+        return str(response.json()["state"])
+
+    def wait(self, what: str, check: Callable[[], Any], timeout: float = 600) -> Any:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            value = check()
+            if value:
+                return value
+            time.sleep(3)
+        pytest.fail(f"{self.dag_id} {self.run_id}: timed out waiting for {what}; tasks: {self.tasks()}")
+
+    def wait_for_gate(self, gate: str = "approve") -> dict[str, Any]:
+        def waiting() -> bool:
+            tasks = self.tasks()
+            if self.state() in TERMINAL:
+                pytest.fail(f"the run ended before {gate}: {tasks}")
+            return tasks.get(gate) == "up_for_reschedule"
+
+        self.wait(f"{gate} to wait for a decision", waiting)
+        response = self.airflow("admin").get(self.gate_url(gate))
+        response.raise_for_status()
+        return dict(response.json())
+
+    def wait_until_finished(self, timeout: float = 600) -> str:
+        return str(self.wait("the run to finish", lambda: self.state() if self.state() in TERMINAL else None, timeout))
+
+    def gate_url(self, gate: str = "approve") -> str:
+        return f"/conveyor/api/v1/gates/{self.dag_id}/{self.run_id}/{gate}"
+
+    def xcom(self, task_id: str) -> Any:
+        response = self.airflow("admin").get(
+            f"/api/v2/dags/{self.dag_id}/dagRuns/{self.run_id}/taskInstances/{task_id}/xcomEntries/return_value"
+        )
+        response.raise_for_status()
+        return response.json()["value"]
+
+    def log(self, task_id: str, try_number: int = 1) -> str:
+        response = self.airflow("admin").get(
+            f"/api/v2/dags/{self.dag_id}/dagRuns/{self.run_id}/taskInstances/{task_id}/logs/{try_number}",
+            headers={"Accept": "application/json"},
+        )
+        response.raise_for_status()
+        content = response.json().get("content")
+        if isinstance(content, list):
+            # structured entries: the message is "event", an exception's text is in "error_detail"
+            return "\n".join(json.dumps(e) if isinstance(e, dict) else str(e) for e in content)
+        return str(content)
+
+
+@pytest.fixture
+def trigger(airflow: Callable[[str], httpx.Client]) -> Callable[..., PipelineRun]:
+    def start(dag_id: str, conf: dict[str, Any], user: str = "admin") -> PipelineRun:
+        client = airflow(user)
+        client.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+        response = client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+        assert response.status_code == 200, response.text
+        return PipelineRun(airflow, dag_id, response.json()["dag_run_id"])
+
+    return start
+
+
+def kubectl(*args: str, kubeconfig: str = "admin") -> str:
+    result = subprocess.run(
+        [str(REPO / "scripts" / "cluster" / "kubectl"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KUBECONFIG": str(STATE / "kubeconfigs" / f"{kubeconfig}.kubeconfig")},
+    )
+    assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
+    return result.stdout
+
+
+def unique_tag() -> str:
+    """A fresh release tag per test run (git tags and image tags are immutable releases)."""
+    return f"v0.{int(time.time())}.{os.getpid() % 1000}"

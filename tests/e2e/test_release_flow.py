@@ -1,0 +1,97 @@
+"""Whole pipelines through real Airflow processes on the local platform: triggered by the
+REST API, decided through Conveyor's approval API, checked in the cluster and registry."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import PipelineRun, kubectl, unique_tag
+
+pytestmark = pytest.mark.e2e
+
+
+def service_get(namespace: str, path: str) -> httpx.Response:
+    ip = kubectl("get", "service", "appointments", "-n", namespace, "-o", "jsonpath={.spec.clusterIP}")
+    deadline = time.time() + 60
+    while True:
+        try:
+            return httpx.get(f"http://{ip}{path}", timeout=5)
+        except httpx.HTTPError:
+            if time.time() > deadline:
+                raise
+            time.sleep(2)
+
+
+def test_release_reaches_production_with_the_tested_digest(
+    trigger: Callable[..., PipelineRun], airflow: Callable[[str], httpx.Client]
+) -> None:
+    tag = unique_tag()
+    run = trigger("appointments", {"tag_name": tag})
+    gate = run.wait_for_gate()
+    build = run.xcom("build")
+    checkout = run.xcom("checkout")
+    assert gate["build"]["commit"] == checkout["commit"] and gate["build"]["digest"] == build["digest"]
+    assert gate["build"]["release_tag"] == tag
+    assert run.tasks()["deploy_dev"] is None  # nothing deployed before the decision
+
+    decision = {"commit": checkout["commit"], "digest": build["digest"], "reason": "e2e release"}
+    response = airflow("alice").post(f"{run.gate_url()}/approve", json=decision)
+    assert response.status_code == 201, response.text
+    assert run.wait_until_finished() == "success", run.tasks()
+    assert set(run.tasks().values()) == {"success"}
+
+    deployment = json.loads(kubectl("get", "deployment", "appointments", "-n", "prod", "-o", "json"))
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"{build['repository']}@{build['digest']}"
+    assert service_get("prod", "/version").json()["version"] == tag
+    assert "deployed to prod" in run.log("deploy_prod")
+
+
+def test_reject_with_reason_stops_before_deploy_dev(
+    trigger: Callable[..., PipelineRun], airflow: Callable[[str], httpx.Client]
+) -> None:
+    run = trigger("appointments", {"tag_name": unique_tag()})
+    gate = run.wait_for_gate()
+    reason = "the booking migration is not reviewed"
+    decision = {"commit": gate["build"]["commit"], "digest": gate["build"]["digest"], "reason": reason}
+    response = airflow("bob").post(f"{run.gate_url()}/reject", json=decision)
+    assert response.status_code == 201, response.text
+    assert run.wait_until_finished() == "failed"
+    tasks = run.tasks()
+    assert tasks["approve"] == "failed"
+    assert tasks["deploy_dev"] == "upstream_failed"
+    assert "Rejected by bob" in run.log("approve") and reason in run.log("approve")
+
+
+def test_run_without_tag_name_stops_after_deploy_dev(
+    trigger: Callable[..., PipelineRun], airflow: Callable[[str], httpx.Client]
+) -> None:
+    run = trigger("appointments", {})
+    gate = run.wait_for_gate()
+    decision = {"commit": gate["build"]["commit"], "digest": gate["build"]["digest"]}
+    assert airflow("alice").post(f"{run.gate_url()}/approve", json=decision).status_code == 201
+    assert run.wait_until_finished() == "success"
+    tasks = run.tasks()
+    assert tasks["deploy_dev"] == "success"
+    assert tasks["tag"] == "skipped" and tasks["deploy_prod"] == "skipped"
+    assert "Step tag runs only when the run has a tag_name" in run.log("tag")
+    assert service_get("dev", "/healthz").status_code == 200
+
+
+def test_gate_refuses_what_policy_forbids(trigger: Callable[..., PipelineRun], airflow: Callable[[str], Any]) -> None:
+    run = trigger("appointments", {"tag_name": unique_tag()}, user="bob")
+    gate = run.wait_for_gate()
+    decision = {"commit": gate["build"]["commit"], "digest": gate["build"]["digest"], "reason": "mine"}
+    assert airflow("carol").post(f"{run.gate_url()}/approve", json=decision).status_code == 403
+    self_approval = airflow("bob").post(f"{run.gate_url()}/approve", json=decision)
+    assert self_approval.status_code == 403 and "bob triggered this run" in self_approval.json()["detail"]
+    wrong = {**decision, "digest": "sha256:" + "0" * 64}
+    assert airflow("alice").post(f"{run.gate_url()}/approve", json=wrong).status_code == 409
+    assert airflow("alice").post(f"{run.gate_url()}/reject", json={**decision, "reason": "cleanup"}).status_code == 201
+    assert run.wait_until_finished() == "failed"
