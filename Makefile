@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV = $(shell scripts/venv)
 export PYTHONPATH := $(CURDIR)/plugins
 
-.PHONY: help install up down airflow-up airflow-down cluster-up cluster-down test test-integration lint bench validate
+.PHONY: help install up down airflow-up airflow-down cluster-up cluster-down test test-integration test-e2e lint bench validate
 
 help: ## list the entry points
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test: install ## run the test suite: lint, types, unit, DAG integrity, approval 
 
 test-integration: install ## run the tests against the local platform (after `make up`)
 	@scripts/test integration
+
+test-e2e: install ## run whole pipelines through the running Airflow and platform (after `make up`)
+	@scripts/test e2e
 
 lint: install ## ruff and mypy
 	@$(VENV)/bin/ruff check plugins dags tests
