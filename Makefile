@@ -46,5 +46,5 @@ lint: install ## ruff and mypy
 validate: install ## validate every app spec strictly
 	@bin/conveyor validate --strict
 
-bench: install ## benchmarks (see bench/): none yet, the release-flow benchmark comes with real pipelines
-	@echo "No benchmark yet: the release-flow benchmark arrives with the real pipelines (issue 4)."
+bench: install ## time one release of the sample app per step (after `make up`); JSON in bench/results/
+	@$(VENV)/bin/python bench/release_flow.py

@@ -1,0 +1,172 @@
+"""Benchmark: one full release of the sample service through the running platform.
+
+Triggers ``appointments`` with a fresh tag_name, approves the gate as soon as it opens,
+and reports for each step the pod's own run time (its containers' start to finish, read
+from the cluster while the pod exists) and the orchestration around it: task queued →
+pod started, pod finished → task finished, task finished → next task started. The
+baseline of the same run is the pods' own time; overheads are also given as ratios of it.
+
+usage: make bench   (after `make up`)   → prints a table, writes bench/results/*.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from kubernetes import client, config, watch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "plugins"))
+
+from conveyor.steps.common import label_value  # noqa: E402
+
+STATE = Path(os.environ.get("CONVEYOR_STATE", "/var/lib/conveyor"))
+AIRFLOW = os.environ.get("CONVEYOR_AIRFLOW_URL", "http://localhost:8080")
+APP = os.environ.get("CONVEYOR_BENCH_APP", "appointments")
+
+
+def ts(value: Any) -> float | None:
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def login(user: str) -> httpx.Client:
+    passwords = json.loads((STATE / "airflow" / "simple_auth_manager_passwords.json.generated").read_text())
+    response = httpx.post(f"{AIRFLOW}/auth/token", json={"username": user, "password": passwords[user]}, timeout=30)
+    response.raise_for_status()
+    return httpx.Client(
+        base_url=AIRFLOW, headers={"Authorization": f"Bearer {response.json()['access_token']}"}, timeout=60
+    )
+
+
+class PodWatcher(threading.Thread):
+    """Records each step pod's container start/finish times before the operator deletes it."""
+
+    def __init__(self, run_label: str) -> None:
+        super().__init__(daemon=True)
+        config.load_kube_config(str(STATE / "kubeconfigs" / "admin.kubeconfig"))
+        self.core = client.CoreV1Api()
+        self.selector = f"conveyor/app={APP},conveyor/run={run_label}"
+        self.pods: dict[str, dict[str, float]] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            w = watch.Watch()
+            for event in w.stream(
+                self.core.list_namespaced_pod, "conveyor-ci", label_selector=self.selector, timeout_seconds=5
+            ):
+                pod = event["object"]
+                step = pod.metadata.labels.get("conveyor/step", "?").replace("-", "_")
+                statuses = [*(pod.status.init_container_statuses or []), *(pod.status.container_statuses or [])]
+                starts = [ts(s.state.running.started_at) for s in statuses if s.state and s.state.running]
+                starts += [ts(s.state.terminated.started_at) for s in statuses if s.state and s.state.terminated]
+                ends = [ts(s.state.terminated.finished_at) for s in statuses if s.state and s.state.terminated]
+                record = self.pods.setdefault(step, {})
+                if starts and all(starts):
+                    record["pod_start"] = min([*(x for x in starts if x), record.get("pod_start", float("inf"))])
+                base = [s for s in (pod.status.container_statuses or []) if s.name == "base"]
+                if base and base[0].state and base[0].state.terminated and ends:
+                    record["pod_end"] = ts(base[0].state.terminated.finished_at) or max(x for x in ends if x)
+                if self.stop.is_set():
+                    break
+
+
+def main() -> None:
+    admin, alice = login("admin"), login("alice")
+    admin.patch(f"/api/v2/dags/{APP}", json={"is_paused": False}).raise_for_status()
+    tag = f"v0.{int(time.time())}.0"
+    response = admin.post(f"/api/v2/dags/{APP}/dagRuns", json={"logical_date": None, "conf": {"tag_name": tag}})
+    response.raise_for_status()
+    run_id = response.json()["dag_run_id"]
+    watcher = PodWatcher(label_value(run_id))
+    watcher.start()
+    print(f"benchmarking {APP} run {run_id} (tag {tag})", flush=True)
+    gate_url = f"/conveyor/api/v1/gates/{APP}/{run_id}/approve"
+    approved = False
+    started = time.time()
+    while time.time() - started < 1800:
+        run = admin.get(f"/api/v2/dags/{APP}/dagRuns/{run_id}").json()
+        if run["state"] in ("success", "failed"):
+            break
+        if not approved:
+            gate = alice.get(gate_url).json()
+            if gate.get("task_state") == "up_for_reschedule" and gate["build"].get("digest"):
+                body = {"commit": gate["build"]["commit"], "digest": gate["build"]["digest"], "reason": "benchmark"}
+                alice.post(f"{gate_url}/approve", json=body).raise_for_status()
+                approved = True
+        time.sleep(1)
+    watcher.stop.set()
+    tis = admin.get(f"/api/v2/dags/{APP}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+    tis.sort(key=lambda t: ts(t["start_date"]) or float("inf"))
+    steps = []
+    for i, ti in enumerate(tis):
+        queued, start, end = ts(ti.get("queued_when")), ts(ti["start_date"]), ts(ti["end_date"])
+        pod = watcher.pods.get(ti["task_id"], {})
+        nxt = ts(tis[i + 1]["start_date"]) if i + 1 < len(tis) else None
+        steps.append(
+            {
+                "step": ti["task_id"],
+                "state": ti["state"],
+                "task_seconds": round(end - start, 2) if start and end else None,
+                "pod_seconds": round(pod["pod_end"] - pod["pod_start"], 2)
+                if {"pod_start", "pod_end"} <= set(pod)
+                else None,
+                "queued_to_task_start": round(start - queued, 2) if queued and start else None,
+                "task_start_to_pod_start": round(pod["pod_start"] - start, 2) if start and "pod_start" in pod else None,
+                "pod_end_to_task_end": round(end - pod["pod_end"], 2) if end and "pod_end" in pod else None,
+                "task_end_to_next_start": round(nxt - end, 2) if nxt and end else None,
+            }
+        )
+    pod_total = sum(s["pod_seconds"] or 0 for s in steps)
+    # The wait at a gate is people, not orchestration: leave out the step before a gate and the gate itself.
+    gates = {"approve", "approve_prod"}
+    overhead = sum(
+        (s["task_start_to_pod_start"] or 0)
+        + (s["pod_end_to_task_end"] or 0)
+        + (0 if i + 1 < len(steps) and steps[i + 1]["step"] in gates else s["task_end_to_next_start"] or 0)
+        for i, s in enumerate(steps)
+        if s["step"] not in gates
+    )
+    result = {
+        "app": APP,
+        "run_id": run_id,
+        "state": run["state"],
+        "wall_seconds": round((ts(run["end_date"]) or time.time()) - (ts(run["start_date"]) or started), 2),
+        "pod_seconds_total": round(pod_total, 2),
+        "orchestration_seconds_total": round(overhead, 2),
+        "orchestration_to_pod_ratio": round(overhead / pod_total, 3) if pod_total else None,
+        "steps": steps,
+    }
+    out = REPO / "bench" / "results" / f"release-flow-{int(time.time())}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"{'step':12} {'pod s':>7} {'task s':>7} {'→pod':>6} {'pod→end':>8} {'→next':>6}")
+    for s in steps:
+        cells = [
+            s["pod_seconds"],
+            s["task_seconds"],
+            s["task_start_to_pod_start"],
+            s["pod_end_to_task_end"],
+            s["task_end_to_next_start"],
+        ]
+        print(f"{s['step']:12} " + " ".join(f"{'' if c is None else c:>7}" for c in cells))
+    print(
+        f"run {result['state']} in {result['wall_seconds']}s; pods {result['pod_seconds_total']}s, orchestration "
+        f"{result['orchestration_seconds_total']}s (ratio {result['orchestration_to_pod_ratio']}); {out}"
+    )
+
+
+if __name__ == "__main__":
+    main()
