@@ -137,3 +137,57 @@ def kubectl(*args: str, kubeconfig: str = "admin") -> str:
 def unique_tag() -> str:
     """A fresh release tag per test run (git tags and image tags are immutable releases)."""
     return f"v0.{int(time.time())}.{os.getpid() % 1000}"
+
+
+def git_env() -> dict[str, str]:
+    """Environment that lets git talk to the local Git server with its credentials (never in a URL)."""
+    import base64
+
+    password = (STATE / "secrets" / "git-password").read_text().strip()
+    token = base64.b64encode(f"conveyor:{password}".encode()).decode()
+    return {
+        **os.environ,
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "http.extraHeader",
+        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}",
+        "GIT_AUTHOR_NAME": "E2E Test",
+        "GIT_AUTHOR_EMAIL": "e2e@conveyor.invalid",
+        "GIT_COMMITTER_NAME": "E2E Test",
+        "GIT_COMMITTER_EMAIL": "e2e@conveyor.invalid",
+        "GIT_TERMINAL_PROMPT": "0",
+    }
+
+
+def push_branch(tmp: Path, repo: str, branch: str, files: dict[str, str], message: str) -> str:
+    """Push a branch made from main plus ``files`` (path → content) to the local Git server; returns its SHA."""
+    url = f"http://127.0.0.1:3000/{repo}.git"
+    env = git_env()
+
+    def git(*args: str, cwd: Path | None = None) -> str:
+        result = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, f"git {args[0]}: {result.stderr}"
+        return result.stdout.strip()
+
+    work = tmp / repo
+    git("clone", "--quiet", "--branch", "main", url, str(work))
+    git("checkout", "--quiet", "-b", branch, cwd=work)
+    for path, content in files.items():
+        (work / path).parent.mkdir(parents=True, exist_ok=True)
+        (work / path).write_text(content)
+    git("add", "--all", cwd=work)
+    git("commit", "--quiet", "-m", message, cwd=work)
+    git("push", "--quiet", "--force", "origin", f"HEAD:refs/heads/{branch}", cwd=work)
+    return git("rev-parse", "HEAD", cwd=work)
+
+
+def registry_tags(repository: str) -> list[str]:
+    """The tags of a repository in the local registry."""
+    import base64
+
+    password = (STATE / "secrets" / "registry-password").read_text().strip()
+    auth = base64.b64encode(f"conveyor:{password}".encode()).decode()
+    response = httpx.get(
+        f"http://127.0.0.1:5000/v2/{repository}/tags/list", headers={"Authorization": f"Basic {auth}"}, timeout=30
+    )
+    response.raise_for_status()
+    return list(response.json().get("tags") or [])

@@ -25,7 +25,7 @@ def test_validate_samples(cli: CliRunner) -> None:
     result = cli.invoke(app, ["validate"])
     assert result.exit_code == 0, result.output
     assert "app appointments (team clinic): checkout → unit_test → build → push → approve" in result.output
-    assert "2 spec(s) valid" in result.output
+    assert "3 spec(s) valid" in result.output
 
 
 def test_validate_invalid_files_lists_every_problem(cli: CliRunner) -> None:

@@ -1,10 +1,10 @@
 """HTTP API for booking clinic appointments, kept in memory.
 
-    GET  /healthz              liveness/readiness probe
-    GET  /version              {"version": ...} from $APP_VERSION or the VERSION file
-    GET  /appointments         all appointments, ordered by time
-    POST /appointments         book one: {"patient", "doctor", "time" (ISO 8601)}
-    GET  /appointments/<id>    one appointment
+GET  /healthz              liveness/readiness probe
+GET  /version              {"version": ...} from $APP_VERSION or the VERSION file
+GET  /appointments         all appointments, ordered by time
+POST /appointments         book one: {"patient", "doctor", "time" (ISO 8601)}
+GET  /appointments/<id>    one appointment
 """
 
 from __future__ import annotations

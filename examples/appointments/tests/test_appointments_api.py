@@ -49,8 +49,9 @@ def test_version_from_file(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_book_and_list(base_url: str) -> None:
-    status, created = call(base_url + "/appointments", "POST",
-                           {"patient": "Ada", "doctor": "Dr. Who", "time": "2030-01-31T09:30"})
+    status, created = call(
+        base_url + "/appointments", "POST", {"patient": "Ada", "doctor": "Dr. Who", "time": "2030-01-31T09:30"}
+    )
     assert status == 201
     assert created == {"id": 1, "patient": "Ada", "doctor": "Dr. Who", "time": "2030-01-31T09:30"}
     assert call(base_url + "/appointments") == (200, [created])
