@@ -70,3 +70,47 @@ def test_container_that_cannot_start_is_rolled_back(
     after = json.loads(kubectl("get", "deployment", "appointments", "-n", "dev", "-o", "json"))
     assert after["spec"]["template"]["spec"]["containers"][0]["image"] == image_before
     assert service_get("dev", "/healthz").status_code == 200
+
+
+SLOW_TEST = '''"""A slow test (pushed by Conveyor's e2e tests) so the run can be stopped while it runs."""
+
+import time
+
+
+def test_slowly():
+    time.sleep(300)
+'''
+
+
+def test_missing_branch_fails_checkout_clearly(trigger: Callable[..., PipelineRun]) -> None:
+    run = trigger("appointments", {"branch": "e2e/no-such-branch", "tag_name": None})
+    assert run.wait_until_finished() == "failed"
+    assert run.tasks()["checkout"] == "failed"
+    assert "branch 'e2e/no-such-branch' does not exist in http://10.88.0.1:3000/appointments.git" in run.log("checkout")
+
+
+def test_a_step_stopped_mid_run_deletes_its_pod(
+    trigger: Callable[..., PipelineRun], airflow: Callable[[str], httpx.Client], tmp_path: Path
+) -> None:
+    from conveyor.steps.common import label_value
+
+    branch = f"e2e/slow-{int(time.time())}"
+    push_branch(tmp_path, "appointments", branch, {"tests/test_e2e_slow.py": SLOW_TEST}, "Add a slow test")
+    run = trigger("appointments", {"branch": branch, "tag_name": None})
+    selector = f"conveyor/app=appointments,conveyor/step=unit-test,conveyor/run={label_value(run.run_id)}"
+
+    def pod_running() -> bool:
+        pods = json.loads(kubectl("get", "pods", "-n", "conveyor-ci", "-l", selector, "-o", "json"))["items"]
+        return any(p["status"].get("phase") == "Running" for p in pods)
+
+    run.wait("the unit_test pod to run", pod_running, timeout=300)
+    response = airflow("admin").patch(
+        f"/api/v2/dags/appointments/dagRuns/{run.run_id}/taskInstances/unit_test", json={"new_state": "failed"}
+    )
+    assert response.status_code == 200, response.text
+
+    def pod_gone() -> bool:
+        return json.loads(kubectl("get", "pods", "-n", "conveyor-ci", "-l", selector, "-o", "json"))["items"] == []
+
+    run.wait("the unit_test pod to be deleted", pod_gone, timeout=120)
+    assert run.wait_until_finished() == "failed"
