@@ -394,43 +394,35 @@ def _routes() -> APIRouter:
     def get_gate(dag_id: str, run_id: str, gate_id: str, session: SessionDep, user: GetUserDep) -> GateInfo:
         return _gate_info(session, user, dag_id, run_id, gate_id)
 
-    @router.post(
-        "/gates/{dag_id}/{run_id}/{gate_id}/approve",
-        response_model=GateInfo,
-        status_code=status.HTTP_201_CREATED,
-        dependencies=read_run,
-        responses=errors,
-        summary="Approve the build a gate guards",
-    )
-    def approve(
-        dag_id: str,
-        run_id: str,
-        gate_id: str,
-        body: DecisionRequest,
-        request: Request,
-        session: SessionDep,
-        user: GetUserDep,
-    ) -> GateInfo:
-        return _decide(session, request, user, dag_id, run_id, gate_id, body, gate_core.APPROVE)
+    def decision_route(decision: str) -> Any:
+        def decide(
+            dag_id: str,
+            run_id: str,
+            gate_id: str,
+            body: DecisionRequest,
+            request: Request,
+            session: SessionDep,
+            user: GetUserDep,
+        ) -> GateInfo:
+            return _decide(session, request, user, dag_id, run_id, gate_id, body, decision)
 
-    @router.post(
-        "/gates/{dag_id}/{run_id}/{gate_id}/reject",
-        response_model=GateInfo,
-        status_code=status.HTTP_201_CREATED,
-        dependencies=read_run,
-        responses=errors,
-        summary="Reject the build a gate guards (a reason is required); the run stops at the gate",
-    )
-    def reject(
-        dag_id: str,
-        run_id: str,
-        gate_id: str,
-        body: DecisionRequest,
-        request: Request,
-        session: SessionDep,
-        user: GetUserDep,
-    ) -> GateInfo:
-        return _decide(session, request, user, dag_id, run_id, gate_id, body, gate_core.REJECT)
+        decide.__name__ = decision
+        return decide
+
+    for decision, summary in (
+        (gate_core.APPROVE, "Approve the build a gate guards"),
+        (gate_core.REJECT, "Reject the build a gate guards (a reason is required); the run stops at the gate"),
+    ):
+        router.add_api_route(
+            f"/gates/{{dag_id}}/{{run_id}}/{{gate_id}}/{decision}",
+            decision_route(decision),
+            methods=["POST"],
+            response_model=GateInfo,
+            status_code=status.HTTP_201_CREATED,
+            dependencies=read_run,
+            responses=errors,
+            summary=summary,
+        )
 
     return router
 
