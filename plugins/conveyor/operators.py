@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import BaseSensorOperator, Variable
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
 
 from conveyor import gate as gate_core
 from conveyor.credentials import sync_secrets
@@ -27,6 +27,15 @@ NOT_A_RELEASE = (
     "(trigger the run with the param tag_name set, e.g. v1.2.3) or the app sets release.auto_tag."
 )
 BUILD_NUMBERS_KEEP = 500
+
+
+def format_duration(seconds: float) -> str:
+    """``86400`` → ``24h``, ``5400`` → ``1h30m``, ``45`` → ``45s``."""
+    total = int(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
+    return "".join(parts) or "0s"
 
 
 def is_release(params: dict[str, Any], auto_tag: bool) -> bool:
@@ -183,7 +192,16 @@ class ApprovalSensor(BaseSensorOperator):
     def execute(self, context: Any) -> Any:
         if self.release_only and not is_release(context["params"], self.auto_tag):
             raise AirflowSkipException(NOT_A_RELEASE.format(step=self.task_id))
-        return super().execute(context)
+        try:
+            return super().execute(context)
+        except AirflowSensorTimeout:
+            # Expiry is a rejection, said in the people's words, not the sensor's.
+            message = (
+                f"Expired after {format_duration(float(self.timeout))} without the required approvals: "
+                "the gate counts as rejected. Trigger a new run to ask again."
+            )
+            self.log.error("%s", message)
+            raise AirflowFailException(message) from None
 
     def poke(self, context: Any) -> bool:
         ti = context["ti"]

@@ -164,3 +164,16 @@ def test_pod_templates_only_render_run_values(dagbag: DagBag) -> None:
     task = dagbag.dags["appointments"].get_task("build")
     script_text = task.pod_template_dict["spec"]["containers"][0]["command"][2]
     assert "{{ '{' }}{{ '{' }}.Digest}}" in script_text
+
+
+def test_gate_expiry_is_a_rejection_with_the_timeout(dagbag: DagBag, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk import BaseSensorOperator
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
+
+    def timed_out(self: object, context: object) -> None:
+        raise AirflowSensorTimeout("Sensor has timed out")
+
+    monkeypatch.setattr(BaseSensorOperator, "execute", timed_out)
+    gate = dagbag.dags["appointments"].get_task("approve")
+    with pytest.raises(AirflowFailException, match="Expired after 24h without the required approvals"):
+        gate.execute({"params": {"tag_name": "v1.0.0"}})
