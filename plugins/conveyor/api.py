@@ -9,6 +9,7 @@ sensor can tell it from anything written by other means.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -91,6 +92,27 @@ class DecisionRequest(BaseModel):
     commit: str = Field(description="the commit SHA the decider was shown")
     digest: str = Field(description="the image digest the decider was shown")
     reason: str = Field(default="", max_length=2000, description="why; required for a reject")
+
+
+class AuditEvent(BaseModel):
+    at: str
+    app: str
+    run_id: str
+    gate: str
+    action: str
+    outcome: Literal["recorded", "refused"]
+    status_code: int
+    why: str = Field(description="why a decision was refused (empty when recorded)")
+    user: str
+    roles: list[str]
+    commit: str
+    digest: str
+    reason: str
+    client: str
+
+
+class AuditTrail(BaseModel):
+    events: list[AuditEvent]
 
 
 class ErrorBody(BaseModel):
@@ -272,7 +294,79 @@ def _why_not(user: Any, policy: Any, run: Any, task_state: str | None, build: Bu
     return None
 
 
+def audit_key(app: str) -> str:
+    """The Airflow Variable that keeps an app's approval audit trail (it outlives runs)."""
+    return f"conveyor.audit.{app}"
+
+
+def _audit(event: dict[str, Any], session: Any = None) -> None:
+    """Append one event to the app's audit trail: in the decision's own transaction when it is
+    recorded, in a transaction of its own when it is refused (the request's is rolled back)."""
+    from airflow.utils.session import create_session
+
+    if session is not None:
+        _append_audit(session, event)
+        return
+    with create_session() as own:
+        _append_audit(own, event)
+
+
+def _append_audit(session: Any, event: dict[str, Any]) -> None:
+    from airflow.models.variable import Variable
+    from sqlalchemy import select
+
+    row = session.scalar(select(Variable).where(Variable.key == audit_key(event["app"])).with_for_update())
+    try:
+        events = json.loads(row.val) if row is not None else []
+    except ValueError:
+        events = []
+    events = events if isinstance(events, list) else []
+    events.append(event)
+    Variable.set(
+        audit_key(event["app"]),
+        json.dumps(events, indent=1),
+        description=f"Conveyor's approval audit trail of {event['app']}: every decision and refusal.",
+        session=session,
+    )
+
+
 def _decide(
+    session: Any,
+    request: Request,
+    user: Any,
+    dag_id: str,
+    run_id: str,
+    gate_id: str,
+    body: DecisionRequest,
+    decision: str,
+) -> GateInfo:
+    host = request.client.host if request.client else "unknown"
+    event: dict[str, Any] = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "app": dag_id,
+        "run_id": run_id,
+        "gate": gate_id,
+        "action": decision,
+        "user": user.get_name(),
+        "roles": list(user_roles(user)),
+        "commit": body.commit,
+        "digest": body.digest,
+        "reason": body.reason.strip(),
+        "client": f"{host} ({request.headers.get('user-agent', 'unknown client')})"[:300],
+    }
+    try:
+        info = _record_decision(session, request, user, dag_id, run_id, gate_id, body, decision)
+    except (ApprovalError, HTTPException) as exc:
+        detail = str(exc) if isinstance(exc, ApprovalError) else str(exc.detail)
+        status_code = exc.status_code
+        session.rollback()  # nothing of a refused decision is kept but its audit event
+        _audit({**event, "outcome": "refused", "status_code": status_code, "why": detail})
+        raise
+    _audit({**event, "outcome": "recorded", "status_code": 201, "why": ""}, session)
+    return info
+
+
+def _record_decision(
     session: Any,
     request: Request,
     user: Any,
@@ -358,6 +452,30 @@ def _routes() -> APIRouter:
         409: {"model": ErrorBody, "description": "Gate not open, already decided, or the build changed"},
         422: {"model": ErrorBody, "description": "Malformed decision (e.g. a reject without reason)"},
     }
+
+    @router.get(
+        "/audit", response_model=AuditTrail, summary="Every decision and refusal, as JSON, for the apps you can see"
+    )
+    def audit(session: SessionDep, user: GetUserDep, app: str | None = None) -> AuditTrail:
+        from airflow.api_fastapi.app import get_auth_manager
+        from airflow.models.variable import Variable
+        from sqlalchemy import select
+
+        from conveyor.spec import spec_files
+
+        apps = {p.stem for p in spec_files(settings.apps_folder())}
+        readable = get_auth_manager().get_authorized_dag_ids(user=user, method="GET") & apps
+        if app is not None and app not in readable:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"No Conveyor app '{app}' that you can see.")
+        events: list[AuditEvent] = []
+        for name in sorted([app] if app else readable):
+            row = session.scalar(select(Variable).where(Variable.key == audit_key(name)))
+            try:
+                stored = json.loads(row.val) if row is not None else []
+            except ValueError:
+                stored = []
+            events += [AuditEvent.model_validate(e) for e in stored if isinstance(e, dict)]
+        return AuditTrail(events=sorted(events, key=lambda e: e.at))
 
     @router.get("/gates", response_model=GateList, summary="The gates waiting for a decision that you can see")
     def list_gates(session: SessionDep, user: GetUserDep) -> GateList:

@@ -125,3 +125,33 @@ def test_openapi_documents_the_routes(api: Any) -> None:
     paths = api.get("/conveyor/openapi.json").json()["paths"]
     assert "/api/v1/gates/{dag_id}/{run_id}/{gate_id}/approve" in paths
     assert "/api/v1/gates/{dag_id}/{run_id}/{gate_id}/reject" in paths
+
+
+def test_every_decision_and_refusal_is_audited_and_exportable(
+    api: Any, auth: Any, waiting_gate: Callable[..., Run]
+) -> None:
+    run = waiting_gate()
+    assert decide(api, auth("carol"), run, "approve").status_code == 403
+    assert decide(api, auth("bob"), run, "reject", reason=" ").status_code == 422
+    assert decide(api, auth("bob"), run, "approve", reason="looks good").status_code == 201
+    response = api.get("/conveyor/api/v1/audit", params={"app": "appointments"}, headers=auth("alice"))
+    assert response.status_code == 200
+    events = [e for e in response.json()["events"] if e["run_id"] == run.run_id]
+    assert [(e["user"], e["action"], e["outcome"], e["status_code"]) for e in events] == [
+        ("carol", "approve", "refused", 403),
+        ("bob", "reject", "refused", 422),
+        ("bob", "approve", "recorded", 201),
+    ]
+    assert "carol is not an approver" in events[0]["why"]
+    assert events[2]["reason"] == "looks good" and events[2]["digest"] == run.digest
+    assert all(e["client"].startswith("testclient") for e in events)
+
+
+def test_audit_survives_deleting_the_run(api: Any, auth: Any, waiting_gate: Callable[..., Run]) -> None:
+    run = waiting_gate()
+    assert decide(api, auth("bob"), run, "approve").status_code == 201
+    deleted = api.delete(f"/api/v2/dags/{run.dag_id}/dagRuns/{run.run_id}", headers=auth("alice"))
+    assert deleted.status_code == 204, deleted.text
+    events = api.get("/conveyor/api/v1/audit", params={"app": "appointments"}, headers=auth("alice")).json()["events"]
+    assert any(e["run_id"] == run.run_id and e["outcome"] == "recorded" for e in events)
+    assert api.get("/conveyor/api/v1/audit", params={"app": "nope"}, headers=auth("alice")).status_code == 404
