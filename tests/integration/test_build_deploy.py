@@ -89,21 +89,6 @@ def apis() -> Iterator[dict[str, Any]]:
         api.rest_client.pool_manager.clear()  # close() leaves the pooled TLS sockets open
 
 
-@pytest.fixture
-def cleanup() -> Iterator[list[Callable[[], object]]]:
-    """Calls to undo what the test made, run last-made first; a 404 means already gone."""
-    from kubernetes.client.exceptions import ApiException
-
-    undo: list[Callable[[], object]] = []
-    yield undo
-    for call in reversed(undo):
-        try:
-            call()
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-
-
 def _events(core: Any, namespace: str, name: str) -> str:
     events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
     return "; ".join(f"{e.reason}: {e.message}" for e in events[-5:])

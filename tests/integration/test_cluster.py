@@ -19,6 +19,8 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from tests.integration.conftest import exec_stdout
+
 pytestmark = pytest.mark.integration
 
 KUBECONFIGS = Path(os.environ.get("CONVEYOR_KUBECONFIGS", "/var/lib/conveyor/kubeconfigs"))
@@ -308,30 +310,12 @@ def test_node_pulls_from_plain_http_registry_on_bridge(core: client.CoreV1Api, c
 
 def test_ci_credentials_run_and_exec_into_pipeline_pods(api_for: Callable[[str], client.ApiClient]) -> None:
     """What the KubernetesPodOperator does with k8s_ci: create, watch, exec (xcom sidecar), delete."""
-    from kubernetes.stream import stream
-
     ci = client.CoreV1Api(api_for("ci"))
     name = _name("ci-exec")
     ci.create_namespaced_pod(CI_NS, _pod(name, BUSYBOX_IMAGE, ["sleep", "300"]))
     try:
         _wait(f"pod {name} to be Running", lambda: ci.read_namespaced_pod(name, CI_NS).status.phase == "Running")
-        ws = stream(
-            ci.connect_get_namespaced_pod_exec,
-            name,
-            CI_NS,
-            command=["/bin/sh", "-c", "echo xcom-$((6 * 7))"],
-            stderr=True,
-            stdin=False,
-            stdout=True,
-            tty=False,
-            _preload_content=False,
-        )
-        try:
-            ws.run_forever(timeout=30)
-            out = ws.read_stdout()
-        finally:
-            ws.close()
-            ws.sock.shutdown()  # close() skips the socket when the server closed first
+        out = exec_stdout(ci, name, CI_NS, ["/bin/sh", "-c", "echo xcom-$((6 * 7))"])
         assert out.strip() == "xcom-42"
         with pytest.raises(ApiException) as denied:
             ci.list_namespaced_pod("dev")

@@ -22,6 +22,8 @@ import pytest
 import requests
 import yaml
 
+from tests.integration.conftest import exec_stdout
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,9 +116,10 @@ def test_toolbox_has_the_step_tools(auth: tuple[str, str]) -> None:
     assert "BUILDAH_ISOLATION=chroot" in config.get("Env", [])
 
 
-def test_toolbox_has_kubectl_once_the_cluster_built_it(auth: tuple[str, str]) -> None:
+def test_toolbox_has_kubectl(auth: tuple[str, str]) -> None:
+    # The deploy steps need it; `make up` builds Kubernetes (and so kubectl) before the step images.
     if not glob.glob(KUBECTL_BUILDS):
-        pytest.skip(f"no kubectl built yet ({KUBECTL_BUILDS}); the toolbox is built without it until then")
+        pytest.fail(f"no kubectl built ({KUBECTL_BUILDS}): run `make up`, it builds Kubernetes before the images")
     assert "/usr/local/bin/kubectl" in _paths(_pins()["toolbox"], auth), (
         "kubectl exists on the host but not in the toolbox: rerun scripts/images/build (it rebuilds the toolbox)"
     )
@@ -236,28 +239,9 @@ def test_step_images_pull_and_run_in_the_cluster(auth: tuple[str, str]) -> None:
         assert base.terminated.exit_code == 0, f"the toolbox step failed: {log}"
         for tool in ("git version", "envsubst", "skopeo version", "buildah version"):
             assert tool in log
-        from kubernetes.stream import stream
 
         def sidecar(*command: str) -> str:
-            # raw stdout: with preloaded content the client turns JSON output into a Python repr
-            ws = stream(
-                core.connect_get_namespaced_pod_exec,
-                name,
-                CI_NS,
-                container="airflow-xcom-sidecar",
-                command=list(command),
-                stderr=True,
-                stdin=False,
-                stdout=True,
-                tty=False,
-                _preload_content=False,
-            )
-            try:
-                ws.run_forever(timeout=30)
-                return ws.read_stdout()
-            finally:
-                ws.close()
-                ws.sock.shutdown()  # close() skips the socket once the server has hung up
+            return exec_stdout(core, name, CI_NS, command, container="airflow-xcom-sidecar")
 
         assert json.loads(sidecar("cat", "/airflow/xcom/return.json")) == {"ok": True}
         sidecar("kill", "-s", "SIGINT", "1")

@@ -113,21 +113,6 @@ def core() -> Iterator[Any]:
     api.rest_client.pool_manager.clear()
 
 
-@pytest.fixture
-def cleanup() -> Iterator[list[Callable[[], object]]]:
-    """Calls that undo what a test made, last made first; a 404 means already gone."""
-    from kubernetes.client.exceptions import ApiException
-
-    undo: list[Callable[[], object]] = []
-    yield undo
-    for call in reversed(undo):
-        try:
-            call()
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-
-
 def _git_connection() -> Connection:
     path = STATE / "connections" / "git_default.json"
     if not path.is_file():
