@@ -53,15 +53,19 @@ def template_strings(values: RunValues, pipeline: Pipeline) -> list[str]:
 def to_template_dict(obj: Any, templates: list[str]) -> Any:
     """A pod (or part of it) as a dict for ``pod_template_dict``: only the run-value templates
     stay templates, every other string is escaped so Jinja leaves it as it is."""
-    if isinstance(obj, dict):
-        return {k: to_template_dict(v, templates) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [to_template_dict(v, templates) for v in obj]
-    if not isinstance(obj, str):
-        return obj
     pattern = re.compile("(" + "|".join(re.escape(t) for t in templates) + ")")
-    parts = pattern.split(obj)
-    return "".join(part if i % 2 else jinja_literal(part) for i, part in enumerate(parts))
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        if not isinstance(value, str):
+            return value
+        parts = pattern.split(value)
+        return "".join(part if i % 2 else jinja_literal(part) for i, part in enumerate(parts))
+
+    return convert(obj)
 
 
 def manifests_macro(spec: AppSpec) -> Any:
