@@ -204,16 +204,50 @@ def _gate_context(session: Any, dag_id: str, run_id: str, gate_id: str) -> tuple
     return pipeline, run, ti, info
 
 
-def _stored(session: Any, key: str) -> str | None:
+def _stored(session: Any, key: str, *, lock: bool = False) -> str | None:
+    """A Variable's value; ``lock`` holds its row (PostgreSQL/MySQL) until the transaction ends."""
     from airflow.models.variable import Variable
     from sqlalchemy import select
 
-    row = session.scalar(select(Variable).where(Variable.key == key))
+    query = select(Variable).where(Variable.key == key)
+    row = session.scalar(query.with_for_update() if lock else query)
     return row.val if row is not None else None
 
 
-def _gate_info(session: Any, user: Any, dag_id: str, run_id: str, gate_id: str) -> GateInfo:
-    pipeline, run, ti, build = _gate_context(session, dag_id, run_id, gate_id)
+def _stored_list(session: Any, key: str, *, lock: bool = False) -> list[Any]:
+    """A Variable holding a JSON list (an empty list when missing or not a list)."""
+    try:
+        value = json.loads(_stored(session, key, lock=lock) or "[]")
+    except ValueError:
+        return []
+    return value if isinstance(value, list) else []
+
+
+def _task_state(ti: Any) -> str | None:
+    if ti is None or not ti.state:
+        return None
+    return str(ti.state.value if hasattr(ti.state, "value") else ti.state)
+
+
+def _readable_apps(user: Any) -> set[str]:
+    """The Conveyor apps whose DAG the user may read."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    from conveyor.spec import spec_files
+
+    apps = {p.stem for p in spec_files(settings.apps_folder())}
+    return set(get_auth_manager().get_authorized_dag_ids(user=user, method="GET")) & apps
+
+
+def _gate_info(
+    session: Any,
+    user: Any,
+    dag_id: str,
+    run_id: str,
+    gate_id: str,
+    context: tuple[Pipeline, Any, Any, BuildInfo] | None = None,
+) -> GateInfo:
+    pipeline, run, ti, build = context or _gate_context(session, dag_id, run_id, gate_id)
     step = pipeline.step(gate_id)
     assert step.policy is not None  # every gate has a policy
     policy = step.policy
@@ -221,9 +255,7 @@ def _gate_info(session: Any, user: Any, dag_id: str, run_id: str, gate_id: str) 
     records = [r for r in (gate_core.Decision.from_json(x) for x in raw) if r is not None]
     key = settings.approval_signing_key()
     decisions = [r for r in records if r.verifies(key)]
-    task_state = (
-        str(ti.state.value if hasattr(ti.state, "value") else ti.state) if ti is not None and ti.state else None
-    )
+    task_state = _task_state(ti)
     gate_status: Literal["waiting", "approved", "rejected", "closed"] = "waiting"
     approvals: list[str] = []
     if build.commit and build.digest:
@@ -313,14 +345,8 @@ def _audit(event: dict[str, Any], session: Any = None) -> None:
 
 def _append_audit(session: Any, event: dict[str, Any]) -> None:
     from airflow.models.variable import Variable
-    from sqlalchemy import select
 
-    row = session.scalar(select(Variable).where(Variable.key == audit_key(event["app"])).with_for_update())
-    try:
-        events = json.loads(row.val) if row is not None else []
-    except ValueError:
-        events = []
-    events = events if isinstance(events, list) else []
+    events = _stored_list(session, audit_key(event["app"]), lock=True)
     events.append(event)
     Variable.set(
         audit_key(event["app"]),
@@ -377,22 +403,19 @@ def _record_decision(
     decision: str,
 ) -> GateInfo:
     from airflow.models.variable import Variable
-    from sqlalchemy import select
 
     if decision == gate_core.REJECT and not body.reason.strip():
         raise InvalidDecision("A reject needs a reason: say what must change before this build may be released.")
-    pipeline, run, ti, build = _gate_context(session, dag_id, run_id, gate_id)
+    context = _gate_context(session, dag_id, run_id, gate_id)
+    pipeline, run, ti, build = context
     step = pipeline.step(gate_id)
     assert step.policy is not None  # every gate has a policy
     name = user.get_name()
     roles = user_roles(user)
-    task_state = (
-        str(ti.state.value if hasattr(ti.state, "value") else ti.state) if ti is not None and ti.state else None
-    )
+    task_state = _task_state(ti)
     key_name = gate_core.storage_key(dag_id, run_id, gate_id)
     # Lock the gate's record (PostgreSQL/MySQL) so two simultaneous decisions are both kept.
-    row = session.scalar(select(Variable).where(Variable.key == key_name).with_for_update())
-    raw = gate_core.load_records(row.val if row is not None else None)
+    raw = gate_core.load_records(_stored(session, key_name, lock=True))
     own = [d for d in (gate_core.Decision.from_json(x) for x in raw) if d is not None and d.user == name]
     if not gate_core.may_decide(step.policy, name, roles):
         raise NotAnApprover(_why_not(user, step.policy, run, task_state, build, []) or "not an approver")
@@ -437,7 +460,7 @@ def _record_decision(
         session=session,
     )
     session.flush()
-    return _gate_info(session, user, dag_id, run_id, gate_id)
+    return _gate_info(session, user, dag_id, run_id, gate_id, context)
 
 
 def _routes() -> APIRouter:
@@ -457,36 +480,21 @@ def _routes() -> APIRouter:
         "/audit", response_model=AuditTrail, summary="Every decision and refusal, as JSON, for the apps you can see"
     )
     def audit(session: SessionDep, user: GetUserDep, app: str | None = None) -> AuditTrail:
-        from airflow.api_fastapi.app import get_auth_manager
-        from airflow.models.variable import Variable
-        from sqlalchemy import select
-
-        from conveyor.spec import spec_files
-
-        apps = {p.stem for p in spec_files(settings.apps_folder())}
-        readable = get_auth_manager().get_authorized_dag_ids(user=user, method="GET") & apps
+        readable = _readable_apps(user)
         if app is not None and app not in readable:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"No Conveyor app '{app}' that you can see.")
         events: list[AuditEvent] = []
         for name in sorted([app] if app else readable):
-            row = session.scalar(select(Variable).where(Variable.key == audit_key(name)))
-            try:
-                stored = json.loads(row.val) if row is not None else []
-            except ValueError:
-                stored = []
+            stored = _stored_list(session, audit_key(name))
             events += [AuditEvent.model_validate(e) for e in stored if isinstance(e, dict)]
         return AuditTrail(events=sorted(events, key=lambda e: e.at))
 
     @router.get("/gates", response_model=GateList, summary="The gates waiting for a decision that you can see")
     def list_gates(session: SessionDep, user: GetUserDep) -> GateList:
-        from airflow.api_fastapi.app import get_auth_manager
         from airflow.models.taskinstance import TaskInstance
         from sqlalchemy import select
 
-        from conveyor.spec import spec_files
-
-        apps = {p.stem for p in spec_files(settings.apps_folder())}
-        readable = get_auth_manager().get_authorized_dag_ids(user=user, method="GET") & apps
+        readable = _readable_apps(user)
         rows = session.execute(
             select(TaskInstance.dag_id, TaskInstance.run_id, TaskInstance.task_id).where(
                 TaskInstance.dag_id.in_(readable),
