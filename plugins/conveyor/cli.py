@@ -89,16 +89,15 @@ def validate(
 
 
 def _strict_checks(spec: AppSpec, images: settings.StepImages | None) -> None:
-    for name in ("dev", "prod"):
-        env = getattr(spec.environments, name)
-        variables = manifest_variables(
-            spec,
-            registry="registry.example",
-            build_number="1",
-            branch=spec.git.branch,
-            tag_name="v0.0.0",
-            digest=SAMPLE_DIGEST,
-        )
+    variables = manifest_variables(
+        spec,
+        registry="registry.example",
+        build_number="1",
+        branch=spec.git.branch,
+        tag_name="v0.0.0",
+        digest=SAMPLE_DIGEST,
+    )
+    for env in (spec.environments.dev, spec.environments.prod):
         render_folder(settings.manifests_folder() / env.manifests, variables)
     if images is not None:
         for image in (spec.builder, spec.sonar.image if spec.sonar.enabled else "toolbox"):
