@@ -46,6 +46,9 @@ class BuildInfo(BaseModel):
     release_tag: str | None = None
     message: str | None = None
     author: str | None = None
+    manifests: str | None = Field(
+        default=None, description="sha256 over the rendered manifests of the environments the gate releases to"
+    )
 
 
 class PolicyInfo(BaseModel):
@@ -67,18 +70,40 @@ class DecisionInfo(BaseModel):
     client: str
 
 
+class ManifestChange(BaseModel):
+    environment: str
+    hash: str = Field(description="sha256 of the rendered manifests; a decision is bound to it")
+    rendered: str = Field(description="the manifests this build would apply, rendered")
+    baseline: str | None = Field(
+        default=None, description="what the diff compares against, e.g. 'deployed by run X on <date>'; None if never"
+    )
+    diff: str = Field(description="unified diff of the rendered manifests against the baseline")
+    error: str | None = Field(default=None, description="why the manifests could not be rendered, if they could not")
+
+
+class CheckResult(BaseModel):
+    step: str
+    state: str | None = Field(description="the step's task state in this run")
+    summary: str = Field(default="", description="e.g. the tests' or the quality gate's result, when known")
+
+
 class GateInfo(BaseModel):
     app: str
     run_id: str
     gate: str
     releases_to: list[str]
     task_state: str | None
-    status: Literal["waiting", "approved", "rejected", "closed"]
+    status: Literal["waiting", "approved", "rejected", "expired", "superseded", "closed"]
+    link: str = Field(default="", description="the gate's decision page")
+    expires_at: str | None = Field(default=None, description="when the gate counts as rejected if still undecided")
+    superseded_by: str | None = Field(default=None, description="the newer run that superseded this gate, if any")
     build: BuildInfo
     policy: PolicyInfo
     approvals: list[str]
     required: int
     decisions: list[DecisionInfo]
+    manifests: list[ManifestChange] = Field(default_factory=list)
+    checks: list[CheckResult] = Field(default_factory=list)
     triggered_by: str | None
     can_decide: bool
     why_not: str | None = Field(default=None, description="why the current user cannot decide, if they cannot")
@@ -91,6 +116,10 @@ class GateList(BaseModel):
 class DecisionRequest(BaseModel):
     commit: str = Field(description="the commit SHA the decider was shown")
     digest: str = Field(description="the image digest the decider was shown")
+    manifests: str | None = Field(
+        default=None,
+        description="the manifests hash the decider was shown (GateInfo.build.manifests); checked when given",
+    )
     reason: str = Field(default="", max_length=2000, description="why; required for a reject")
 
 
@@ -562,6 +591,9 @@ def create_app() -> FastAPI:
         "(Bearer token from /auth/token, or the UI session).",
     )
     app.include_router(_routes())
+    from conveyor.pages import page_routes
+
+    app.include_router(page_routes())
 
     @app.exception_handler(ApprovalError)
     async def approval_error(_: Request, exc: ApprovalError) -> JSONResponse:
