@@ -39,6 +39,8 @@ TEST_ENV = {
     "AIRFLOW__CONVEYOR__APPS_FOLDER": str(REPO / "include" / "apps"),
     "AIRFLOW__CONVEYOR__MANIFESTS_FOLDER": str(REPO / "include" / "manifests"),
     "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+    # The sample apps' registry, so gates can render the manifests they release (nothing connects to it here).
+    "AIRFLOW_CONN_REGISTRY": json.dumps({"conn_type": "generic", "host": "10.88.0.1", "port": 5000}),
     "CONVEYOR_HOME": str(REPO),
     "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "plugins"), os.environ.get("PYTHONPATH")])),
 }

@@ -9,8 +9,10 @@ sensor can tell it from anything written by other means.
 
 from __future__ import annotations
 
+import difflib
 import json
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
@@ -20,7 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from conveyor import __version__, settings
+from conveyor import __version__, release, settings
 from conveyor import gate as gate_core
 from conveyor.exceptions import (
     ApprovalError,
@@ -31,8 +33,10 @@ from conveyor.exceptions import (
     NotAnApprover,
     SpecError,
 )
-from conveyor.pipeline import Pipeline, build_pipeline
-from conveyor.spec import load_spec
+from conveyor.pipeline import Pipeline, Step, build_pipeline
+from conveyor.release import ReleaseManifests
+from conveyor.spec import ApprovalPolicy, AppSpec
+from conveyor.timefmt import format_duration
 
 # Task states in which a gate is waiting for people.
 OPEN_STATES = {"running", "up_for_reschedule", "deferred", "queued", "scheduled"}
@@ -65,6 +69,7 @@ class DecisionInfo(BaseModel):
     roles: list[str]
     commit: str
     digest: str
+    manifests: str = Field(default="", description="the manifests hash the decision is bound to")
     reason: str
     at: str
     client: str
@@ -136,6 +141,7 @@ class AuditEvent(BaseModel):
     roles: list[str]
     commit: str
     digest: str
+    manifests: str = ""
     reason: str
     client: str
 
@@ -161,20 +167,48 @@ def user_roles(user: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(roles))
 
 
-def _pipeline(dag_id: str) -> Pipeline:
-    path = settings.apps_folder() / f"{dag_id}.yaml"
-    if not path.is_file():
-        path = settings.apps_folder() / f"{dag_id}.yml"
-    if not path.is_file():
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"'{dag_id}' is not a Conveyor app (no spec in {settings.apps_folder()})."
-        )
+@dataclass
+class _Gate:
+    """Everything known about one gate of one run, loaded once per request."""
+
+    spec: AppSpec
+    pipeline: Pipeline
+    step: Step
+    run: Any
+    ti: Any
+    build: BuildInfo
+    release: ReleaseManifests | None
+    expires_at: datetime | None
+    superseded_by: str | None
+
+    @property
+    def policy(self) -> ApprovalPolicy:
+        assert self.step.policy is not None  # every gate has a policy
+        return self.step.policy
+
+    @property
+    def task_state(self) -> str | None:
+        return _task_state(self.ti)
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at is not None and datetime.now(UTC) >= self.expires_at
+
+    def bound_build(self) -> gate_core.Build | None:
+        if not self.build.commit or not self.build.digest:
+            return None
+        return gate_core.Build(self.build.commit, self.build.digest, self.build.manifests or "")
+
+
+def _spec(dag_id: str) -> AppSpec:
     try:
-        return build_pipeline(load_spec(path, settings.manifests_folder()))
+        return release.load_app(dag_id)
     except SpecError as exc:
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"The app's spec is invalid, so its gates cannot be decided: {exc}"
         ) from None
+    except ConveyorError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
 
 
 def _xcom(session: Any, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
@@ -196,41 +230,84 @@ def _xcom(session: Any, dag_id: str, run_id: str, task_id: str) -> dict[str, Any
     return value if isinstance(value, dict) else {}
 
 
-def _gate_context(session: Any, dag_id: str, run_id: str, gate_id: str) -> tuple[Pipeline, Any, Any, BuildInfo]:
-    from airflow.models.dagrun import DagRun
+def _ti(session: Any, dag_id: str, run_id: str, task_id: str) -> Any:
     from airflow.models.taskinstance import TaskInstance
     from sqlalchemy import select
 
-    pipeline = _pipeline(dag_id)
+    return session.scalar(
+        select(TaskInstance).where(
+            TaskInstance.dag_id == dag_id,
+            TaskInstance.run_id == run_id,
+            TaskInstance.task_id == task_id,
+            TaskInstance.map_index == -1,
+        )
+    )
+
+
+def _expires_at(session: Any, ti: Any, timeout: int) -> datetime | None:
+    """When the gate expires: its timeout after the sensor first waited (as the sensor counts it)."""
+    from airflow.models.taskreschedule import TaskReschedule
+    from sqlalchemy import func, select
+
+    if ti is None:
+        return None
+    first = session.scalar(select(func.min(TaskReschedule.start_date)).where(TaskReschedule.ti_id == ti.id))
+    start = first or ti.start_date
+    return start + timedelta(seconds=timeout) if start else None
+
+
+def _superseded_by(session: Any, dag_id: str, gate_id: str, run: Any) -> str | None:
+    """The newer run that reached this gate after this run did, as the sensor recorded it."""
+    newest = release.Newest.parse(_stored(session, release.newest_key(dag_id, gate_id)))
+    mine = run.run_after or run.queued_at or run.start_date
+    if newest is None or mine is None or newest.run_id == run.run_id:
+        return None
+    return newest.run_id if newest.run_after > mine else None
+
+
+def _gate_context(session: Any, dag_id: str, run_id: str, gate_id: str) -> _Gate:
+    from airflow.models.dagrun import DagRun
+    from airflow.sdk import BaseHook
+    from sqlalchemy import select
+
+    spec = _spec(dag_id)
+    pipeline = build_pipeline(spec)
     try:
         step = pipeline.step(gate_id)
     except KeyError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc).strip('"')) from None
-    if not step.is_gate:
+    if not step.is_gate or step.policy is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"'{gate_id}' is a step of {dag_id}, not an approval gate.")
     run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
     if run is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{dag_id} has no run '{run_id}'.")
-    ti = session.scalar(
-        select(TaskInstance).where(
-            TaskInstance.dag_id == dag_id,
-            TaskInstance.run_id == run_id,
-            TaskInstance.task_id == gate_id,
-            TaskInstance.map_index == -1,
-        )
-    )
+    ti = _ti(session, dag_id, run_id, gate_id)
     checkout = _xcom(session, dag_id, run_id, "checkout")
-    build = _xcom(session, dag_id, run_id, "build")
+    built = _xcom(session, dag_id, run_id, "build")
+    manifests = None
+    if checkout.get("commit") and built.get("digest"):
+        manifests = release.release_manifests(spec, step.releases_to, checkout, built, BaseHook.get_connection)
     info = BuildInfo(
         commit=checkout.get("commit"),
-        digest=build.get("digest"),
+        digest=built.get("digest"),
         branch=checkout.get("branch"),
         build_number=checkout.get("build_number"),
         release_tag=checkout.get("release_tag") or None,
         message=checkout.get("message"),
         author=checkout.get("author"),
+        manifests=manifests.hash if manifests else None,
     )
-    return pipeline, run, ti, info
+    return _Gate(
+        spec=spec,
+        pipeline=pipeline,
+        step=step,
+        run=run,
+        ti=ti,
+        build=info,
+        release=manifests,
+        expires_at=_expires_at(session, ti, step.policy.timeout),
+        superseded_by=_superseded_by(session, dag_id, gate_id, run),
+    )
 
 
 def _stored(session: Any, key: str, *, lock: bool = False) -> str | None:
@@ -268,49 +345,112 @@ def _readable_apps(user: Any) -> set[str]:
     return set(get_auth_manager().get_authorized_dag_ids(user=user, method="GET")) & apps
 
 
+def _manifest_changes(session: Any, gate: _Gate) -> list[ManifestChange]:
+    """Each environment's rendered manifests, diffed against what Conveyor last deployed there."""
+    if gate.release is None:
+        return []
+    if gate.release.error:
+        return [
+            ManifestChange(environment=env, hash="", rendered="", diff="", error=gate.release.error)
+            for env in gate.step.releases_to
+        ]
+    changes = []
+    for env, rendered in gate.release.rendered.items():
+        deployed = release.Deployed.parse(_stored(session, release.deployed_key(gate.spec.name, env)))
+        before = deployed.manifests if deployed else ""
+        baseline = deployed.describe() if deployed else None
+        diff = "".join(
+            difflib.unified_diff(
+                before.splitlines(keepends=True),
+                rendered.splitlines(keepends=True),
+                fromfile=f"{env}: {baseline or 'nothing deployed yet'}",
+                tofile=f"{env}: this build",
+            )
+        )
+        changes.append(
+            ManifestChange(
+                environment=env,
+                hash=release.manifests_hash({env: rendered}),
+                rendered=rendered,
+                baseline=baseline,
+                diff=diff,
+            )
+        )
+    return changes
+
+
+CHECK_SUMMARIES = {
+    ("unit_test", "success"): "tests passed",
+    ("unit_test", "failed"): "tests failed",
+    ("sonar", "success"): "quality gate passed",
+    ("sonar", "failed"): "quality gate failed",
+    ("sonar", "skipped"): "not run",
+}
+
+
+def _checks(session: Any, gate: _Gate) -> list[CheckResult]:
+    """The test and quality steps of the run, with their results."""
+    results = []
+    for step_id in ("unit_test", "sonar"):
+        if step_id not in gate.pipeline.step_ids:
+            if step_id == "sonar":
+                results.append(CheckResult(step="sonar", state=None, summary="SonarQube is not enabled for this app"))
+            continue
+        state = _task_state(_ti(session, gate.spec.name, gate.run.run_id, step_id))
+        results.append(CheckResult(step=step_id, state=state, summary=CHECK_SUMMARIES.get((step_id, state or ""), "")))
+    return results
+
+
 def _gate_info(
     session: Any,
     user: Any,
     dag_id: str,
     run_id: str,
     gate_id: str,
-    context: tuple[Pipeline, Any, Any, BuildInfo] | None = None,
+    context: _Gate | None = None,
 ) -> GateInfo:
-    pipeline, run, ti, build = context or _gate_context(session, dag_id, run_id, gate_id)
-    step = pipeline.step(gate_id)
-    assert step.policy is not None  # every gate has a policy
-    policy = step.policy
+    gate = context or _gate_context(session, dag_id, run_id, gate_id)
+    policy = gate.policy
     raw = gate_core.load_records(_stored(session, gate_core.storage_key(dag_id, run_id, gate_id)))
     records = [r for r in (gate_core.Decision.from_json(x) for x in raw) if r is not None]
     key = settings.approval_signing_key()
     decisions = [r for r in records if r.verifies(key)]
-    task_state = _task_state(ti)
-    gate_status: Literal["waiting", "approved", "rejected", "closed"] = "waiting"
+    gate_status: Literal["waiting", "approved", "rejected", "expired", "superseded", "closed"] = "waiting"
     approvals: list[str] = []
-    if build.commit and build.digest:
+    bound = gate.bound_build()
+    if bound is not None:
         state = gate_core.evaluate(
             raw,
             policy=policy,
             app=dag_id,
             run_id=run_id,
             gate=gate_id,
-            build=gate_core.Build(build.commit, build.digest),
+            build=bound,
             key=key,
-            triggered_by=run.triggering_user_name,
+            triggered_by=gate.run.triggering_user_name,
+            author=gate.build.author,
         )
         gate_status = state.status.value
         approvals = state.approvers
-    if task_state not in OPEN_STATES and gate_status == "waiting":
-        gate_status = "closed"
-    why_not = _why_not(user, policy, run, task_state, build, [d for d in decisions if d.user == user.get_name()])
+    if gate_status == "waiting":
+        if gate.superseded_by:
+            gate_status = "superseded"
+        elif gate.expired:
+            gate_status = "expired"
+        elif gate.task_state not in OPEN_STATES:
+            gate_status = "closed"
+    why_not = _why_not(user, gate, [d for d in decisions if d.user == user.get_name()])
     return GateInfo(
         app=dag_id,
         run_id=run_id,
         gate=gate_id,
-        releases_to=list(step.releases_to),
-        task_state=task_state,
+        releases_to=list(gate.step.releases_to),
+        task_state=gate.task_state,
         status=gate_status,
-        build=build,
+        link=release.decision_link(dag_id, run_id, gate_id),
+        expires_at=gate.expires_at.isoformat(timespec="seconds") if gate.expires_at else None,
+        superseded_by=gate.superseded_by,
+        build=gate.build,
         policy=PolicyInfo(
             users=policy.users,
             roles=policy.roles,
@@ -327,31 +467,70 @@ def _gate_info(
                 roles=list(d.roles),
                 commit=d.commit,
                 digest=d.digest,
+                manifests=d.manifests,
                 reason=d.reason,
                 at=d.at,
                 client=d.client,
             )
             for d in decisions
         ],
-        triggered_by=run.triggering_user_name,
+        manifests=_manifest_changes(session, gate),
+        checks=_checks(session, gate),
+        triggered_by=gate.run.triggering_user_name,
         can_decide=why_not is None,
         why_not=why_not,
     )
 
 
-def _why_not(user: Any, policy: Any, run: Any, task_state: str | None, build: BuildInfo, own: list[Any]) -> str | None:
+def _refusal(user: Any, gate: _Gate, decision: str) -> ApprovalError | None:
+    """Why this user may not record a decision on this gate now, as the error the API returns."""
     name = user.get_name()
+    policy = gate.policy
     if not gate_core.may_decide(policy, name, user_roles(user)):
         listed = ", ".join([*(f"user {u}" for u in policy.users), *(f"role {r}" for r in policy.roles)])
-        return f"{name} is not an approver of this gate (approvers: {listed})."
-    if name == run.triggering_user_name and not policy.allow_self_approval:
-        return f"{name} triggered this run, and this gate does not allow approving your own run."
-    if task_state not in OPEN_STATES:
-        return f"The gate is not waiting for a decision (its task is {task_state or 'not started'})."
-    if not build.commit or not build.digest:
-        return "This run's commit and image digest are not known yet; wait for build to finish."
-    if any(d.commit == build.commit and d.digest == build.digest for d in own):
-        return f"{name} has already decided on this build."
+        return NotAnApprover(f"{name} is not an approver of this gate (approvers: {listed}).")
+    if not policy.allow_self_approval:
+        if name == gate.run.triggering_user_name:
+            return NotAnApprover(f"{name} triggered this run; this gate does not allow approving your own run.")
+        if gate_core.is_author(name, gate.build.author):
+            return NotAnApprover(
+                f"{name} wrote the commit this run builds ({gate.build.author}); "
+                "this gate does not allow approving your own change."
+            )
+    if gate.superseded_by:
+        return GateNotOpen(
+            f"Superseded: the newer run {gate.superseded_by} reached this gate, so only its build can be released. "
+            "Decide on the newer run's gate instead."
+        )
+    if gate.expired and gate.expires_at is not None:
+        return GateNotOpen(
+            f"Expired at {gate.expires_at.isoformat(timespec='seconds')} "
+            f"(after {format_duration(gate.policy.timeout)}): the gate counts as rejected. "
+            "Trigger a new run to ask again."
+        )
+    if gate.task_state not in OPEN_STATES:
+        return GateNotOpen(
+            f"The gate {gate.step.id} of run {gate.run.run_id} is not waiting for a decision "
+            f"(task state: {gate.task_state or 'not started'})."
+        )
+    if not gate.build.commit or not gate.build.digest:
+        return GateNotOpen("This run's commit and image digest are not known yet, so there is nothing to decide on.")
+    if decision == gate_core.APPROVE and gate.release is not None and gate.release.error:
+        return GateNotOpen(
+            "This build's manifests cannot be rendered, so there is nothing to approve "
+            f"(reject it, or fix the manifests and run again): {gate.release.error}"
+        )
+    return None
+
+
+def _why_not(user: Any, gate: _Gate, own: list[gate_core.Decision]) -> str | None:
+    """Why the user cannot decide this gate now (None when they can)."""
+    refusal = _refusal(user, gate, gate_core.APPROVE)
+    if refusal is not None:
+        return str(refusal)
+    bound = gate.bound_build()
+    if bound and any((d.commit, d.digest, d.manifests) == (bound.commit, bound.digest, bound.manifests) for d in own):
+        return f"{user.get_name()} has already decided on this build."
     return None
 
 
@@ -385,6 +564,11 @@ def _append_audit(session: Any, event: dict[str, Any]) -> None:
     )
 
 
+def _client(request: Request) -> str:
+    host = request.client.host if request.client else "unknown"
+    return f"{host} ({request.headers.get('user-agent', 'unknown client')})"[:300]
+
+
 def _decide(
     session: Any,
     request: Request,
@@ -395,7 +579,6 @@ def _decide(
     body: DecisionRequest,
     decision: str,
 ) -> GateInfo:
-    host = request.client.host if request.client else "unknown"
     event: dict[str, Any] = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "app": dag_id,
@@ -406,8 +589,9 @@ def _decide(
         "roles": list(user_roles(user)),
         "commit": body.commit,
         "digest": body.digest,
+        "manifests": body.manifests or "",
         "reason": body.reason.strip(),
-        "client": f"{host} ({request.headers.get('user-agent', 'unknown client')})"[:300],
+        "client": _client(request),
     }
     try:
         info = _record_decision(session, request, user, dag_id, run_id, gate_id, body, decision)
@@ -435,50 +619,43 @@ def _record_decision(
 
     if decision == gate_core.REJECT and not body.reason.strip():
         raise InvalidDecision("A reject needs a reason: say what must change before this build may be released.")
-    context = _gate_context(session, dag_id, run_id, gate_id)
-    pipeline, run, ti, build = context
-    step = pipeline.step(gate_id)
-    assert step.policy is not None  # every gate has a policy
+    gate = _gate_context(session, dag_id, run_id, gate_id)
     name = user.get_name()
-    roles = user_roles(user)
-    task_state = _task_state(ti)
     key_name = gate_core.storage_key(dag_id, run_id, gate_id)
     # Lock the gate's record (PostgreSQL/MySQL) so two simultaneous decisions are both kept.
     raw = gate_core.load_records(_stored(session, key_name, lock=True))
-    own = [d for d in (gate_core.Decision.from_json(x) for x in raw) if d is not None and d.user == name]
-    if not gate_core.may_decide(step.policy, name, roles):
-        raise NotAnApprover(_why_not(user, step.policy, run, task_state, build, []) or "not an approver")
-    if name == run.triggering_user_name and not step.policy.allow_self_approval:
-        raise NotAnApprover(f"{name} triggered this run; this gate does not allow approving your own run.")
-    if task_state not in OPEN_STATES:
-        raise GateNotOpen(
-            f"The gate {gate_id} of run {run_id} is not waiting for a decision "
-            f"(task state: {task_state or 'not started'})."
-        )
-    if not build.commit or not build.digest:
-        raise GateNotOpen("This run's commit and image digest are not known yet, so there is nothing to decide on.")
-    if (body.commit, body.digest) != (build.commit, build.digest):
+    refusal = _refusal(user, gate, decision)
+    if refusal is not None:
+        raise refusal
+    bound = gate.bound_build()
+    assert bound is not None  # _refusal checked that commit and digest are known
+    shown_manifests = body.manifests if body.manifests is not None else bound.manifests
+    if (body.commit, body.digest, shown_manifests) != (bound.commit, bound.digest, bound.manifests):
         raise BuildMismatch(
-            f"This decision names commit {body.commit} and image {body.digest}, but run {run_id} built commit "
-            f"{build.commit} as image {build.digest}. Reload the gate and decide on what it shows now."
+            f"This decision names commit {body.commit}, image {body.digest} and manifests "
+            f"{body.manifests or '(not given)'}, but run {run_id} is now commit {bound.commit}, image {bound.digest}, "
+            f"manifests {bound.manifests or '(not rendered)'}. Reload the gate and decide on what it shows now."
         )
     key = settings.approval_signing_key()
-    if any(d.verifies(key) and (d.commit, d.digest) == (build.commit, build.digest) for d in own):
+    own = [d for d in (gate_core.Decision.from_json(x) for x in raw) if d is not None and d.user == name]
+    if any(
+        d.verifies(key) and (d.commit, d.digest, d.manifests) == (bound.commit, bound.digest, bound.manifests)
+        for d in own
+    ):
         raise GateNotOpen(f"{name} has already decided on this build; a decision counts once.")
-    host = request.client.host if request.client else "unknown"
-    client = f"{host} ({request.headers.get('user-agent', 'unknown client')})"
     record = gate_core.Decision(
         app=dag_id,
         run_id=run_id,
         gate=gate_id,
         decision=decision,
         user=name,
-        roles=roles,
-        commit=build.commit,
-        digest=build.digest,
+        roles=user_roles(user),
+        commit=bound.commit,
+        digest=bound.digest,
+        manifests=bound.manifests,
         reason=body.reason.strip(),
         at=datetime.now(UTC).isoformat(timespec="seconds"),
-        client=client[:300],
+        client=_client(request),
     ).signed(key)
     kept = [gate_core.Decision.from_json(x) for x in raw]
     records = [d for d in kept if d is not None] + [record]
@@ -489,7 +666,7 @@ def _record_decision(
         session=session,
     )
     session.flush()
-    return _gate_info(session, user, dag_id, run_id, gate_id, context)
+    return _gate_info(session, user, dag_id, run_id, gate_id, gate)
 
 
 def _routes() -> APIRouter:
@@ -497,11 +674,13 @@ def _routes() -> APIRouter:
 
     router = APIRouter(prefix="/api/v1", tags=["Approvals"])
     read_run = [Depends(requires_access_dag("GET", DagAccessEntity.RUN))]
+    self_or_not_approver = "Not an approver, self-approval (who triggered the run or wrote the commit), or no access"
+    not_open = "Gate not open, expired, superseded, already decided, or the build changed"
     errors: dict[int | str, dict[str, Any]] = {
         401: {"model": ErrorBody, "description": "Not authenticated"},
-        403: {"model": ErrorBody, "description": "Not an approver, self-approval, or no access to the app"},
+        403: {"model": ErrorBody, "description": self_or_not_approver},
         404: {"model": ErrorBody, "description": "No such app, run or gate"},
-        409: {"model": ErrorBody, "description": "Gate not open, already decided, or the build changed"},
+        409: {"model": ErrorBody, "description": not_open},
         422: {"model": ErrorBody, "description": "Malformed decision (e.g. a reject without reason)"},
     }
 

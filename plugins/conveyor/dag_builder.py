@@ -21,7 +21,7 @@ from conveyor.credentials import registry_host
 from conveyor.exceptions import InvalidSpecs, SpecError
 from conveyor.operators import ApprovalSensor, ConveyorPodOperator
 from conveyor.pipeline import Pipeline, RunValues, Step, StepKind, build_pipeline, step_secrets
-from conveyor.render import manifest_variables, render_folder
+from conveyor.release import render_environment
 from conveyor.spec import RELEASE_TAG, AppSpec, load_specs
 from conveyor.steps import PodContext, build_step_pod
 from conveyor.steps.common import label_value
@@ -77,21 +77,8 @@ def manifests_macro(spec: AppSpec) -> Any:
 
         checkout = ti.xcom_pull(task_ids="checkout") or {}
         build = ti.xcom_pull(task_ids="build") or {}
-        if not checkout.get("commit") or not build.get("digest"):
-            raise RuntimeError(
-                "This run's checkout or build result is missing, so the manifests cannot be rendered; "
-                "clear and rerun the run from 'checkout'."
-            )
-        env = getattr(spec.environments, environment)
-        variables = manifest_variables(
-            spec,
-            registry=registry_host(BaseHook.get_connection(spec.registry.connection)),
-            build_number=str(checkout["build_number"]),
-            branch=checkout["branch"],
-            tag_name=checkout.get("release_tag") or "" if environment == "prod" else "",
-            digest=build["digest"],
-        )
-        return render_folder(settings.manifests_folder() / env.manifests, variables)
+        registry = registry_host(BaseHook.get_connection(spec.registry.connection))
+        return render_environment(spec, environment, checkout, build, registry)
 
     return conveyor_manifests
 
@@ -186,6 +173,7 @@ def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str])
         auto_tag=spec.release.auto_tag,
         auto_tag_prefix=spec.release.auto_tag_prefix,
         secret_refs=[(r.kind, r.connection_id) for r in step_secrets(pipeline, step)],
+        environment=step.environment,
         kubernetes_conn_id=ctx.ci.connection_id,
         namespace=ctx.ci.namespace,
         name=pod.metadata.name,

@@ -3,7 +3,8 @@
 A decision is recorded only by Conveyor's approval API, which signs it with HMAC-SHA256
 and the ``[conveyor] approval_signing_key``. The sensor counts only records whose
 signature verifies and that name this exact build (app, run, gate, commit SHA, image
-digest), so a record written any other way, e.g. a raw Variable edit, never opens a gate.
+digest, hash of the rendered manifests), so a record written any other way, e.g. a raw
+Variable edit, never opens a gate.
 Nothing here imports Airflow.
 """
 
@@ -34,6 +35,7 @@ class Build:
 
     commit: str
     digest: str
+    manifests: str = ""  # sha256 of the rendered manifests of the environments the gate releases to
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Decision:
     digest: str
     reason: str
     at: str  # ISO 8601, UTC
+    manifests: str = ""
     client: str = ""
     signature: str = ""
 
@@ -89,6 +92,7 @@ class Decision:
                 digest=str(data["digest"]),
                 reason=str(data.get("reason") or ""),
                 at=str(data["at"]),
+                manifests=str(data.get("manifests") or ""),
                 client=str(data.get("client") or ""),
                 signature=str(data.get("signature") or ""),
             )
@@ -112,6 +116,16 @@ def dump_records(app: str, run_id: str, gate: str, records: list[Decision]) -> s
     return json.dumps(
         {"app": app, "run_id": run_id, "gate": gate, "decisions": [r.to_json() for r in records]}, indent=1
     )
+
+
+def is_author(user: str, author: str | None) -> bool:
+    """Whether a user name is the commit author ``Name <email>``: the name, or the e-mail's local part."""
+    if not author:
+        return False
+    name, _, rest = author.partition("<")
+    email = rest.rstrip(">").strip()
+    candidates = {name.strip().lower(), email.lower(), email.split("@")[0].lower()}
+    return user.lower() in candidates - {""}
 
 
 def may_decide(policy: ApprovalPolicy, user: str, roles: tuple[str, ...] | list[str]) -> bool:
@@ -151,12 +165,14 @@ def evaluate(
     build: Build,
     key: bytes,
     triggered_by: str | None = None,
+    author: str | None = None,
 ) -> GateState:
     """Whether a gate is approved, rejected or still waiting, from its stored records.
 
     Counted: records signed with ``key``, for this app/run/gate, bound to ``build``, by a
     user the policy allows (checked again here, not only in the API). One reject ends
-    the wait; approvals count once per distinct user.
+    the wait; approvals count once per distinct user; unless the policy allows self-approval,
+    approvals by the person who triggered the run or wrote the commit do not count.
     """
     unsigned = other_build = not_approver = 0
     approvals: dict[str, Decision] = {}
@@ -168,7 +184,7 @@ def evaluate(
         if (record.app, record.run_id, record.gate) != (app, run_id, gate):
             unsigned += 1
             continue
-        if (record.commit, record.digest) != (build.commit, build.digest):
+        if (record.commit, record.digest, record.manifests) != (build.commit, build.digest, build.manifests):
             other_build += 1
             continue
         if not may_decide(policy, record.user, record.roles):
@@ -185,7 +201,8 @@ def evaluate(
                 not_approver,
             )
         if record.decision == APPROVE:
-            if record.user == triggered_by and not policy.allow_self_approval:
+            own = record.user == triggered_by or is_author(record.user, author)
+            if own and not policy.allow_self_approval:
                 not_approver += 1
                 continue
             approvals.setdefault(record.user, record)

@@ -26,7 +26,7 @@ NOT_RELEASE_STEPS = "checkout|unit_test|sonar|build|push|deploy_dev"
 class DagTest:
     """A ``dag.test()`` run in a child process, and ways to watch it."""
 
-    def __init__(self, dag_id: str, conf: dict, pattern: str, log: Path) -> None:
+    def __init__(self, dag_id: str, conf: dict, pattern: str, log: Path, env: dict[str, str] | None = None) -> None:
         self.dag_id = dag_id
         self.log = log
         self.runs_before = self._last_run_pk()
@@ -35,7 +35,8 @@ class DagTest:
             [sys.executable, str(RUNNER), dag_id, json.dumps(conf), f"^({pattern})$"],
             stdout=self._out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"},  # task logs, as a user reads them
+            # Task logs at INFO, as a user reads them.
+            env={**os.environ, "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO", **(env or {})},
         )
 
     def output(self) -> str:
@@ -109,8 +110,8 @@ class DagTest:
 def dag_test(airflow_db: Any, tmp_path: Path) -> Iterator[Callable[..., DagTest]]:
     started: list[DagTest] = []
 
-    def start(dag_id: str, conf: dict, pattern: str = POD_STEPS) -> DagTest:
-        run = DagTest(dag_id, conf, pattern, tmp_path / f"dag-test-{len(started)}.log")
+    def start(dag_id: str, conf: dict, pattern: str = POD_STEPS, env: dict[str, str] | None = None) -> DagTest:
+        run = DagTest(dag_id, conf, pattern, tmp_path / f"dag-test-{len(started)}.log", env)
         started.append(run)
         return run
 
@@ -119,12 +120,13 @@ def dag_test(airflow_db: Any, tmp_path: Path) -> Iterator[Callable[..., DagTest]
         run.stop()
 
 
-def wait_at_gate(run: DagTest) -> Run:
+def wait_at_gate(run: DagTest, gate: str = "approve", **build: Any) -> Run:
     run_id = run.run_id()
-    run.wait_for("the gate to wait", lambda: run.state(run_id, "approve") == "up_for_reschedule")
-    # What the checkout and build pods would have handed on; dag.test marked them successful.
-    set_build_results(run.dag_id, run_id)
-    return Run(run.dag_id, run_id)
+    run.wait_for(f"{gate} to wait", lambda: run.state(run_id, gate) == "up_for_reschedule")
+    if gate == "approve":
+        # What the checkout and build pods would have handed on; dag.test marked them successful.
+        set_build_results(run.dag_id, run_id, **build)
+    return Run(run.dag_id, run_id, **{k: v for k, v in build.items() if k in ("commit", "digest")})
 
 
 def test_release_waits_for_approval_then_reaches_production(
@@ -164,11 +166,25 @@ def test_release_waits_for_approval_then_reaches_production(
 
     response = api.post(f"{waiting.gate_url()}/approve", headers=auth("alice"), json=waiting.build())
     assert response.status_code == 201, response.text
+
+    # Production needs two of alice, bob and carol: one approval (even given twice) does not open it.
+    wait_at_gate(run, "approve_prod")
+    prod = waiting.gate_url("approve_prod")
+    assert api.post(f"{prod}/approve", headers=auth("carol"), json=waiting.build()).status_code == 201
+    again = api.post(f"{prod}/approve", headers=auth("carol"), json=waiting.build())
+    assert again.status_code == 409 and "already decided" in again.json()["detail"]
+    run.wait_for("the prod gate to count carol", lambda: "approved so far: carol" in run.output(), timeout=30)
+    assert run.state(waiting.run_id, "deploy_prod") is None
+    assert api.get(prod, headers=auth("bob")).json()["status"] == "waiting"
+
+    response = api.post(f"{prod}/approve", headers=auth("bob"), json=waiting.build())
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "approved" and sorted(response.json()["approvals"]) == ["bob", "carol"]
     output = run.finish()
     assert f"DAG RUN FINISHED {waiting.run_id} success" in output, output[-4000:]
-    for task_id in ("approve", "deploy_dev", "tag", "deploy_prod"):
+    for task_id in ("approve", "deploy_dev", "tag", "approve_prod", "deploy_prod"):
         assert run.state(waiting.run_id, task_id) == "success", task_id
-    assert "Approved by alice" in output
+    assert "Approved by alice" in output and "Approved by carol, bob" in output
 
 
 def test_reject_with_reason_fails_the_gate_and_stops_the_run(
@@ -197,6 +213,59 @@ def test_without_tag_name_the_run_stops_after_deploy_dev_and_says_why(
     assert f"DAG RUN FINISHED {waiting.run_id} success" in output, output[-4000:]
     assert run.state(waiting.run_id, "deploy_dev") == "success"
     assert run.state(waiting.run_id, "tag") == "skipped"
+    assert run.state(waiting.run_id, "approve_prod") == "skipped"
     assert run.state(waiting.run_id, "deploy_prod") == "skipped"
     assert "Step tag runs only when the run has a tag_name" in output
     assert "Step deploy_prod runs only when the run has a tag_name" in output
+
+
+def test_a_decision_for_an_older_image_does_not_open_the_gate_for_a_new_one(
+    dag_test: Callable[..., DagTest], api: Any, auth: Any
+) -> None:
+    run = dag_test("appointments", {}, NOT_RELEASE_STEPS)
+    waiting = wait_at_gate(run)
+    response = api.post(f"{waiting.gate_url()}/approve", headers=auth("bob"), json=waiting.build())
+    assert response.status_code == 201, response.text
+    # The image is rebuilt before the sensor looks again: bob approved the old digest only.
+    rebuilt = "sha256:" + "7a" * 32
+    set_build_results("appointments", waiting.run_id, digest=rebuilt)
+    run.wait_for("the sensor to ignore the old decision", lambda: "made for another build" in run.output(), timeout=30)
+    assert run.state(waiting.run_id, "deploy_dev") is None
+    gate = api.get(waiting.gate_url(), headers=auth("alice")).json()
+    assert gate["status"] == "waiting" and gate["approvals"] == [] and gate["build"]["digest"] == rebuilt
+    stale = api.post(f"{waiting.gate_url()}/approve", headers=auth("alice"), json=waiting.build())
+    assert stale.status_code == 409 and "Reload the gate" in stale.json()["detail"]
+
+    response = api.post(
+        f"{waiting.gate_url()}/approve", headers=auth("alice"), json={"commit": COMMIT, "digest": rebuilt}
+    )
+    assert response.status_code == 201, response.text
+    output = run.finish()
+    assert f"DAG RUN FINISHED {waiting.run_id} success" in output, output[-4000:]
+    assert f"Approved by alice for commit {COMMIT}, image {rebuilt}" in output
+
+
+def test_a_newer_run_at_the_gate_supersedes_the_older_waiting_one(
+    dag_test: Callable[..., DagTest], api: Any, auth: Any
+) -> None:
+    older = dag_test("appointments", {}, NOT_RELEASE_STEPS)
+    first = wait_at_gate(older)
+    newer = dag_test("appointments", {}, NOT_RELEASE_STEPS)
+    second = wait_at_gate(newer, commit="9b1d" + "0" * 36)
+
+    output = older.finish()
+    assert f"DAG RUN FINISHED {first.run_id} failed" in output, output[-4000:]
+    assert f"Superseded by run {second.run_id}" in output
+    assert older.state(first.run_id, "deploy_dev") == "upstream_failed"
+    gate = api.get(first.gate_url(), headers=auth("alice")).json()
+    assert gate["status"] == "superseded" and gate["superseded_by"] == second.run_id
+    late = api.post(f"{first.gate_url()}/approve", headers=auth("alice"), json=first.build())
+    assert late.status_code == 409 and f"newer run {second.run_id}" in late.json()["detail"]
+
+    # The newer run is not affected, and is still the one to decide.
+    assert api.get(second.gate_url(), headers=auth("alice")).json()["status"] == "waiting"
+    response = api.post(
+        f"{second.gate_url()}/reject", headers=auth("alice"), json={**second.build(), "reason": "test over"}
+    )
+    assert response.status_code == 201, response.text
+    assert "failed" in newer.finish()

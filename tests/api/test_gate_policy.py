@@ -1,0 +1,77 @@
+"""The gate policy as the api-server enforces it: N of M, the commit author, and the binding of a
+decision to the rendered manifests the approver was shown."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+
+from tests.api.conftest import Run, set_build_results
+
+pytestmark = pytest.mark.airflow
+
+PROD = {"tag_name": "v2.4.0"}
+
+
+def decide(api: Any, headers: dict[str, str], run: Run, action: str, gate: str = "approve", **body: Any) -> Any:
+    return api.post(f"{run.gate_url(gate)}/{action}", headers=headers, json={**run.build(), **body})
+
+
+def test_two_of_three_opens_only_after_the_second_distinct_approver(
+    api: Any, auth: Any, waiting_gate: Callable[..., Run]
+) -> None:
+    run = waiting_gate(gate="approve_prod", conf=PROD)  # approvers alice, bob, carol; 2 required
+    first = decide(api, auth("carol"), run, "approve", gate="approve_prod")
+    assert first.status_code == 201, first.text
+    assert first.json()["status"] == "waiting" and first.json()["approvals"] == ["carol"]
+    twice = decide(api, auth("carol"), run, "approve", gate="approve_prod")
+    assert twice.status_code == 409 and "already decided" in twice.json()["detail"]
+    assert api.get(run.gate_url("approve_prod"), headers=auth("bob")).json()["approvals"] == ["carol"]
+
+    second = decide(api, auth("bob"), run, "approve", gate="approve_prod")
+    assert second.status_code == 201, second.text
+    gate = second.json()
+    assert gate["status"] == "approved" and gate["approvals"] == ["carol", "bob"] and gate["required"] == 2
+
+
+def test_the_commit_author_may_not_approve_their_own_change(
+    api: Any, auth: Any, waiting_gate: Callable[..., Run]
+) -> None:
+    run = waiting_gate()
+    set_build_results(run.dag_id, run.run_id, author="Bob Builder <bob@clinic.example>")
+    gate = api.get(run.gate_url(), headers=auth("bob")).json()
+    assert gate["can_decide"] is False and "wrote the commit" in gate["why_not"]
+    response = decide(api, auth("bob"), run, "approve")
+    assert response.status_code == 403, response.text
+    assert "bob wrote the commit this run builds (Bob Builder <bob@clinic.example>)" in response.json()["detail"]
+    assert decide(api, auth("alice"), run, "approve").status_code == 201  # someone else may
+
+
+def test_the_gate_shows_the_manifests_it_releases_and_binds_the_decision_to_them(
+    api: Any, auth: Any, waiting_gate: Callable[..., Run]
+) -> None:
+    run = waiting_gate()
+    gate = api.get(run.gate_url(), headers=auth("alice")).json()
+    assert unquote(gate["link"]).endswith(f"/conveyor/gates/{run.dag_id}/{run.run_id}/approve")
+    manifests = gate["build"]["manifests"]
+    assert manifests and manifests.startswith("sha256:")
+    (dev,) = gate["manifests"]  # the first gate releases to dev
+    assert dev["environment"] == "dev" and dev["error"] is None
+    # Rendered with this run's image pinned by digest, diffed against what was deployed before.
+    assert f"image: 10.88.0.1:5000/conveyor/appointments@{run.digest}" in dev["rendered"]
+    added = [line for line in dev["diff"].splitlines() if line.startswith("+")]
+    assert any(f"image: 10.88.0.1:5000/conveyor/appointments@{run.digest}" in line for line in added)
+    assert gate["checks"] == [
+        {"step": "unit_test", "state": "success", "summary": "tests passed"},
+        {"step": "sonar", "state": None, "summary": "SonarQube is not enabled for this app"},
+    ]
+
+    stale = decide(api, auth("alice"), run, "approve", manifests="sha256:" + "0" * 64)
+    assert stale.status_code == 409 and "Reload the gate" in stale.json()["detail"]
+    response = decide(api, auth("alice"), run, "approve", manifests=manifests)
+    assert response.status_code == 201, response.text
+    assert response.json()["decisions"][0]["manifests"] == manifests
+    assert response.json()["status"] == "approved"
