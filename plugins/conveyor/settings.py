@@ -94,6 +94,25 @@ def ui_base_url() -> str:
     return (base or "http://localhost:8080").rstrip("/")
 
 
+def smtp_connection_id() -> str:
+    """The Airflow SMTP connection that gate notices are e-mailed through (``[conveyor] smtp_connection_id``)."""
+    return _conf_get("smtp_connection_id", "smtp_default").strip() or "smtp_default"
+
+
+def notification_timeout() -> float:
+    """The longest a gate notice may take to send, in seconds; a slower channel is reported as failed."""
+    raw = _conf_get("notification_timeout", "10")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"[conveyor] notification_timeout is {raw!r}, not a number of seconds; set it to e.g. 10."
+        ) from None
+    if value <= 0:
+        raise ConfigurationError(f"[conveyor] notification_timeout must be positive, got {raw!r}.")
+    return value
+
+
 @dataclass(frozen=True)
 class CiCluster:
     """Where pipeline pods run: the CI cluster's connection and namespace."""

@@ -310,6 +310,28 @@ class Environments(_Model):
     prod: Environment
 
 
+class Notifications(_Model):
+    """Where notices about approval gates go: e-mail addresses (sent through the SMTP connection of
+    ``[conveyor] smtp_connection_id``) and chat webhooks (Airflow connections of type ``apprise``)."""
+
+    email: list[str] = Field(default_factory=list, description="addresses sent e-mail through the SMTP connection")
+    webhooks: list[ConnectionId] = Field(
+        default_factory=list, description="Airflow connection ids (type apprise) of chat webhooks"
+    )
+
+    @field_validator("email")
+    @classmethod
+    def _emails(cls, v: list[str]) -> list[str]:
+        for address in v:
+            if not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", address):
+                raise ValueError(f"{address!r} is not an e-mail address")
+        return v
+
+    @property
+    def empty(self) -> bool:
+        return not self.email and not self.webhooks
+
+
 class ApprovalPolicy(_Model):
     """Who may release, and how many of them must agree."""
 
@@ -318,6 +340,9 @@ class ApprovalPolicy(_Model):
     required: int = Field(default=1, ge=1, le=20, description="distinct approvals needed (N of M)")
     allow_self_approval: bool = Field(default=False, description="may the person who triggered the run approve")
     timeout: Duration = Field(default=86400, description="after this the gate counts as rejected, e.g. 24h")
+    notify: Notifications | None = Field(
+        default=None, description="who hears that this gate waits; none = the app's notifications"
+    )
 
     @field_validator("users", "roles")
     @classmethod
@@ -355,19 +380,6 @@ class Release(_Model):
     def _prefix(cls, v: str) -> str:
         if not re.match(r"^v(0|[1-9]\d*)\.(0|[1-9]\d*)$", v):
             raise ValueError(f"{v!r} is not a tag prefix; use the form v1.4 (tags become v1.4.<build number>)")
-        return v
-
-
-class Notifications(_Model):
-    email: list[str] = Field(default_factory=list)
-    webhooks: list[ConnectionId] = Field(default_factory=list, description="Airflow connection ids of chat webhooks")
-
-    @field_validator("email")
-    @classmethod
-    def _emails(cls, v: list[str]) -> list[str]:
-        for address in v:
-            if not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", address):
-                raise ValueError(f"{address!r} is not an e-mail address")
         return v
 
 
