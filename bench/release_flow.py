@@ -1,6 +1,6 @@
 """Benchmark: one full release of the sample service through the running platform.
 
-Triggers ``appointments`` with a fresh tag_name, approves the gate as soon as it opens,
+Triggers ``appointments`` with a fresh tag_name, approves each gate as soon as it opens,
 and reports for each step the pod's own run time (its containers' start to finish, read
 from the cluster while the pod exists) and the orchestration around it: task queued →
 pod started, pod finished → task finished, task finished → next task started. The
@@ -84,7 +84,9 @@ class PodWatcher(threading.Thread):
 
 
 def main() -> None:
-    admin, alice = login("admin"), login("alice")
+    admin = login("admin")
+    # Who approves each gate: production needs two approvers.
+    deciders = {"approve": [login("alice")], "approve_prod": [login("alice"), login("bob")]}
     admin.patch(f"/api/v2/dags/{APP}", json={"is_paused": False}).raise_for_status()
     tag = f"v0.{int(time.time())}.0"
     response = admin.post(f"/api/v2/dags/{APP}/dagRuns", json={"logical_date": None, "conf": {"tag_name": tag}})
@@ -93,19 +95,20 @@ def main() -> None:
     watcher = PodWatcher(label_value(run_id))
     watcher.start()
     print(f"benchmarking {APP} run {run_id} (tag {tag})", flush=True)
-    gate_url = f"/conveyor/api/v1/gates/{APP}/{run_id}/approve"
-    approved = False
+    pending = dict(deciders)
     started = time.time()
     while time.time() - started < 1800:
         run = admin.get(f"/api/v2/dags/{APP}/dagRuns/{run_id}").json()
         if run["state"] in ("success", "failed"):
             break
-        if not approved:
-            gate = alice.get(gate_url).json()
+        for gate_id, clients in list(pending.items()):
+            gate_url = f"/conveyor/api/v1/gates/{APP}/{run_id}/{gate_id}"
+            gate = clients[0].get(gate_url).json()
             if gate.get("task_state") == "up_for_reschedule" and gate["build"].get("digest"):
                 body = {"commit": gate["build"]["commit"], "digest": gate["build"]["digest"], "reason": "benchmark"}
-                alice.post(f"{gate_url}/approve", json=body).raise_for_status()
-                approved = True
+                for client in clients:
+                    client.post(f"{gate_url}/approve", json=body).raise_for_status()
+                del pending[gate_id]
         time.sleep(1)
     watcher.stop.set()
     tis = admin.get(f"/api/v2/dags/{APP}/dagRuns/{run_id}/taskInstances").json()["task_instances"]

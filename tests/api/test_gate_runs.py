@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -18,7 +19,8 @@ from tests.api.conftest import COMMIT, DIGEST, Run, set_build_results
 
 pytestmark = pytest.mark.airflow
 
-RUNNER = Path(__file__).resolve().parents[1] / "support" / "run_dag_test.py"
+REPO = Path(__file__).resolve().parents[2]
+RUNNER = REPO / "tests" / "support" / "run_dag_test.py"
 POD_STEPS = "checkout|unit_test|sonar|build|push|deploy_dev|tag|deploy_prod"
 NOT_RELEASE_STEPS = "checkout|unit_test|sonar|build|push|deploy_dev"
 
@@ -269,3 +271,63 @@ def test_a_newer_run_at_the_gate_supersedes_the_older_waiting_one(
     )
     assert response.status_code == 201, response.text
     assert "failed" in newer.finish()
+
+
+@pytest.fixture
+def short_lived_app(tmp_path: Path) -> Path:
+    """The sample app as ``quick-gate``: its gate expires after 6s, its team is told by e-mail and two
+    webhooks (apps folder of its own, so the other tests keep the real one)."""
+    import yaml
+
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    spec = yaml.safe_load((REPO / "include" / "apps" / "appointments.yaml").read_text())
+    spec["name"] = "quick-gate"
+    spec["approvals"]["approve"]["timeout"] = "6s"
+    spec["notifications"] = {"email": ["clinic-team@example.com"], "webhooks": ["team_chat", "unreachable_chat"]}
+    (apps / "quick-gate.yaml").write_text(yaml.safe_dump(spec))
+    return apps
+
+
+def test_expiry_fails_the_gate_and_the_team_is_told_even_when_a_webhook_is_down(
+    dag_test: Callable[..., DagTest], short_lived_app: Path
+) -> None:
+    from tests.support.receivers import smtp_server, webhook_receiver
+
+    with smtp_server() as mailbox, webhook_receiver() as chat:
+        env = {
+            "AIRFLOW__CONVEYOR__APPS_FOLDER": str(short_lived_app),
+            "AIRFLOW__API__BASE_URL": "http://conveyor.example.com",
+            "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(
+                {
+                    "conn_type": "smtp",
+                    "host": "127.0.0.1",
+                    "port": mailbox.port,
+                    "extra": {"from_email": "conveyor@example.com", "disable_tls": True, "disable_ssl": True},
+                }
+            ),
+            "AIRFLOW_CONN_TEAM_CHAT": json.dumps({"conn_type": "apprise", "extra": {"config": {"path": chat.url}}}),
+            # Nothing listens on port 1: every message to it fails.
+            "AIRFLOW_CONN_UNREACHABLE_CHAT": json.dumps(
+                {"conn_type": "apprise", "extra": {"config": {"path": "json://127.0.0.1:1/hook"}}}
+            ),
+        }
+        run = dag_test("quick-gate", {"tag_name": "v3.0.0"}, POD_STEPS, env)
+        waiting = wait_at_gate(run)
+        output = run.finish()
+
+    assert f"DAG RUN FINISHED {waiting.run_id} failed" in output, output[-4000:]
+    assert "Expired after 6s without the required approvals: the gate counts as rejected" in output
+    assert run.state(waiting.run_id, "approve") == "failed"
+    assert run.state(waiting.run_id, "deploy_dev") == "upstream_failed"
+    assert "webhook unreachable_chat: failed" in output  # logged, and the run went on to its real end
+
+    link = f"http://conveyor.example.com/conveyor/gates/quick-gate/{quote(waiting.run_id, safe=':')}/approve"
+    kinds = [json.dumps(body) for _, body in chat.posts]
+    assert len(kinds) == 2, kinds  # the gate opened (to the approvers: the app's channels here), then expired
+    assert "waiting for approval" in kinds[0] and link in kinds[0]
+    assert "expired" in kinds[1].lower() and link in kinds[1]
+    assert len(mailbox.mails) == 2
+    recipients, mail = mailbox.mails[1]
+    assert recipients == ["clinic-team@example.com"] and link in mailbox.html(1)
+    assert "quick-gate" in str(mail["Subject"])
