@@ -1,5 +1,6 @@
 """Whole pipelines through real Airflow processes on the local platform: triggered by the
-REST API, decided through Conveyor's approval API, checked in the cluster and registry."""
+REST API, decided on the decision page in a browser or through the approval API, checked in
+the cluster and registry."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
-from tests.e2e.conftest import PipelineRun, kubectl, unique_tag
+from tests.e2e.conftest import AIRFLOW_URL, PASSWORDS, PipelineRun, kubectl, unique_tag
+from tests.support.browser import approve, chromium, login, open_gate
 
 pytestmark = pytest.mark.e2e
 
@@ -31,6 +34,9 @@ def service_get(namespace: str, path: str) -> httpx.Response:
 def test_release_reaches_production_with_the_tested_digest(
     trigger: Callable[..., PipelineRun], airflow: Callable[[str], httpx.Client]
 ) -> None:
+    """Released through the decision page in a browser: alice opens the release; production
+    needs two of alice, bob and carol, so alice and bob each approve it on the page."""
+    passwords = json.loads(PASSWORDS.read_text())
     tag = unique_tag()
     run = trigger("appointments", {"tag_name": tag})
     gate = run.wait_for_gate()
@@ -40,11 +46,31 @@ def test_release_reaches_production_with_the_tested_digest(
     assert gate["build"]["release_tag"] == tag
     assert run.tasks()["deploy_dev"] is None  # nothing deployed before the decision
 
-    decision = {"commit": checkout["commit"], "digest": build["digest"], "reason": "e2e release"}
-    response = airflow("alice").post(f"{run.gate_url()}/approve", json=decision)
-    assert response.status_code == 201, response.text
+    with chromium() as browser:
+        page = browser.new_page()
+        login(page, AIRFLOW_URL, "alice", passwords["alice"])
+        card = open_gate(page, AIRFLOW_URL, run.dag_id, run.run_id)
+        expect(card).to_contain_text(checkout["commit"][:12])
+        expect(card).to_contain_text(build["digest"])
+        expect(approve(card)).to_contain_text("approved")
+
+        prod = run.wait_for_gate("approve_prod")
+        assert prod["required"] == 2 and prod["build"]["digest"] == build["digest"]
+        card = open_gate(page, AIRFLOW_URL, run.dag_id, run.run_id, "approve_prod")
+        expect(approve(card)).to_contain_text("1 of 2")
+        assert run.tasks()["deploy_prod"] is None  # one approval is not enough for production
+
+        bobs = browser.new_page()
+        login(bobs, AIRFLOW_URL, "bob", passwords["bob"])
+        card = open_gate(bobs, AIRFLOW_URL, run.dag_id, run.run_id, "approve_prod")
+        expect(card).to_contain_text("alice")  # who approved so far
+        expect(approve(card)).to_contain_text("approved")
+
     assert run.wait_until_finished() == "success", run.tasks()
     assert set(run.tasks().values()) == {"success"}
+    decided = airflow("admin").get(run.gate_url("approve_prod")).json()
+    assert decided["status"] == "approved" and decided["approvals"] == ["alice", "bob"]
+    assert all("HeadlessChrome" in d["client"] for d in decided["decisions"])  # decided on the page
 
     deployment = json.loads(kubectl("get", "deployment", "appointments", "-n", "prod", "-o", "json"))
     image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
@@ -79,7 +105,7 @@ def test_run_without_tag_name_stops_after_deploy_dev(
     assert run.wait_until_finished() == "success"
     tasks = run.tasks()
     assert tasks["deploy_dev"] == "success"
-    assert tasks["tag"] == "skipped" and tasks["deploy_prod"] == "skipped"
+    assert tasks["tag"] == "skipped" and tasks["approve_prod"] == "skipped" and tasks["deploy_prod"] == "skipped"
     assert "Step tag runs only when the run has a tag_name" in run.log("tag")
     assert service_get("dev", "/healthz").status_code == 200
 
