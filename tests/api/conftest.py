@@ -1,26 +1,99 @@
-"""Fixtures for driving Conveyor's approval API through the real Airflow api-server app."""
+"""Fixtures for driving Conveyor's approval API through a real ``airflow api-server`` process."""
 
 from __future__ import annotations
 
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.conftest import PASSWORDS
+from tests.conftest import AIRFLOW_HOME, PASSWORDS
 
 COMMIT = "3f2c" + "0" * 36
 DIGEST = "sha256:" + "5e" * 32
+SERVER_START_TIMEOUT = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _use_wal(database: Path) -> None:
+    """Readers and the one writer of the SQLite database no longer block each other: the tests
+    write task states and XComs while the api-server reads and records decisions."""
+    with sqlite3.connect(database) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+
+
+# The URL of the api-server this test process started: the API and browser suites share it.
+_running: list[str] = []
 
 
 @pytest.fixture(scope="session")
-def api(airflow_db: Any) -> Iterator[Any]:
-    """A TestClient on ``airflow.api_fastapi.app.create_app()``: Airflow's own app, with the plugin mounted."""
-    from airflow.api_fastapi.app import create_app
-    from fastapi.testclient import TestClient
+def api_server(airflow_db: Path) -> Iterator[str]:
+    """A real ``airflow api-server`` (Airflow's app with the Conveyor plugin mounted); its base URL."""
+    if _running:
+        yield _running[0]
+        return
+    _use_wal(AIRFLOW_HOME / "airflow.db")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = AIRFLOW_HOME / "api-server.log"
+    with pytest.MonkeyPatch.context() as mp, log.open("w") as out:
+        # Links the plugin builds (and Airflow's login redirects) point at this server.
+        mp.setenv("AIRFLOW__API__BASE_URL", url)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(port), "-w", "1"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+        )
+        try:
+            _wait_until_healthy(server, url, log)
+            _running.append(url)
+            yield url
+        finally:
+            _running.clear()
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
 
-    with TestClient(create_app()) as client:
+
+def _wait_until_healthy(server: subprocess.Popen, url: str, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"airflow api-server exited with {server.returncode} on startup:\n{log.read_text()[-5000:]}")
+        try:
+            if httpx.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    pytest.fail(
+        f"airflow api-server did not answer {url}/api/v2/monitor/health in {SERVER_START_TIMEOUT}s:\n"
+        f"{log.read_text()[-5000:]}"
+    )
+
+
+@pytest.fixture(scope="session")
+def api(api_server: str) -> Iterator[httpx.Client]:
+    """An HTTP client on the real api-server: Airflow's own app, with the plugin mounted at /conveyor."""
+    with httpx.Client(base_url=api_server, timeout=60) as client:
         yield client
 
 

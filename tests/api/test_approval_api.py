@@ -144,7 +144,7 @@ def test_every_decision_and_refusal_is_audited_and_exportable(
     ]
     assert "carol is not an approver" in events[0]["why"]
     assert events[2]["reason"] == "looks good" and events[2]["digest"] == run.digest
-    assert all(e["client"].startswith("testclient") for e in events)
+    assert all(e["client"].startswith("127.0.0.1 (python-httpx/") for e in events)
 
 
 def test_audit_survives_deleting_the_run(api: Any, auth: Any, waiting_gate: Callable[..., Run]) -> None:
