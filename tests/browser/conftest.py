@@ -6,11 +6,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Browser, Page, expect
 
 from tests.api import conftest as api_fixtures
 from tests.conftest import PASSWORDS
 from tests.support import browser as ui
+
+# The pages answer in well under a second; 10 s leaves room for a loaded CI machine.
+expect.set_options(timeout=ui.TIMEOUT_MS)
 
 # The API suite's fixtures, on the same api-server (it is started once per test process).
 api_server = api_fixtures.api_server

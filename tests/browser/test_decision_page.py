@@ -12,7 +12,7 @@ from playwright.sync_api import Page, expect
 from tests.api.conftest import COMMIT, DIGEST, Run
 from tests.support import browser as ui
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.airflow, pytest.mark.browser]
 
 
 def test_approver_sees_the_build_and_approves_it(

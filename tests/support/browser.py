@@ -47,7 +47,7 @@ def open_gates(page: Page, base_url: str) -> Locator:
     """The list of waiting gates; returns the section holding them once it has loaded."""
     page.goto(f"{base_url}/conveyor/gates")
     gates = page.locator("#gates")
-    expect(gates.get_by_text("Loading…")).to_have_count(0)
+    expect(gates.get_by_text("Loading…")).to_have_count(0, timeout=TIMEOUT_MS)
     return gates
 
 
@@ -59,7 +59,7 @@ def open_gate(page: Page, base_url: str, dag_id: str, run_id: str, gate: str = "
 
 def gate_card(page: Page, dag_id: str, run_id: str, gate: str = "approve") -> Locator:
     card = page.locator(f'article.gate[data-gate="{dag_id}/{run_id}/{gate}"]')
-    expect(card).to_be_visible()
+    expect(card).to_be_visible(timeout=TIMEOUT_MS)
     return card
 
 
@@ -82,5 +82,5 @@ def reject(card: Locator, reason: str) -> Locator:
 def _result(page: Page, gate: str | None) -> Locator:
     # A recorded decision replaces the card with a fresh one; the message is in whichever is shown.
     message = page.locator(f'article.gate[data-gate="{gate}"] .result .notice:not(.info)')
-    expect(message).to_be_visible()
+    expect(message).to_be_visible(timeout=TIMEOUT_MS)
     return message
