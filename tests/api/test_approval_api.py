@@ -79,7 +79,7 @@ def test_decision_for_another_digest_is_refused(api: Any, auth: Any, waiting_gat
         f"{run.gate_url()}/approve", headers=auth("bob"), json={"commit": run.commit, "digest": "sha256:" + "0" * 64}
     )
     assert response.status_code == 409
-    assert f"built commit {run.commit} as image {run.digest}" in response.json()["detail"]
+    assert f"is now commit {run.commit}, image {run.digest}" in response.json()["detail"]
     assert api.get(run.gate_url(), headers=auth("bob")).json()["decisions"] == []
 
 
@@ -105,7 +105,7 @@ def test_unknown_app_run_and_gate_are_404(api: Any, auth: Any, waiting_gate: Cal
     headers = auth("alice")
     assert api.get(f"/conveyor/api/v1/gates/appointments/{run.run_id}/deploy_dev", headers=headers).status_code == 404
     assert api.get("/conveyor/api/v1/gates/appointments/no-such-run/approve", headers=headers).status_code == 404
-    assert api.get(f"/conveyor/api/v1/gates/appointments/{run.run_id}/approve_prod", headers=headers).status_code == 404
+    assert api.get(f"/conveyor/api/v1/gates/reminders/{run.run_id}/approve_prod", headers=headers).status_code == 404
 
 
 def test_decisions_are_stored_signed(api: Any, auth: Any, waiting_gate: Callable[..., Run]) -> None:
