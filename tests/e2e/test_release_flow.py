@@ -71,6 +71,9 @@ def test_release_reaches_production_with_the_tested_digest(
     decided = airflow("admin").get(run.gate_url("approve_prod")).json()
     assert decided["status"] == "approved" and decided["approvals"] == ["alice", "bob"]
     assert all("HeadlessChrome" in d["client"] for d in decided["decisions"])  # decided on the page
+    # The gate task's "Decision page" button in the Airflow UI leads to that page.
+    links = airflow("admin").get(f"/api/v2/dags/{run.dag_id}/dagRuns/{run.run_id}/taskInstances/approve_prod/links")
+    assert links.json()["extra_links"] == {"Decision page": decided["link"]}
 
     deployment = json.loads(kubectl("get", "deployment", "appointments", "-n", "prod", "-o", "json"))
     image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
