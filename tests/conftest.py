@@ -7,6 +7,7 @@ plugins/, a signing key for approvals, and four users of Airflow's simple auth m
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -34,6 +35,9 @@ TEST_ENV = {
     "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(AIRFLOW_HOME / "passwords.json"),
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
     "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
+    # One Fernet key for every process of the tests (this one, `airflow db migrate`, the api-server,
+    # dag.test runs): else each may generate its own and cannot read the others' Variables.
+    "AIRFLOW__CORE__FERNET_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
     "AIRFLOW__CONVEYOR__APPROVAL_SIGNING_KEY": "tests-signing-key-0123456789",
     "AIRFLOW__CONVEYOR__GATE_POKE_INTERVAL": "1",
     "AIRFLOW__CONVEYOR__APPS_FOLDER": str(REPO / "include" / "apps"),
