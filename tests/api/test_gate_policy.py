@@ -75,3 +75,27 @@ def test_the_gate_shows_the_manifests_it_releases_and_binds_the_decision_to_them
     assert response.status_code == 201, response.text
     assert response.json()["decisions"][0]["manifests"] == manifests
     assert response.json()["status"] == "approved"
+
+
+def test_an_expired_gate_refuses_decisions_and_says_when_it_expired(
+    api: Any, auth: Any, waiting_gate: Callable[..., Run]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    run = waiting_gate()
+    # The sensor started waiting 25 hours ago; the gate's timeout is 24h.
+    with create_session() as session:
+        session.execute(
+            update(TaskInstance)
+            .where(TaskInstance.run_id == run.run_id, TaskInstance.task_id == "approve")
+            .values(start_date=datetime.now(UTC) - timedelta(hours=25))
+        )
+    gate = api.get(run.gate_url(), headers=auth("alice")).json()
+    assert gate["status"] == "expired" and gate["can_decide"] is False
+    assert gate["expires_at"] and gate["why_not"].startswith(f"Expired at {gate['expires_at']} (after 24h)")
+    response = decide(api, auth("alice"), run, "approve")
+    assert response.status_code == 409 and "the gate counts as rejected" in response.json()["detail"]
