@@ -56,18 +56,23 @@ def strict() -> bool:
     return _conf_get("strict", "false").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def gate_poke_interval() -> float:
-    """Seconds between two checks of an approval gate."""
-    raw = _conf_get("gate_poke_interval", "30")
+def _seconds(key: str, default: str) -> float:
+    """A positive number of seconds from ``[conveyor] <key>``."""
+    raw = _conf_get(key, default)
     try:
         value = float(raw)
     except ValueError:
         raise ConfigurationError(
-            f"[conveyor] gate_poke_interval is {raw!r}, not a number of seconds; set it to e.g. 30."
+            f"[conveyor] {key} is {raw!r}, not a number of seconds; set it to e.g. {default}."
         ) from None
     if value <= 0:
-        raise ConfigurationError(f"[conveyor] gate_poke_interval must be positive, got {raw!r}.")
+        raise ConfigurationError(f"[conveyor] {key} must be positive, got {raw!r}.")
     return value
+
+
+def gate_poke_interval() -> float:
+    """Seconds between two checks of an approval gate."""
+    return _seconds("gate_poke_interval", "30")
 
 
 def approval_signing_key() -> bytes:
@@ -101,16 +106,7 @@ def smtp_connection_id() -> str:
 
 def notification_timeout() -> float:
     """The longest a gate notice may take to send, in seconds; a slower channel is reported as failed."""
-    raw = _conf_get("notification_timeout", "10")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(
-            f"[conveyor] notification_timeout is {raw!r}, not a number of seconds; set it to e.g. 10."
-        ) from None
-    if value <= 0:
-        raise ConfigurationError(f"[conveyor] notification_timeout must be positive, got {raw!r}.")
-    return value
+    return _seconds("notification_timeout", "10")
 
 
 @dataclass(frozen=True)
