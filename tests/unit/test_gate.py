@@ -8,7 +8,7 @@ from conveyor import gate
 from conveyor.spec import ApprovalPolicy
 
 KEY = b"k" * 32
-BUILD = gate.Build(commit="a" * 40, digest="sha256:" + "b" * 64)
+BUILD = gate.Build(commit="a" * 40, digest="sha256:" + "b" * 64, manifests="sha256:" + "c" * 64)
 POLICY = ApprovalPolicy(users=["alice", "bob", "carol"], roles=["release"], required=2)
 
 
@@ -32,6 +32,7 @@ def record(
             roles=roles,
             commit=build.commit,
             digest=build.digest,
+            manifests=build.manifests,
             reason=reason,
             at="2026-11-27T10:00:00+00:00",
         )
@@ -40,7 +41,9 @@ def record(
     )
 
 
-def evaluate(records: list, policy: ApprovalPolicy = POLICY, triggered_by: str | None = None) -> gate.GateState:
+def evaluate(
+    records: list, policy: ApprovalPolicy = POLICY, triggered_by: str | None = None, author: str | None = None
+) -> gate.GateState:
     return gate.evaluate(
         records,
         policy=policy,
@@ -50,6 +53,7 @@ def evaluate(records: list, policy: ApprovalPolicy = POLICY, triggered_by: str |
         build=BUILD,
         key=KEY,
         triggered_by=triggered_by,
+        author=author,
     )
 
 
@@ -112,3 +116,25 @@ def test_storage_round_trip_and_key() -> None:
     assert gate.load_records(json.dumps({"decisions": "x"})) == []
     key = gate.storage_key("web", "manual__2026-11-27T10:00:00+00:00", "approve")
     assert key.startswith("conveyor.gate.web.approve.") and len(key) < 250
+
+
+def test_a_decision_for_other_manifests_does_not_count() -> None:
+    edited = gate.Build(BUILD.commit, BUILD.digest, manifests="sha256:" + "d" * 64)
+    state = evaluate([record("alice", build=edited), record("bob")])
+    assert state.status is gate.GateStatus.WAITING and state.ignored_other_build == 1
+
+
+def test_the_commit_author_is_known_by_name_or_e_mail() -> None:
+    assert gate.is_author("alice", "alice <a.smith@clinic.example>")
+    assert gate.is_author("asmith", "Alice Smith <asmith@clinic.example>")
+    assert gate.is_author("Alice", "alice <x@y>")
+    assert not gate.is_author("alice", "Alicia <alicia@clinic.example>")
+    assert not gate.is_author("alice", None) and not gate.is_author("alice", "")
+
+
+def test_the_commit_author_cannot_approve_their_own_change_unless_allowed() -> None:
+    author = "Bob B <bob@clinic.example>"
+    state = evaluate([record("alice"), record("bob")], author=author)
+    assert state.status is gate.GateStatus.WAITING and state.approvers == ["alice"]
+    allowed = ApprovalPolicy(users=["alice", "bob"], required=2, allow_self_approval=True)
+    assert evaluate([record("alice"), record("bob")], allowed, author=author).status is gate.GateStatus.APPROVED
