@@ -27,12 +27,14 @@ def test_approver_sees_the_build_and_approves_it(
     expect(card.locator('[data-fact="Commit"]')).to_contain_text("Dev <dev@example.com>")
     expect(card.locator('[data-fact="Commit"] code')).to_have_attribute("title", COMMIT)
     expect(card.locator('[data-fact="Image digest"]')).to_have_text(DIGEST)
-    message = ui.approve(card)
+    message = ui.approve(card, comment="checked the booking migration on staging")
     expect(message).to_contain_text("Your approval is recorded. The gate is approved (1 of 1 approvals).")
     card = ui.gate_card(page, run.dag_id, run.run_id)
     expect(card.locator('.decisions li[data-user="bob"]')).to_contain_text("approved by bob")
+    expect(card.locator('.decisions li[data-user="bob"]')).to_contain_text("checked the booking migration on staging")
     expect(card.get_by_role("button", name="Approve")).to_have_count(0)
     expect(page.locator('#history tr[data-user="bob"]')).to_contain_text("recorded")
+    expect(page.locator('#history tr[data-user="bob"]')).to_contain_text("checked the booking migration on staging")
 
 
 def test_reject_needs_a_reason_and_says_so(

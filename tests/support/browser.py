@@ -6,10 +6,9 @@ Airflow that `make up` started): every helper takes the Airflow base URL it work
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
@@ -36,7 +35,10 @@ def login(page: Page, base_url: str, user: str, password: str, next_path: str = 
     page.locator("input[name=username]").fill(user)
     page.locator("input[name=password]").fill(password)
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(re.compile(re.escape(next_path.split("?")[0]) + r"([?#].*)?$"))
+    # The login page's own URL carries next_path in its query: wait for the path itself.
+    target = next_path.split("?")[0]
+    page.wait_for_url(lambda url: urlsplit(url).path == target)
+    page.wait_for_load_state()
 
 
 def gate_path(dag_id: str, run_id: str, gate: str = "approve") -> str:
@@ -63,9 +65,11 @@ def gate_card(page: Page, dag_id: str, run_id: str, gate: str = "approve") -> Lo
     return card
 
 
-def approve(card: Locator) -> Locator:
-    """Click Approve on a gate's card; returns the result message the page shows."""
+def approve(card: Locator, comment: str = "") -> Locator:
+    """Click Approve on a gate's card (with an optional comment); returns the result message the page shows."""
     gate = card.get_attribute("data-gate")
+    if comment:
+        card.get_by_label("Comment on your approval").fill(comment)
     card.get_by_role("button", name="Approve").click()
     return _result(card.page, gate)
 

@@ -237,6 +237,7 @@
       );
     }
     const reason = el("textarea", { id: `reason-${shown.run_id}-${shown.gate}`, name: "reason", maxlength: 2000 });
+    const comment = el("input", { type: "text", id: `comment-${shown.run_id}-${shown.gate}`, name: "comment", maxlength: 2000 });
     const buttons = [];
     async function decide(action, text) {
       buttons.forEach((b) => (b.disabled = true));
@@ -252,7 +253,7 @@
       const done = action === "approve" ? "Your approval is recorded." : "Your rejection is recorded.";
       onDecided(gate, notice("ok", `${done} The gate is ${gate.status} (${gate.approvals.length} of ${gate.required} approvals).`));
     }
-    const approve = el("button", { type: "button", className: "approve", onclick: () => decide("approve", "") }, "Approve");
+    const approve = el("button", { type: "button", className: "approve", onclick: () => decide("approve", comment.value) }, "Approve");
     const confirm = el("button", { type: "button", className: "reject confirm", onclick: () => decide("reject", reason.value) }, "Confirm reject");
     const cancel = el("button", { type: "button", onclick: () => { form.hidden = true; result.replaceChildren(); } }, "Cancel");
     const form = el(
@@ -267,6 +268,12 @@
     return el(
       "div",
       { className: "decide" },
+      el(
+        "div",
+        { className: "comment" },
+        el("label", { for: comment.id }, "Comment on your approval (optional, kept in the audit trail)"),
+        comment,
+      ),
       el("div", { className: "buttons" }, approve, reject, el("span", { className: "muted" }, "Your decision is bound to the commit, image and manifests shown above.")),
       form,
       result,
