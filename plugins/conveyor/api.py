@@ -529,7 +529,7 @@ def _why_not(user: Any, gate: _Gate, own: list[gate_core.Decision]) -> str | Non
     if refusal is not None:
         return str(refusal)
     bound = gate.bound_build()
-    if bound and any((d.commit, d.digest, d.manifests) == (bound.commit, bound.digest, bound.manifests) for d in own):
+    if bound and any(d.build == bound for d in own):
         return f"{user.get_name()} has already decided on this build."
     return None
 
@@ -638,10 +638,7 @@ def _record_decision(
         )
     key = settings.approval_signing_key()
     own = [d for d in (gate_core.Decision.from_json(x) for x in raw) if d is not None and d.user == name]
-    if any(
-        d.verifies(key) and (d.commit, d.digest, d.manifests) == (bound.commit, bound.digest, bound.manifests)
-        for d in own
-    ):
+    if any(d.verifies(key) and d.build == bound for d in own):
         raise GateNotOpen(f"{name} has already decided on this build; a decision counts once.")
     record = gate_core.Decision(
         app=dag_id,

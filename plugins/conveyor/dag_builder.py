@@ -16,12 +16,11 @@ from typing import Any
 from airflow.sdk import DAG, Param, chain
 from kubernetes.client import ApiClient
 
-from conveyor import settings
+from conveyor import release, settings
 from conveyor.credentials import registry_host
 from conveyor.exceptions import InvalidSpecs, SpecError
 from conveyor.operators import ApprovalSensor, ConveyorPodOperator
 from conveyor.pipeline import Pipeline, RunValues, Step, StepKind, build_pipeline, step_secrets
-from conveyor.release import render_environment
 from conveyor.spec import RELEASE_TAG, AppSpec, load_specs
 from conveyor.steps import PodContext, build_step_pod
 from conveyor.steps.common import label_value
@@ -75,10 +74,9 @@ def manifests_macro(spec: AppSpec) -> Any:
     def conveyor_manifests(ti: Any, environment: str) -> str:
         from airflow.sdk import BaseHook
 
-        checkout = ti.xcom_pull(task_ids="checkout") or {}
-        build = ti.xcom_pull(task_ids="build") or {}
-        registry = registry_host(BaseHook.get_connection(spec.registry.connection))
-        return render_environment(spec, environment, checkout, build, registry)
+        checkout, build = release.run_results(ti)
+        registry = release.spec_registry(spec, BaseHook.get_connection)
+        return release.render_environment(spec, environment, checkout, build, registry)
 
     return conveyor_manifests
 

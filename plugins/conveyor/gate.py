@@ -56,6 +56,11 @@ class Decision:
     client: str = ""
     signature: str = ""
 
+    @property
+    def build(self) -> Build:
+        """The build this decision was made for."""
+        return Build(self.commit, self.digest, self.manifests)
+
     def payload(self) -> bytes:
         data = asdict(self)
         data.pop("signature")
@@ -184,7 +189,7 @@ def evaluate(
         if (record.app, record.run_id, record.gate) != (app, run_id, gate):
             unsigned += 1
             continue
-        if (record.commit, record.digest, record.manifests) != (build.commit, build.digest, build.manifests):
+        if record.build != build:
             other_build += 1
             continue
         if not may_decide(policy, record.user, record.roles):

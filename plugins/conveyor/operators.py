@@ -142,8 +142,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
         from airflow.sdk import BaseHook
 
         ti = context["ti"]
-        checkout = ti.xcom_pull(task_ids="checkout") or {}
-        build = ti.xcom_pull(task_ids="build") or {}
+        checkout, build = release.run_results(ti)
         try:
             spec = release.load_app(self.app)
             registry = release.spec_registry(spec, BaseHook.get_connection)
@@ -252,8 +251,7 @@ class ApprovalSensor(BaseSensorOperator):
 
         ti = context["ti"]
         run_id = context["run_id"]
-        checkout = ti.xcom_pull(task_ids="checkout") or {}
-        build = ti.xcom_pull(task_ids="build") or {}
+        checkout, build = release.run_results(ti)
         commit, digest = checkout.get("commit"), build.get("digest")
         link = release.decision_link(self.app, run_id, self.task_id)
         if not commit or not digest:
@@ -361,8 +359,7 @@ class ApprovalSensor(BaseSensorOperator):
             from conveyor import notify
 
             ti = context["ti"]
-            checkout = ti.xcom_pull(task_ids="checkout") or {}
-            build = ti.xcom_pull(task_ids="build") or {}
+            checkout, build = release.run_results(ti)
             tag, number = checkout.get("release_tag"), checkout.get("build_number")
             version = f"{tag} (build {number})" if tag else (f"build {number}" if number else "")
             event = notify.GateEvent(

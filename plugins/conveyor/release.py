@@ -59,6 +59,11 @@ def render_environment(
     return render_folder(settings.manifests_folder() / env.manifests, variables)
 
 
+def run_results(ti: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What this run's ``checkout`` and ``build`` steps handed on (empty until they ran)."""
+    return ti.xcom_pull(task_ids="checkout") or {}, ti.xcom_pull(task_ids="build") or {}
+
+
 def spec_registry(spec: AppSpec, get_connection: Callable[[str], Any]) -> str:
     return registry_host(get_connection(spec.registry.connection))
 
