@@ -12,7 +12,7 @@ help: ## list the entry points
 install: ## create the Python environment (cached in /var/cache/conveyor)
 	@scripts/venv >/dev/null && echo "Python environment ready: $$(scripts/venv)"
 
-up: install ## start Conveyor: Kubernetes, registry, Git server, step images and Airflow on :8080
+up: install ## start Conveyor: Kubernetes, registry, Git server, step images and Airflow on :8080 (installs what it misses)
 	@scripts/up
 
 down: ## stop everything `make up` started
@@ -30,7 +30,7 @@ cluster-up: ## start the single-node Kubernetes cluster (builds it on first use)
 cluster-down: ## stop the Kubernetes cluster
 	@scripts/cluster/down
 
-test: install ## run the test suite: lint, types, unit, DAG integrity, approval API
+test: install ## run the test suite: lint, types, unit, DAG integrity, approval API, decision pages (installs chromium, docker-compose)
 	@scripts/test
 
 test-integration: install ## run the tests against the local platform (after `make up`)

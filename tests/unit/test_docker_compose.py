@@ -17,7 +17,7 @@ SECRETS = {"CONVEYOR_APPROVAL_SIGNING_KEY": "k" * 32, "AIRFLOW_JWT_SECRET": "j" 
 def compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("docker-compose")
     if binary is None:
-        pytest.fail("docker-compose is not installed: `apt-get install docker-compose` (.ci/run does it)")
+        pytest.fail("docker-compose is not installed: `make test` installs it (apt-get install docker-compose)")
     clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
     return subprocess.run(
         [binary, "-f", str(REPO / "docker-compose.yaml"), *args], capture_output=True, text=True, env={**clean, **env}
