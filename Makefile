@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)/plugins
 .PHONY: help install up down airflow-up airflow-down cluster-up cluster-down test test-integration test-e2e lint bench validate
 
 help: ## list the entry points
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 install: ## create the Python environment (cached in /var/cache/conveyor)
 	@scripts/venv >/dev/null && echo "Python environment ready: $$(scripts/venv)"
