@@ -1,31 +1,87 @@
 #!/usr/bin/python3
 """Conveyor's Git server: git's own `git http-backend` (CGI) behind a small threaded
 HTTP server from the Python standard library, with HTTP Basic auth on every request
-(fetch and push alike).
+(fetch and push alike) against the users file (scripts/gitserver/users manages it).
+
+The authenticated user reaches git as REMOTE_USER, and git runs the hooks of HOOKS_DIR
+for every repository (core.hooksPath, set here, so a repository's own hooks/ folder and
+config cannot replace them): they record who pushed each commit (pushed_by_hook.py).
 
 Started by scripts/gitserver/up; not meant to be run by hand. Usage:
-    server.py --root DIR --listen HOST:PORT --user NAME --password-file FILE
+    server.py --root DIR --listen HOST:PORT --users FILE --hooks HOOKS_DIR
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import hmac
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from accounts import UsersFileError, parse_users, verify_password
 
 # Only paths git's smart/dumb HTTP protocol uses, inside `<name>.git`. Anything else
 # is a 404 before git-http-backend ever sees it.
 REPO_PATH = re.compile(r"^/[A-Za-z0-9][A-Za-z0-9._-]*\.git(/.*)?$")
 MAX_HEADER_BYTES = 64 * 1024
+
+
+class Accounts:
+    """The users file, reread when it changes; logins already checked are remembered (as an
+    HMAC under a key of this process) so that a fetch's several requests hash once."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._users: dict[str, str] = {}
+        self._key = secrets.token_bytes(32)
+        self._checked: dict[tuple[str, str], bytes] = {}
+
+    def _current(self) -> dict[str, str]:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return {}
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        with self._lock:
+            if stamp != self._stamp:
+                try:
+                    self._users = parse_users(self.path.read_text(encoding="utf-8"), str(self.path))
+                except (OSError, UsersFileError) as exc:
+                    sys.stderr.write(f"conveyor-git: error: cannot use {self.path}: {exc}\n")
+                    self._users = {}
+                self._stamp = stamp
+                self._checked.clear()
+            return self._users
+
+    def check(self, user: str, password: str) -> bool:
+        encoded = self._current().get(user)
+        if not encoded or not password:
+            return False
+        mac = hmac.new(self._key, password.encode(), hashlib.sha256).digest()
+        with self._lock:
+            known = self._checked.get((user, encoded))
+        if known is not None:
+            return hmac.compare_digest(known, mac)
+        if not verify_password(password, encoded):
+            return False
+        with self._lock:
+            if len(self._checked) > 1000:
+                self._checked.clear()
+            self._checked[(user, encoded)] = mac
+        return True
 
 
 def git_http_backend() -> list[str]:
@@ -43,34 +99,36 @@ class GitHandler(BaseHTTPRequestHandler):
 
     # Set by main().
     root = ""
-    user = ""
-    password_file = ""
+    hooks = ""
+    accounts: Accounts
     backend: list[str] = []
+    remote_user = "-"  # the authenticated user of the request being handled, for the access log
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        sys.stderr.write(f"{stamp} {self.address_string()} {format % args}\n")
+        sys.stderr.write(f"{stamp} {self.address_string()} {self.remote_user} {format % args}\n")
 
     # --- auth -------------------------------------------------------------------
-    def _authorized(self) -> bool:
+    def _authenticated_user(self) -> str | None:
+        """The user of a valid HTTP Basic login, else None."""
         header = self.headers.get("Authorization", "")
         if not header.startswith("Basic "):
-            return False
+            return None
         try:
             user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
-            return False
-        try:
-            with open(self.password_file, encoding="utf-8") as f:
-                expected = f.read().strip()
-        except OSError:
-            return False
-        ok_user = hmac.compare_digest(user.encode(), self.user.encode())
-        ok_password = hmac.compare_digest(password.encode(), expected.encode())
-        return ok_user and ok_password and bool(expected)
+            return None
+        if self.accounts.check(user, password):
+            return user
+        self.log_message("login refused for user %r", user[:64])
+        return None
 
     def _deny(self) -> None:
-        body = b"Authentication required: use the user and password from /var/lib/conveyor/secrets/git-password.\n"
+        body = (
+            b"Authentication required: log in with your Git user and password. Developers: "
+            b"/var/lib/conveyor/secrets/git-passwords.json; the service user conveyor: "
+            b"/var/lib/conveyor/secrets/git-password. Users are listed by scripts/gitserver/users.\n"
+        )
         self.send_response(401)
         self.send_header("WWW-Authenticate", 'Basic realm="conveyor-git"')
         self.send_header("Content-Type", "text/plain")
@@ -122,9 +180,11 @@ class GitHandler(BaseHTTPRequestHandler):
         if not REPO_PATH.match(path) or "/../" in path or path.endswith("/.."):
             self._plain(404, "Not found: repositories live at /<name>.git\n")
             return
-        if not self._authorized():
+        user = self._authenticated_user()
+        if user is None:
             self._deny()
             return
+        self.remote_user = user
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "GIT_PROJECT_ROOT": self.root,
@@ -136,10 +196,14 @@ class GitHandler(BaseHTTPRequestHandler):
             "PATH_INFO": path,
             "QUERY_STRING": url.query,
             "REMOTE_ADDR": self.client_address[0],
-            "REMOTE_USER": self.user,
+            "REMOTE_USER": user,
             "AUTH_TYPE": "Basic",
             "CONTENT_TYPE": self.headers.get("Content-Type", ""),
             "HOME": self.root,
+            # Config from the environment outranks every repository's own: the server's hooks always run.
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": "core.hooksPath",
+            "GIT_CONFIG_VALUE_0": self.hooks,
         }
         chunked = self.headers.get("Transfer-Encoding", "").lower() == "chunked"
         if self.headers.get("Content-Length") and not chunked:
@@ -199,13 +263,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", required=True)
     parser.add_argument("--listen", default="0.0.0.0:3000")
-    parser.add_argument("--user", default="conveyor")
-    parser.add_argument("--password-file", required=True)
+    parser.add_argument("--users", required=True, help="the users file (name:hash lines)")
+    parser.add_argument("--hooks", required=True, help="folder of the hooks every repository runs")
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
+    for hook in ("pre-receive", "post-receive"):
+        if not os.access(os.path.join(args.hooks, hook), os.X_OK):
+            parser.error(f"{args.hooks}/{hook} is missing or not executable; scripts/gitserver/up installs it")
     GitHandler.root = os.path.abspath(args.root)
-    GitHandler.user = args.user
-    GitHandler.password_file = args.password_file
+    GitHandler.hooks = os.path.abspath(args.hooks)
+    GitHandler.accounts = Accounts(args.users)
     GitHandler.backend = git_http_backend()
     ThreadingHTTPServer.daemon_threads = True
     ThreadingHTTPServer.allow_reuse_address = True

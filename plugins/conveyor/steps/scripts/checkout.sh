@@ -23,6 +23,39 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 subject="$(git -C /workspace/src log -1 --format=%s)"
 author="$(git -C /workspace/src log -1 --format='%an <%ae>')"
+author_email="$(git -C /workspace/src log -1 --format=%ae)"
+committer_email="$(git -C /workspace/src log -1 --format=%ce)"
 say "commit: $subject ($author)"
+
+# Who pushed the commit: Conveyor's Git server notes the authenticated pusher of every commit
+# under a ref only the server writes (clients are refused). Author and committer are whatever
+# the pusher typed; this is not. Read-only: fetched into this pod's throwaway workspace.
+notes_ref=refs/notes/conveyor-pushed-by
+pusher=""
+set +e
+notes_tip="$(git_ ls-remote "$url" "$notes_ref" 2>/tmp/notes.err)"
+rc=$?
+set -e
+[[ $rc -eq 0 ]] || fail "cannot list $notes_ref of $url: $(tail -n 3 /tmp/notes.err | tr '\n' ' '). Check the Git server, then rerun checkout."
+if [[ -z "$notes_tip" ]]; then
+  say "$url keeps no record of who pushed (no $notes_ref): pusher is empty"
+else
+  git_ -C /workspace/src fetch -q --depth 1 origin "+$notes_ref:$notes_ref" 2>/tmp/notes.err \
+    || fail "cannot fetch $notes_ref from $url: $(tail -n 3 /tmp/notes.err | tr '\n' ' '). Check the Git server, then rerun checkout."
+  record="$(git -C /workspace/src notes --ref="$notes_ref" show "$commit" 2>/dev/null || true)"
+  while IFS= read -r line; do
+    if [[ "$line" == "Pushed-by: "* ]]; then pusher="${line#Pushed-by: }"; break; fi
+  done <<<"$record"
+  if [[ -z "$pusher" ]]; then
+    say "no pusher recorded for $commit (pushed before $url kept the record)"
+  elif [[ ! "$pusher" =~ ^[a-z][a-z0-9._-]{0,63}$ ]]; then
+    say "ignoring the pusher record of $commit: it is not a Git server user name"
+    pusher=""
+  else
+    say "pushed by $pusher (recorded by the Git server)"
+  fi
+fi
 jq -n --arg commit "$commit" --arg branch "$branch" --arg message "$subject" --arg author "$author" \
-  '{commit: $commit, branch: $branch, message: $message, author: $author}' | xcom
+  --arg author_email "$author_email" --arg committer_email "$committer_email" --arg pusher "$pusher" \
+  '{commit: $commit, branch: $branch, message: $message, author: $author,
+    author_email: $author_email, committer_email: $committer_email, pusher: $pusher}' | xcom
