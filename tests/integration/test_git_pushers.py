@@ -1,0 +1,340 @@
+"""The local Git server knows who pushed each commit: every person has their own Git user,
+and the server notes the authenticated pusher of every new commit under
+refs/notes/conveyor-pushed-by, a ref no client can write. The pipeline's checkout step
+hands that pusher on, next to the author and committer e-mails the pusher typed.
+
+Talks to http://127.0.0.1:3000 with the passwords scripts/gitserver/up generated
+(/var/lib/conveyor/secrets/git-password, git-passwords.json); the checkout step runs in a
+toolbox pod in `conveyor-ci` with the CI credentials (ci.kubeconfig), as in a pipeline.
+Every repository and pod is made for the test and removed afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+STATE = Path(os.environ.get("CONVEYOR_STATE", "/var/lib/conveyor"))
+SECRETS = STATE / "secrets"
+GIT = os.environ.get("CONVEYOR_GIT_URL", "http://127.0.0.1:3000")
+GIT_FROM_PODS = os.environ.get("CONVEYOR_GIT_POD_URL", "http://10.88.0.1:3000")
+NOTES_REF = "refs/notes/conveyor-pushed-by"
+PEOPLE = ["alice", "bob", "carol", "dave"]
+CI_NS = "conveyor-ci"
+PULL_SECRET = "conveyor-registry"
+START = "run `make up` (or scripts/gitserver/up)"
+BOB = {"GIT_AUTHOR_NAME": "Bob", "GIT_AUTHOR_EMAIL": "bob@example.com"}
+CAROL = {"GIT_COMMITTER_NAME": "Carol", "GIT_COMMITTER_EMAIL": "carol@example.com"}
+
+
+def _passwords() -> dict[str, str]:
+    people, service = SECRETS / "git-passwords.json", SECRETS / "git-password"
+    for path in (people, service):
+        if not path.is_file():
+            pytest.fail(f"{path} does not exist: the Git server's users were never set up; {START}", pytrace=False)
+    passwords = json.loads(people.read_text(encoding="utf-8"))
+    missing = [p for p in PEOPLE if p not in passwords]
+    if missing:
+        pytest.fail(f"{people} has no password for {', '.join(missing)}; {START}", pytrace=False)
+    return {**passwords, "conveyor": service.read_text(encoding="utf-8").strip()}
+
+
+@pytest.fixture(scope="module")
+def passwords() -> dict[str, str]:
+    passwords = _passwords()
+    try:
+        answer = requests.get(f"{GIT}/probe.git/info/refs", timeout=10).status_code
+    except requests.ConnectionError as exc:
+        pytest.fail(f"nothing answers at {GIT} ({exc.__class__.__name__}); {START}", pytrace=False)
+    if answer != 401:
+        pytest.fail(f"the Git server at {GIT} answered {answer} instead of 401; {START}", pytrace=False)
+    return passwords
+
+
+def git(args: list[str], cwd: Path | None = None, login: tuple[str, str] | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """git isolated from the machine's config and credential helpers, logged in as LOGIN (user, password)."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    full.update({
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@conveyor.invalid",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@conveyor.invalid",
+        **(env or {}),
+    })
+    if login:
+        token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+        full.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
+                     "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}"})
+    return subprocess.run(["git", *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=60)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"git {' '.join(result.args[1:3])} failed: {result.stderr.strip()}"
+    return result.stdout.strip()
+
+
+@pytest.fixture
+def server_repo(passwords: dict[str, str]) -> Iterator[tuple[str, Path]]:
+    """An empty repository on the server, made the way push-samples makes one: (URL, its folder)."""
+    name = f"zz-test-pushers-{uuid.uuid4().hex[:8]}"
+    path = STATE / "git" / f"{name}.git"
+    subprocess.run(["git", "init", "--quiet", "--bare", "--initial-branch=main", str(path)], check=True)
+    yield f"{GIT}/{name}.git", path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A working copy whose commits are typed as written by Bob."""
+    path = tmp_path / "work"
+    path.mkdir()
+    ok(git(["init", "--quiet", "--initial-branch=main"], path))
+    return path
+
+
+def commit(work: Path, message: str, env: dict[str, str] | None = None) -> str:
+    (work / "file.txt").write_text(f"{message}\n", encoding="utf-8")
+    ok(git(["add", "file.txt"], work))
+    ok(git(["commit", "--quiet", "-m", message], work, env={**BOB, **(env or {})}))
+    return ok(git(["rev-parse", "HEAD"], work))
+
+
+def pushed_by(url: str, sha: str, passwords: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """The server's record of SHA as any client reads it (fetched as the service user conveyor)."""
+    reader = tmp_path / f"reader-{uuid.uuid4().hex[:6]}"
+    ok(git(["init", "--quiet", "--bare", str(reader)]))
+    login = ("conveyor", passwords["conveyor"])
+    ok(git(["fetch", "--quiet", url, f"+{NOTES_REF}:{NOTES_REF}"], reader, login))
+    note = git(["notes", f"--ref={NOTES_REF}", "show", sha], reader)
+    assert note.returncode == 0, f"the server recorded no pusher for {sha}: {note.stderr.strip()}"
+    return dict(line.split(": ", 1) for line in note.stdout.splitlines() if ": " in line)
+
+
+# --- users ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("user", [*PEOPLE, "conveyor"])
+def test_each_user_logs_in_with_their_stored_password(
+    user: str, passwords: dict[str, str], server_repo: tuple[str, Path]
+) -> None:
+    url, _ = server_repo
+    result = git(["ls-remote", url], login=(user, passwords[user]))
+    assert result.returncode == 0, f"{user} cannot log in with the password in {SECRETS}: {result.stderr.strip()}"
+
+
+def test_a_wrong_password_or_an_unknown_user_is_refused(
+    passwords: dict[str, str], server_repo: tuple[str, Path], work: Path
+) -> None:
+    url, _ = server_repo
+    commit(work, "one")
+    for login in (("alice", passwords["bob"]), ("alice", ""), ("mallory", passwords["alice"])):
+        response = requests.get(f"{url}/info/refs?service=git-receive-pack", auth=login, timeout=10)
+        assert response.status_code == 401, f"{login[0]} with a wrong password got HTTP {response.status_code}"
+        refused = git(["push", url, "main"], work, login)
+        assert refused.returncode != 0, f"a push as {login[0]} with a wrong password went through"
+    assert git(["ls-remote", url], login=("conveyor", passwords["conveyor"])).stdout == ""
+
+
+def test_secrets_are_readable_by_their_owner_only(passwords: dict[str, str]) -> None:
+    for path in (SECRETS / "git-passwords.json", SECRETS / "git-password", STATE / "gitserver" / "users"):
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others: chmod 600 {path}"
+    assert "alice:" in (STATE / "gitserver" / "users").read_text(encoding="utf-8")
+    assert passwords["alice"] not in (STATE / "gitserver" / "users").read_text(encoding="utf-8")
+
+
+# --- the pusher record ----------------------------------------------------------------
+
+
+def test_the_pusher_is_the_authenticated_user_not_the_typed_author(
+    passwords: dict[str, str], server_repo: tuple[str, Path], work: Path, tmp_path: Path
+) -> None:
+    url, _ = server_repo
+    sha = commit(work, "typed as Bob, pushed by alice")
+    pushed = git(["push", url, "main"], work, ("alice", passwords["alice"]))
+    assert pushed.returncode == 0, pushed.stderr
+    assert "recorded alice as the pusher of 1 new commit(s)" in pushed.stderr
+    record = pushed_by(url, sha, passwords, tmp_path)
+    assert record["Pushed-by"] == "alice"
+    assert record["Ref"] == "refs/heads/main"
+    assert ok(git(["log", "-1", "--format=%an <%ae>", sha], work)) == "Bob <bob@example.com>"
+
+
+def test_every_new_commit_of_a_push_is_recorded(
+    passwords: dict[str, str], server_repo: tuple[str, Path], work: Path, tmp_path: Path
+) -> None:
+    url, _ = server_repo
+    shas = [commit(work, f"commit {n}") for n in range(3)]
+    ok(git(["push", url, "main"], work, ("carol", passwords["carol"])))
+    assert [pushed_by(url, sha, passwords, tmp_path)["Pushed-by"] for sha in shas] == ["carol"] * 3
+
+
+def test_the_first_pusher_is_kept_when_someone_pushes_the_same_commit_again(
+    passwords: dict[str, str], server_repo: tuple[str, Path], work: Path, tmp_path: Path
+) -> None:
+    url, _ = server_repo
+    first = commit(work, "alice's")
+    ok(git(["push", url, "HEAD:topic"], work, ("alice", passwords["alice"])))
+    ok(git(["push", url, "HEAD:release"], work, ("bob", passwords["bob"])))  # nothing new: no record changes
+    # gone from every branch, then pushed anew by someone else: the record still names alice
+    for branch in ("topic", "release"):
+        ok(git(["push", url, f":{branch}"], work, ("alice", passwords["alice"])))
+    ok(git(["push", url, "HEAD:main"], work, ("dave", passwords["dave"])))
+    second = commit(work, "bob's, on top")
+    ok(git(["push", url, "HEAD:feature"], work, ("bob", passwords["bob"])))
+    assert pushed_by(url, first, passwords, tmp_path)["Pushed-by"] == "alice"
+    assert pushed_by(url, second, passwords, tmp_path)["Pushed-by"] == "bob"
+
+
+@pytest.mark.parametrize("refspec", [f"{NOTES_REF}:{NOTES_REF}", f"{NOTES_REF}:refs/notes/conveyor-other",
+                                     f":{NOTES_REF}"])
+@pytest.mark.parametrize("user", ["bob", "conveyor"])
+def test_no_client_can_write_the_record(
+    refspec: str, user: str, passwords: dict[str, str], server_repo: tuple[str, Path], work: Path, tmp_path: Path
+) -> None:
+    url, bare = server_repo
+    sha = commit(work, "alice's work")
+    ok(git(["push", url, "main"], work, ("alice", passwords["alice"])))
+    before = ok(git(["--git-dir", str(bare), "rev-parse", NOTES_REF]))
+    # a forged record saying bob pushed it, pushed along with a branch
+    ok(git(["fetch", "--quiet", url, f"+{NOTES_REF}:{NOTES_REF}"], work, ("bob", passwords["bob"])))
+    ok(git(["notes", f"--ref={NOTES_REF}", "add", "-f", "-m", f"Pushed-by: {user}", sha], work))
+    refused = git(["push", url, refspec, "main:forged"], work, (user, passwords[user]))
+    assert refused.returncode != 0, f"{user} pushed {refspec}"
+    assert "Only the Git server writes refs/notes/conveyor-*" in refused.stderr
+    assert ok(git(["--git-dir", str(bare), "rev-parse", NOTES_REF])) == before
+    assert git(["--git-dir", str(bare), "rev-parse", "--verify", "-q", "refs/heads/forged"]).returncode != 0
+    assert pushed_by(url, sha, passwords, tmp_path)["Pushed-by"] == "alice"
+
+
+# --- the checkout step ------------------------------------------------------------------
+
+# Runs the checkout step's script (lib.sh + checkout.sh, exactly as the step's pod does) once
+# per "URL BRANCH" pair in a fresh workspace and prints each XCom it wrote on a line of its own.
+CHECKOUT_TWICE = r"""set -eu
+script="$1"; shift
+while [ "$#" -ge 2 ]; do
+  rm -rf /workspace/src /airflow/xcom
+  bash -c "$script" conveyor-checkout "$1" "$2"
+  printf 'XCOM %s\n' "$(jq -c . /airflow/xcom/return.json)"
+  shift 2
+done
+"""
+
+
+def _toolbox() -> str:
+    pins = yaml.safe_load((REPO / "images" / "images.yaml").read_text(encoding="utf-8"))
+    return f"{pins['registry']}/{pins['images']['toolbox']}"
+
+
+@pytest.fixture(scope="module")
+def ci() -> Iterator[Any]:
+    """CoreV1Api as the CI pipeline (ci.kubeconfig); fails when the cluster is down."""
+    from kubernetes import client, config
+
+    path = STATE / "kubeconfigs" / "ci.kubeconfig"
+    if not path.is_file():
+        pytest.fail(f"{path} does not exist: the cluster is not set up; run `make up`", pytrace=False)
+    api = config.new_client_from_config(config_file=str(path))
+    try:
+        client.CoreV1Api(api).read_namespaced_secret(PULL_SECRET, CI_NS, _request_timeout=10)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the platform is not usable
+        pytest.fail(f"cannot read {CI_NS}/{PULL_SECRET} ({exc.__class__.__name__}); run `make up`", pytrace=False)
+    yield client.CoreV1Api(api)
+    api.close()
+    api.rest_client.pool_manager.clear()
+
+
+def _run_checkout_pod(ci: Any, name: str, secret: str, pairs: list[str]) -> str:
+    from kubernetes.client import models as k8s
+
+    from conveyor.steps.common import script
+
+    def from_secret(env: str, key: str) -> Any:
+        return k8s.V1EnvVar(name=env, value_from=k8s.V1EnvVarSource(
+            secret_key_ref=k8s.V1SecretKeySelector(name=secret, key=key)))
+
+    pod = k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name=name, labels={"app.kubernetes.io/part-of": "conveyor-tests"}),
+        spec=k8s.V1PodSpec(
+            restart_policy="Never",
+            termination_grace_period_seconds=0,
+            automount_service_account_token=False,
+            image_pull_secrets=[k8s.V1LocalObjectReference(name=PULL_SECRET)],
+            containers=[k8s.V1Container(
+                name="base",
+                image=_toolbox(),
+                command=["bash", "-c", CHECKOUT_TWICE, "conveyor-test", script("checkout"), *pairs],
+                env=[from_secret("GIT_USERNAME", "username"), from_secret("GIT_PASSWORD", "password")],
+            )],
+        ),
+    )
+    ci.create_namespaced_pod(CI_NS, pod)
+    deadline = time.monotonic() + 180
+    while (phase := ci.read_namespaced_pod(name, CI_NS).status.phase) not in ("Succeeded", "Failed"):
+        if time.monotonic() > deadline:
+            events = ci.list_namespaced_event(CI_NS, field_selector=f"involvedObject.name={name}").items
+            pytest.fail(f"pod {CI_NS}/{name} did not finish in 180 s: {[e.message for e in events[-5:]]}")
+        time.sleep(1)
+    log = ci.read_namespaced_pod_log(name, CI_NS, _preload_content=False).data.decode()
+    assert phase == "Succeeded", f"the checkout step failed; its log ends:\n{log[-3000:]}"
+    return log
+
+
+def test_checkout_step_hands_on_the_recorded_pusher(
+    passwords: dict[str, str], server_repo: tuple[str, Path], work: Path, ci: Any,
+    cleanup: list[Callable[[], object]],
+) -> None:
+    from kubernetes.client import models as k8s
+
+    url, bare = server_repo
+    recorded = commit(work, "typed as Bob, committed as Carol, pushed by alice", CAROL)
+    ok(git(["push", url, "main"], work, ("alice", passwords["alice"])))
+    # a branch put into the repository's folder directly, past the server: nobody is recorded
+    unrecorded = commit(work, "not pushed through the server")
+    ok(git(["push", "--quiet", str(bare), "HEAD:refs/heads/side"], work))
+
+    token = uuid.uuid4().hex[:8]
+    secret = f"zz-test-pushers-{token}"
+    ci.create_namespaced_secret(CI_NS, k8s.V1Secret(
+        metadata=k8s.V1ObjectMeta(name=secret, labels={"app.kubernetes.io/part-of": "conveyor-tests"}),
+        string_data={"username": "conveyor", "password": passwords["conveyor"]},
+    ))
+    cleanup.append(lambda: ci.delete_namespaced_secret(secret, CI_NS))
+    pod = f"checkout-pushers-{token}"
+    cleanup.append(lambda: ci.delete_namespaced_pod(pod, CI_NS, grace_period_seconds=0))
+    pod_url = url.replace(GIT, GIT_FROM_PODS, 1)
+    log = _run_checkout_pod(ci, pod, secret, [pod_url, "main", pod_url, "side"])
+
+    xcoms = [json.loads(line[5:]) for line in log.splitlines() if line.startswith("XCOM ")]
+    assert len(xcoms) == 2, f"the checkout step wrote {len(xcoms)} XComs, not 2; its log:\n{log[-3000:]}"
+    assert xcoms[0] == {
+        "commit": recorded,
+        "branch": "main",
+        "message": "typed as Bob, committed as Carol, pushed by alice",
+        "author": "Bob <bob@example.com>",
+        "author_email": "bob@example.com",
+        "committer_email": "carol@example.com",
+        "pusher": "alice",
+    }
+    assert "pushed by alice (recorded by the Git server)" in log
+    assert (xcoms[1]["commit"], xcoms[1]["pusher"], xcoms[1]["author_email"]) == (unrecorded, "", "bob@example.com")
+    assert f"no pusher recorded for {unrecorded}" in log
