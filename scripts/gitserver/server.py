@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from accounts import UsersFileError, parse_users, verify_password
+from accounts import UsersFileError, hash_password, parse_users, verify_password
 
 # Only paths git's smart/dumb HTTP protocol uses, inside `<name>.git`. Anything else
 # is a 404 before git-http-backend ever sees it.
@@ -48,6 +48,7 @@ class Accounts:
         self._users: dict[str, str] = {}
         self._key = secrets.token_bytes(32)
         self._checked: dict[tuple[str, str], bytes] = {}
+        self._decoy = hash_password(secrets.token_urlsafe(16))
 
     def _current(self) -> dict[str, str]:
         try:
@@ -69,6 +70,7 @@ class Accounts:
     def check(self, user: str, password: str) -> bool:
         encoded = self._current().get(user)
         if not encoded or not password:
+            verify_password(password, self._decoy)  # as slow as a known user: names cannot be probed by timing
             return False
         mac = hmac.new(self._key, password.encode(), hashlib.sha256).digest()
         with self._lock:
