@@ -55,4 +55,12 @@ warn() { printf 'warning: %s\n' "$*" >&2; }
 # die WHAT HAPPENED / WHAT TO DO
 die()  { printf 'error: %s\n' "$1" >&2; [[ -n "${2:-}" ]] && printf '  what to do: %s\n' "$2" >&2; exit 1; }
 
+# bootstrap_fingerprint: what scripts/cluster/bootstrap applies depends on; `up` reruns bootstrap
+# on a running cluster when it differs from the one bootstrap recorded in $STATE/bootstrap.applied.
+bootstrap_fingerprint() {
+  local dir
+  dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+  cat "$dir/bootstrap" "$dir/lib.sh" "$dir/seccomp/buildah.json" "$dir/../../images/images.yaml" | sha256sum | cut -d' ' -f1
+}
+
 need_root() { [[ $EUID -eq 0 ]] || die "this must run as root (it starts containerd, kubelet and changes iptables)" "rerun as root, e.g. sudo $0"; }

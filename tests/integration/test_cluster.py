@@ -338,7 +338,23 @@ def test_dev_credentials_deploy_into_dev(api_for: Callable[[str], client.ApiClie
                 metadata=client.V1ObjectMeta(labels=labels),
                 spec=client.V1PodSpec(
                     termination_grace_period_seconds=0,
-                    containers=[client.V1Container(name="main", image=PAUSE_IMAGE, image_pull_policy="Never")],
+                    # dev enforces Pod Security "restricted" (scripts/cluster/bootstrap)
+                    security_context=client.V1PodSecurityContext(
+                        run_as_non_root=True,
+                        run_as_user=65534,
+                        seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault"),
+                    ),
+                    containers=[
+                        client.V1Container(
+                            name="main",
+                            image=PAUSE_IMAGE,
+                            image_pull_policy="Never",
+                            security_context=client.V1SecurityContext(
+                                allow_privilege_escalation=False,
+                                capabilities=client.V1Capabilities(drop=["ALL"]),
+                            ),
+                        )
+                    ],
                 ),
             ),
         ),
