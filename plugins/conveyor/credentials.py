@@ -1,8 +1,10 @@
 """Kubernetes Secrets made from Airflow connections, so step pods get credentials by reference.
 
 ``secret_for`` is pure (connection in, ``V1Secret`` out); ``sync_secrets`` writes them to
-the CI namespace right before a step's pod is created. A pod spec only ever names the
-Secret; values never appear in it, in an XCom or in a log.
+the CI namespace right before a step's pod is created, ``bind_pod_secrets`` points the pod
+at them, and ``remove_secrets`` deletes them as soon as the step is over, so no credential
+(a production kubeconfig least of all) is left in the CI namespace. A pod spec only ever
+names the Secret; values never appear in it, in an XCom or in a log.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from kubernetes.client import models as k8s
 
 from conveyor.exceptions import ConfigurationError
 from conveyor.pipeline import SecretRef
+from conveyor.steps.common import label_value
 
 
 class ConnectionLike(Protocol):
@@ -94,6 +97,14 @@ def secret_data(ref: SecretRef, conn: ConnectionLike) -> dict[str, str]:
     raise ValueError(f"unknown secret kind {ref.kind!r}")
 
 
+def secret_labels(ref: SecretRef) -> dict[str, str]:
+    """The labels of a step's Secret: whose it is, so a person (or a sweep) can find what a run left."""
+    labels = {"app.kubernetes.io/managed-by": "conveyor", "conveyor/connection-kind": ref.kind}
+    owner = {"conveyor/app": ref.app, "conveyor/run": ref.run_id, "conveyor/step": ref.step.replace("_", "-")}
+    labels.update({key: label_value(value) for key, value in owner.items() if value})
+    return labels
+
+
 def secret_for(ref: SecretRef, conn: ConnectionLike, namespace: str) -> k8s.V1Secret:
     secret_type = "kubernetes.io/dockerconfigjson" if ref.kind == "registry" else "Opaque"
     return k8s.V1Secret(
@@ -103,11 +114,27 @@ def secret_for(ref: SecretRef, conn: ConnectionLike, namespace: str) -> k8s.V1Se
         metadata=k8s.V1ObjectMeta(
             name=ref.name,
             namespace=namespace,
-            labels={"app.kubernetes.io/managed-by": "conveyor", "conveyor/connection-kind": ref.kind},
+            labels=secret_labels(ref),
             annotations={"conveyor/connection-id": ref.connection_id},
         ),
         string_data=secret_data(ref, conn),
     )
+
+
+def bind_pod_secrets(pod: k8s.V1Pod, refs: Iterable[SecretRef]) -> k8s.V1Pod:
+    """The pod, pointed at the Secrets of one step of one run (``SecretRef.for_step``) instead of the
+    names it was built with (``SecretRef(kind, connection)``), in every container's environment and
+    every volume. Changes ``pod`` in place and returns it."""
+    names = {ref.template_name: ref.name for ref in refs}
+    for container in [*(pod.spec.init_containers or []), *(pod.spec.containers or [])]:
+        for env in container.env or []:
+            selector = env.value_from.secret_key_ref if env.value_from else None
+            if selector is not None and selector.name in names:
+                selector.name = names[selector.name]
+    for volume in pod.spec.volumes or []:
+        if volume.secret is not None and volume.secret.secret_name in names:
+            volume.secret.secret_name = names[volume.secret.secret_name]
+    return pod
 
 
 def sync_secrets(
@@ -130,3 +157,20 @@ def sync_secrets(
             core_v1.create_namespaced_secret(namespace, secret)
         names.append(ref.name)
     return names
+
+
+def remove_secrets(core_v1: Any, namespace: str, names: Iterable[str]) -> list[str]:
+    """Delete the Secrets a step made (``sync_secrets``' names) once its pod is over; one that is
+    already gone counts as deleted. Returns the names it deleted now."""
+    from kubernetes.client.exceptions import ApiException
+
+    deleted = []
+    for name in names:
+        try:
+            core_v1.delete_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            continue
+        deleted.append(name)
+    return deleted

@@ -172,28 +172,62 @@ class RunValues:
 class SecretRef:
     """A Kubernetes Secret, in the CI namespace, made from an Airflow connection before a step runs.
 
-    Only the Secret's name appears in a pod spec; its values never do.
+    Only the Secret's name appears in a pod spec; its values never do. A pod spec is built
+    before a run exists, so it names the Secret without a run (``SecretRef(kind, connection)``).
+    While a step runs, its Secrets are the ones of that one step of that one run
+    (:meth:`for_step`): they are made right before its pod and deleted right after it, and two
+    runs of an app at the same time never share, replace or delete each other's Secret.
     """
 
     kind: str  # git | registry | kubeconfig | sonar
     connection_id: str
+    app: str = ""  # with run_id and step: whose Secret it is (empty: the name a pod spec is built with)
+    run_id: str = ""
+    step: str = ""
+
+    @classmethod
+    def for_step(cls, kind: str, connection_id: str, *, app: str, run_id: str, step: str) -> SecretRef:
+        """The Secret of one step of one run of an app (what the operator makes, mounts and deletes)."""
+        return cls(kind, connection_id, app=app, run_id=run_id, step=step)
 
     @property
     def name(self) -> str:
-        slug = re.sub(r"[^a-z0-9-]+", "-", self.connection_id.lower()).strip("-")[:30] or "conn"
+        """``conveyor-<kind>-<connection>-<hash>``, and for a step's Secret ``-<hash of app, run and step>``
+        after it (a shorter connection part): a DNS-1123 label either way."""
+        owned = bool(self.app or self.run_id or self.step)
+        slug = re.sub(r"[^a-z0-9-]+", "-", self.connection_id.lower()).strip("-")[: 20 if owned else 30] or "conn"
         digest = hashlib.sha256(self.connection_id.encode()).hexdigest()[:6]
-        return f"conveyor-{self.kind}-{slug}-{digest}"
+        base = f"conveyor-{self.kind}-{slug}-{digest}"
+        if not owned:
+            return base
+        owner = hashlib.sha256("\0".join((self.app, self.run_id, self.step)).encode()).hexdigest()[:12]
+        return f"{base}-{owner}"
+
+    @property
+    def template_name(self) -> str:
+        """The name the pod spec was built with (before the run): what :attr:`name` replaces in it."""
+        return SecretRef(self.kind, self.connection_id).name
 
 
-def step_secrets(pipeline: Pipeline, step: Step) -> tuple[SecretRef, ...]:
-    """Which connections a step needs, turned into Secret references (pure)."""
+def step_secrets(pipeline: Pipeline, step: Step, run_id: str | None = None) -> tuple[SecretRef, ...]:
+    """Which connections a step needs, turned into Secret references (pure).
+
+    Without ``run_id``: the names a pod spec is built with. With it: the Secrets of this step of
+    that run (:meth:`SecretRef.for_step`), which the operator makes before the pod and deletes after it.
+    """
     spec = pipeline.spec
-    git = SecretRef("git", spec.git.connection)
-    registry = SecretRef("registry", spec.registry.connection)
+
+    def ref(kind: str, connection_id: str) -> SecretRef:
+        if run_id is None:
+            return SecretRef(kind, connection_id)
+        return SecretRef.for_step(kind, connection_id, app=pipeline.app, run_id=run_id, step=step.id)
+
+    git = ref("git", spec.git.connection)
+    registry = ref("registry", spec.registry.connection)
     if step.kind is StepKind.CHECKOUT or step.kind is StepKind.UNIT_TEST:
         return (git,)
     if step.kind is StepKind.SONAR:
-        return (git, SecretRef("sonar", spec.sonar.connection))
+        return (git, ref("sonar", spec.sonar.connection))
     if step.kind is StepKind.BUILD:
         return (git, registry)
     if step.kind is StepKind.PUSH:
@@ -202,5 +236,5 @@ def step_secrets(pipeline: Pipeline, step: Step) -> tuple[SecretRef, ...]:
         return (git, registry)
     if step.kind is StepKind.DEPLOY:
         assert step.environment is not None  # set by build_pipeline for every deploy step
-        return (SecretRef("kubeconfig", pipeline.environment(step.environment).cluster),)
+        return (ref("kubeconfig", pipeline.environment(step.environment).cluster),)
     return ()

@@ -6,15 +6,24 @@ Regenerate the golden files after an intended change with
 
 from __future__ import annotations
 
+import base64
+import http.server
 import os
 import re
+import subprocess
+import threading
+from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
 
 from conveyor.cli import to_yaml
-from conveyor.pipeline import RunValues, build_pipeline
+from conveyor.credentials import bind_pod_secrets, remove_secrets
+from conveyor.pipeline import RunValues, SecretRef, build_pipeline, step_secrets
 from conveyor.settings import CiCluster, StepImages
 from conveyor.spec import load_spec
 from conveyor.steps import PodContext, build_step_pod
@@ -39,15 +48,26 @@ CI = CiCluster(
 APPS = ["minimal", "full", "s2i", "b2i"]
 
 
+SCRIPTS = ["checkout", "fetch", "prepare", "build", "publish", "promote", "tag", "deploy"]
+SCRIPTS_DIR = resources.files("conveyor.steps") / "scripts"
+
+
+def pipeline_of(app: str) -> Any:
+    return build_pipeline(load_spec(FIXTURES / "apps" / "valid" / f"{app}.yaml", FIXTURES / "manifests"))
+
+
+def values_of(app: str) -> RunValues:
+    return RunValues.airflow(pipeline_of(app).spec)
+
+
+def pod_objects(app: str) -> dict[str, Any]:
+    pipeline = pipeline_of(app)
+    ctx = PodContext(ci=CI, images=IMAGES, values=RunValues.airflow(pipeline.spec))
+    return {s.id: build_step_pod(pipeline, s, ctx) for s in pipeline.steps if not s.is_gate}
+
+
 def pods(app: str) -> dict[str, dict]:
-    spec = load_spec(FIXTURES / "apps" / "valid" / f"{app}.yaml", FIXTURES / "manifests")
-    pipeline = build_pipeline(spec)
-    ctx = PodContext(ci=CI, images=IMAGES, values=RunValues.airflow(spec))
-    return {
-        s.id: ApiClient().sanitize_for_serialization(build_step_pod(pipeline, s, ctx))
-        for s in pipeline.steps
-        if not s.is_gate
-    }
+    return {step: ApiClient().sanitize_for_serialization(pod) for step, pod in pod_objects(app).items()}
 
 
 def containers(pod: dict) -> list[dict]:
@@ -59,9 +79,7 @@ def with_script_markers(pod: dict) -> dict:
     for c in containers(pod):
         command = c.get("command", [])
         if command[:2] == ["bash", "-c"]:
-            name = next(
-                n for n in ("checkout", "fetch", "build", "promote", "tag", "deploy") if command[2] == script(n)
-            )
+            name = next(n for n in SCRIPTS if command[2] == script(n))
             command[2] = f"<conveyor step script {name}.sh>"
     return pod
 
@@ -109,52 +127,222 @@ def test_commands_are_argument_lists_and_credentials_are_references(app: str) ->
 
 
 def test_every_later_step_works_on_the_checked_out_commit() -> None:
-    commit = "{{ ti.xcom_pull(task_ids='checkout')['commit'] }}"
+    commit = values_of("full").commit
     for step, pod in pods("full").items():
         if step == "checkout":
             continue
-        env = {e["name"]: e.get("value") for c in containers(pod) for e in c.get("env", [])}
-        assert env["COMMIT_SHA"] == commit
+        for c in containers(pod):
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            assert env.get("COMMIT_SHA", commit) == commit, f"{step}/{c['name']}"
+        assert {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}["COMMIT_SHA"] == commit
         fetch = [c for c in pod["spec"].get("initContainers", []) if c["name"] == "fetch"]
         if step in {"unit_test", "sonar", "build"}:
             assert fetch and fetch[0]["args"][1] == commit
 
 
 def test_build_pushes_both_snapshot_tags_and_deploys_use_the_digest() -> None:
-    full = pods("full")
-    args = full["build"]["spec"]["containers"][0]["args"]
-    number = "{{ ti.xcom_pull(task_ids='checkout')['build_number'] }}"
-    branch = "{{ ti.xcom_pull(task_ids='checkout')['branch'] | conveyor_tag }}"
-    assert args[-2:] == [f"SNAPSHOT-{branch}-{number}", f"SNAPSHOT-{number}"]
-    assert args[3] == "{{ conveyor_registry() }}/payments/full"
-    digest = "{{ ti.xcom_pull(task_ids='build')['digest'] }}"
-    assert full["push"]["spec"]["containers"][0]["args"] == [args[3], digest, "latest"]
+    full, values = pods("full"), values_of("full")
+    number, branch = values.build_number, values.branch_tag
+    repository = "{{ conveyor_registry() }}/payments/full"
+    tags = [f"SNAPSHOT-{branch}-{number}", f"SNAPSHOT-{number}"]
+    assert full["build"]["spec"]["containers"][0]["args"] == [repository, *tags]
+    build = {c["name"]: c for c in containers(full["build"])}
+    assert build["build"]["args"] == ["dockerfile", "service", "docker/Dockerfile", repository, tags[0]]
+    # a rerun looks for the build's own tag, which no other build has
+    assert build["prepare"]["args"] == ["dockerfile", "docker/Dockerfile", repository, tags[-1]]
+    digest = values.digest
+    assert full["push"]["spec"]["containers"][0]["args"] == [repository, digest, "latest"]
     assert full["tag"]["spec"]["containers"][0]["args"][-1] == digest
+
+
+def test_deploys_apply_the_environments_manifests() -> None:
+    full = pods("full")
     deploy_env = {e["name"]: e["value"] for e in full["deploy_prod"]["spec"]["containers"][0]["env"] if "value" in e}
     assert deploy_env["CONVEYOR_MANIFESTS"] == "{{ conveyor_manifests(ti, 'prod') }}"
     assert full["deploy_prod"]["spec"]["containers"][0]["args"] == ["prod", "payments", "600"]
 
 
+@pytest.mark.parametrize("app", APPS)
+def test_build_runs_its_containers_in_order_and_the_pusher_only_reads_the_workspace(app: str) -> None:
+    pod = pods(app)["build"]
+    names = [c["name"] for c in pod["spec"]["initContainers"]]
+    assert names == ["fetch", "prepare", *(["package"] if app in {"full", "b2i"} else []), "build"]
+    main = pod["spec"]["containers"][0]
+    assert main["command"][2] == script("publish")
+    assert {"mountPath": "/workspace", "name": "workspace", "readOnly": True} in main["volumeMounts"]
+    assert "securityContext" not in main
+
+
 def test_build_runs_unprivileged_with_the_capabilities_buildah_needs() -> None:
-    security = pods("minimal")["build"]["spec"]["containers"][0]["securityContext"]
-    assert "privileged" not in security
-    assert set(security["capabilities"]["add"]) == {"SYS_ADMIN", "SETUID", "SETGID", "MKNOD"}
-    assert security["seccompProfile"] == {"type": "Unconfined"}
+    pod = pods("minimal")["build"]
+    security = {c["name"]: c.get("securityContext") for c in containers(pod)}
+    assert {name for name, context in security.items() if context} == {"build"}
+    assert "privileged" not in security["build"]
+    assert set(security["build"]["capabilities"]["add"]) == {"SYS_ADMIN", "SETUID", "SETGID", "MKNOD"}
+    assert security["build"]["seccompProfile"] == {"type": "Unconfined"}
+
+
+def _container(pod: dict, name: str) -> dict:
+    return next(c for c in containers(pod) if c["name"] == name)
 
 
 def test_source_and_binary_builds_write_their_dockerfile_from_the_runtime_image() -> None:
-    s2i = {e["name"]: e.get("value") for e in pods("s2i")["build"]["spec"]["containers"][0]["env"]}
+    s2i_pod = pods("s2i")["build"]
+    s2i = {e["name"]: e.get("value") for e in _container(s2i_pod, "build")["env"]}
     assert s2i["CONVEYOR_BASE_IMAGE"] == "registry.test:5000/conveyor/python-runtime:3.11"
     assert s2i["CONVEYOR_CMD"] == '["python3", "-m", "s2i_app"]'
+    # the base image is downloaded by the prepare container, which has the registry credentials
+    prepare = {e["name"]: e.get("value") for e in _container(s2i_pod, "prepare")["env"]}
+    assert prepare["CONVEYOR_BASE_IMAGE"] == s2i["CONVEYOR_BASE_IMAGE"]
     b2i_pod = pods("b2i")["build"]
-    b2i = {e["name"]: e.get("value") for e in b2i_pod["spec"]["containers"][0]["env"]}
+    b2i = {e["name"]: e.get("value") for e in _container(b2i_pod, "build")["env"]}
     assert b2i["CONVEYOR_BASE_IMAGE"] == "registry.test:5000/conveyor/java-runtime:17"
     assert b2i["CONVEYOR_COPY"] == "target/*.jar"
-    package = [c for c in b2i_pod["spec"]["initContainers"] if c["name"] == "package"][0]
+    package = _container(b2i_pod, "package")
     assert package["command"] == ["mvn", "clean", "package", "-Dmaven.test.skip=true"]
 
 
-@pytest.mark.parametrize("name", ["checkout", "fetch", "build", "promote", "tag", "deploy"])
+# --- who gets which credential -------------------------------------------------------------
+
+# What each container of each step is handed, written out here (not taken from the code under
+# test). The containers that run code from the app's repository get nothing but sonar's token.
+EXPECTED_CREDENTIALS = {
+    "checkout": {"base": {"git"}},
+    "unit_test": {"fetch": {"git"}, "base": set()},
+    "sonar": {"fetch": {"git"}, "base": {"sonar"}},
+    "build": {"fetch": {"git"}, "prepare": {"registry"}, "package": set(), "build": set(), "base": {"registry"}},
+    "push": {"base": {"registry"}},
+    "tag": {"base": {"git", "registry"}},
+    "deploy_dev": {"base": {"kubeconfig"}},
+    "deploy_prod": {"base": {"kubeconfig"}},
+}
+RUNS_APP_CODE = {("unit_test", "base"), ("sonar", "base"), ("build", "package"), ("build", "build")}
+CREDENTIAL_VARIABLES = {"GIT_USERNAME", "GIT_PASSWORD", "REGISTRY_AUTH_FILE", "KUBECONFIG", "SONAR_TOKEN"}
+
+
+def credentials_of(pod: dict, container: dict, kinds: dict[str, str]) -> set[str]:
+    """The secret kinds a container can read: from Secret references in its environment and from
+    the Secret volumes it mounts (``kinds``: Secret name -> kind)."""
+    secret_volumes = {v["name"]: v["secret"]["secretName"] for v in pod["spec"].get("volumes", []) if "secret" in v}
+    found = set()
+    for env in container.get("env", []):
+        ref = env.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            found.add(kinds[ref["name"]])
+    for mount in container.get("volumeMounts", []):
+        if mount["name"] in secret_volumes:
+            found.add(kinds[secret_volumes[mount["name"]]])
+    return found
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_each_container_gets_exactly_its_credentials(app: str) -> None:
+    pipeline = pipeline_of(app)
+    for step, pod in pods(app).items():
+        kinds = {ref.name: ref.kind for ref in step_secrets(pipeline, pipeline.step(step))}
+        got = {c["name"]: credentials_of(pod, c, kinds) for c in containers(pod)}
+        expected = {name: kinds_ for name, kinds_ in EXPECTED_CREDENTIALS[step].items() if name in got}
+        assert got == expected, step
+        # a Secret is a volume of the pod only when some container mounts it
+        mounted = {m["name"] for c in containers(pod) for m in c.get("volumeMounts", [])}
+        assert {v["name"] for v in pod["spec"].get("volumes", [])} <= mounted
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_containers_that_run_the_apps_code_hold_no_git_registry_or_cluster_credential(app: str) -> None:
+    checked = 0
+    for step, pod in pods(app).items():
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        for c in containers(pod):
+            if (step, c["name"]) not in RUNS_APP_CODE:
+                continue
+            checked += 1
+            secret_refs = [e for e in c.get("env", []) if "valueFrom" in e]
+            allowed = {"SONAR_HOST_URL", "SONAR_TOKEN"} if step == "sonar" else set()
+            assert {e["name"] for e in secret_refs} <= allowed, f"{step}/{c['name']}"
+            variables = {e["name"] for e in c.get("env", [])}
+            assert not (variables & CREDENTIAL_VARIABLES - allowed), f"{step}/{c['name']}"
+            for mount in c.get("volumeMounts", []):
+                assert "secret" not in volumes[mount["name"]], f"{step}/{c['name']} mounts {mount['name']}"
+                assert not mount["mountPath"].startswith("/var/run/conveyor"), f"{step}/{c['name']}"
+    assert checked == (4 if app == "full" else 3 if app == "b2i" else 2)
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_no_pod_mounts_a_service_account_token(app: str) -> None:
+    for pod in pods(app).values():
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        assert "serviceAccountName" not in pod["spec"]  # the namespace's default account, which has no role
+
+
+def test_the_scanner_sends_its_token_only_to_the_connections_server() -> None:
+    args = pods("full")["sonar"]["spec"]["containers"][0]["args"]
+    # on the command line, it wins over a sonar.host.url in the repository's sonar-project.properties
+    assert args[0] == "-Dsonar.host.url=$(SONAR_HOST_URL)"
+
+
+# --- the Secrets of one step of one run ----------------------------------------------------
+
+
+def test_a_steps_secrets_are_its_own_and_valid_names() -> None:
+    pipeline = pipeline_of("full")
+    build = pipeline.step("build")
+    mine = step_secrets(pipeline, build, run_id="manual__2026-05-01T10:00:00+00:00")
+    other_run = step_secrets(pipeline, build, run_id="manual__2026-05-01T10:00:01+00:00")
+    other_step = step_secrets(pipeline, pipeline.step("tag"), run_id="manual__2026-05-01T10:00:00+00:00")
+    assert [r.kind for r in mine] == [r.kind for r in step_secrets(pipeline, build)]
+    names = {r.name for r in (*mine, *other_run, *other_step)}
+    assert len(names) == 6
+    assert all(r.template_name == SecretRef(r.kind, r.connection_id).name for r in mine)
+    for ref in (*mine, SecretRef.for_step("kubeconfig", "x" * 200, app="a" * 63, run_id="r" * 250, step="deploy_prod")):
+        assert re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", ref.name) and len(ref.name) <= 63, ref.name
+    # the same app name in another DAG's run with the same id: still another Secret
+    twin = SecretRef.for_step("git", "git_payments", app="other", run_id=mine[0].run_id, step="build")
+    assert twin.name != mine[0].name
+
+
+def secret_names(pod: dict) -> list[str]:
+    """Every Secret a pod refers to, once per reference (pull secrets aside)."""
+    env = [e for c in containers(pod) for e in c.get("env", [])]
+    refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e]
+    return refs + [v["secret"]["secretName"] for v in pod["spec"].get("volumes", []) if "secret" in v]
+
+
+def test_bind_pod_secrets_points_every_reference_at_the_runs_secrets() -> None:
+    pipeline = pipeline_of("full")
+    for step_id in ("build", "sonar", "tag", "deploy_prod"):
+        pod = pod_objects("full")[step_id]
+        refs = step_secrets(pipeline, pipeline.step(step_id), run_id="scheduled__2026-05-01T03:00:00+00:00")
+        renamed = {r.template_name: r.name for r in refs}
+        before = secret_names(ApiClient().sanitize_for_serialization(pod))
+        assert before and set(before) == set(renamed), step_id
+        after = secret_names(ApiClient().sanitize_for_serialization(bind_pod_secrets(pod, refs)))
+        assert after == [renamed[name] for name in before], step_id
+
+
+class FakeCoreV1:
+    """Records Secret deletions; answers 404 for names in ``missing`` and 403 for ``forbidden``."""
+
+    def __init__(self, missing: set[str] = frozenset(), forbidden: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self.missing, self.forbidden, self.deleted = missing, forbidden, []
+
+    def delete_namespaced_secret(self, name: str, namespace: str) -> None:
+        if name in self.forbidden:
+            raise ApiException(status=403, reason="Forbidden")
+        if name in self.missing:
+            raise ApiException(status=404, reason="Not Found")
+        self.deleted.append((namespace, name))
+
+
+def test_remove_secrets_deletes_what_the_step_made_and_ignores_what_is_gone() -> None:
+    core = FakeCoreV1(missing={"b"})
+    assert remove_secrets(core, "conveyor-ci", ["a", "b", "c"]) == ["a", "c"]
+    assert core.deleted == [("conveyor-ci", "a"), ("conveyor-ci", "c")]
+    with pytest.raises(ApiException):
+        remove_secrets(FakeCoreV1(forbidden={"a"}), "conveyor-ci", ["a"])
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
 def test_step_scripts_are_safe_in_a_pod_spec(name: str) -> None:
     text = script(name)
     # kubelet rewrites $(VAR) and $$ in command/args; the scripts must use neither.
@@ -164,8 +352,174 @@ def test_step_scripts_are_safe_in_a_pod_spec(name: str) -> None:
 
 
 def test_scripts_parse_with_bash() -> None:
-    import subprocess
-
-    for name in ["checkout", "fetch", "build", "promote", "tag", "deploy"]:
+    for name in SCRIPTS:
         result = subprocess.run(["bash", "-n", "-c", script(name)], capture_output=True, text=True)
         assert result.returncode == 0, f"{name}.sh: {result.stderr}"
+
+
+# --- git hands the credentials to the app's repository only --------------------------------
+
+
+class GitHost(http.server.ThreadingHTTPServer):
+    """A stand-in git host on 127.0.0.1 that records the Authorization header of every request:
+    a path starting with /moved redirects to ``redirect_to``, everything else asks for Basic auth."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None]] = []
+        self.redirect_to = ""
+        host = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                host.seen.append((self.path, self.headers.get("Authorization")))
+                if self.path.startswith("/moved") and host.redirect_to:
+                    self.send_response(302)
+                    self.send_header("Location", host.redirect_to + self.path.split("/", 2)[2])
+                else:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def basic_auth_sent(self) -> list[str]:
+        return [path for path, auth in self.seen if auth]
+
+
+@pytest.fixture
+def git_hosts() -> Iterator[tuple[GitHost, GitHost]]:
+    hosts = (GitHost(), GitHost())
+    threads = [threading.Thread(target=h.serve_forever, daemon=True) for h in hosts]
+    for t in threads:
+        t.start()
+    yield hosts
+    for h in hosts:
+        h.shutdown()
+        h.server_close()
+
+
+PASSWORD = "s3cret-git-password"
+
+
+def git_ls_remote(scope: str, url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``git_ SCOPE ls-remote URL`` from lib.sh, with the step's git credentials in the environment
+    and nothing of this machine's git config."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_USERNAME": "conveyor",
+        "GIT_PASSWORD": PASSWORD,
+    }
+    return subprocess.run(
+        ["bash", "-c", (SCRIPTS_DIR / "lib.sh").read_text() + '\ngit_ "$1" ls-remote "$2"', "test", scope, url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_git_offers_the_credentials_to_the_apps_repository(git_hosts: tuple[GitHost, GitHost], tmp_path: Path) -> None:
+    host, _ = git_hosts
+    result = git_ls_remote(f"{host.url}/app.git", f"{host.url}/app.git", tmp_path)
+    assert result.returncode != 0  # the stand-in never lets anyone in
+    token = base64.b64encode(f"conveyor:{PASSWORD}".encode()).decode()
+    assert ("/app.git/info/refs?service=git-upload-pack", f"Basic {token}") in host.seen
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_git_gives_a_redirect_to_another_host_no_credential(
+    git_hosts: tuple[GitHost, GitHost], tmp_path: Path
+) -> None:
+    app_host, other_host = git_hosts
+    app_host.redirect_to = f"{other_host.url}/"
+    result = git_ls_remote(f"{app_host.url}/moved/app.git", f"{app_host.url}/moved/app.git", tmp_path)
+    assert result.returncode != 0
+    assert any(path.startswith("/app.git/info/refs") for path, _ in other_host.seen), "git did not follow the redirect"
+    assert other_host.basic_auth_sent() == [], "the host redirected to got the app's git credentials"
+    assert app_host.basic_auth_sent() == []
+    assert "terminal prompts disabled" in result.stderr  # git gave up instead of asking
+
+
+def test_git_gives_another_repository_on_the_same_host_no_credential(
+    git_hosts: tuple[GitHost, GitHost], tmp_path: Path
+) -> None:
+    host, _ = git_hosts
+    result = git_ls_remote(f"{host.url}/app.git", f"{host.url}/someone-elses.git", tmp_path)
+    assert result.returncode != 0
+    assert host.seen and host.basic_auth_sent() == []
+
+
+# --- the base images the build downloads with the registry credentials --------------------
+
+
+def dockerfile_bases(
+    tmp_path: Path, dockerfile: str, text: str | None = None, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """The prepare container's Dockerfile reader, run as it runs there (python3 -c <its text>)."""
+    helper = (SCRIPTS_DIR / "dockerfile_bases.py").read_text()
+    repo = tmp_path / "src"
+    repo.mkdir(exist_ok=True)
+    if text is not None:
+        (repo / dockerfile).write_text(text)
+    return subprocess.run(
+        ["python3", "-c", helper, str(repo), dockerfile, "10.88.0.1:5000", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_prepare_finds_the_bases_on_the_apps_registry(tmp_path: Path) -> None:
+    text = (FIXTURES.parents[1] / "examples" / "appointments" / "Dockerfile").read_text()
+    result = dockerfile_bases(tmp_path, "Dockerfile", text, "REGISTRY=10.88.0.1:5000")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["10.88.0.1:5000/conveyor/python-runtime:3.11-1"]
+
+
+def test_prepare_reads_a_multi_stage_dockerfile_as_buildah_would(tmp_path: Path) -> None:
+    text = """\
+# escape=\\
+ARG REGISTRY
+ARG TAG="17-1"
+FROM --platform=linux/amd64 ${REGISTRY}/conveyor/maven-builder:3-jdk17-1 AS build
+RUN mvn package \\
+  -q
+# a stage, scratch, another registry and an unknown variable with a default
+FROM build AS test
+FROM scratch
+FROM docker.io/library/eclipse-temurin:17
+FROM $REGISTRY/conveyor/java-runtime:${TAG}
+FROM ${UNDECLARED:-10.88.0.1:5000/base/debian:12}
+FROM ${REGISTRY}/conveyor/java-runtime:${TAG}
+"""
+    result = dockerfile_bases(tmp_path, "Dockerfile", text, "REGISTRY=10.88.0.1:5000")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "10.88.0.1:5000/conveyor/maven-builder:3-jdk17-1",
+        "10.88.0.1:5000/conveyor/java-runtime:17-1",
+        "10.88.0.1:5000/base/debian:12",
+    ]
+
+
+def test_prepare_never_reads_a_file_outside_the_repository(tmp_path: Path) -> None:
+    secret = tmp_path / "auth.json"
+    secret.write_text('{"auths": {"10.88.0.1:5000": {"auth": "c2VjcmV0"}}}')
+    dockerfile_bases(tmp_path, "Dockerfile", "FROM scratch\n")
+    (tmp_path / "src" / "Dockerfile.link").symlink_to(secret)
+    for name in ("Dockerfile.link", "../auth.json"):
+        result = dockerfile_bases(tmp_path, name)
+        assert result.returncode == 1
+        assert "leads out of the repository" in result.stderr
+        assert "c2VjcmV0" not in result.stdout + result.stderr
+    missing = dockerfile_bases(tmp_path, "docker/Dockerfile")
+    assert missing.returncode == 1 and "no Dockerfile at 'docker/Dockerfile'" in missing.stderr

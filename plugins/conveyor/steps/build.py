@@ -3,6 +3,18 @@
 Dockerfile builds use the repository's Dockerfile; Source-to-Image and Binary-to-Image
 builds write one from the language's runtime image. One digest is pushed under
 ``SNAPSHOT-<branch>-<build number>`` and ``SNAPSHOT-<build number>`` and handed on.
+
+The app's code (its package command, the Dockerfile's RUN lines) runs in containers that hold
+no credential. The pod's containers, in order:
+
+- ``fetch`` (git credentials): checks out the run's commit;
+- ``prepare`` (registry credentials): finds an image this build already pushed (a rerun), or
+  downloads the base images the Dockerfile names from the app's registry into the workspace;
+- ``package`` (none; only when the spec has a package command): runs it in the builder image;
+- ``build`` (none): buildah builds the image from the downloaded bases into an OCI layout in
+  the workspace;
+- ``base`` (registry credentials): pushes that layout with skopeo under every snapshot tag and
+  hands the digest on. It runs no code of the app and reads the layout as plain files.
 """
 
 from __future__ import annotations
@@ -16,11 +28,13 @@ from conveyor.spec import ImageStrategy, Language
 from conveyor.steps.common import (
     BUILD_RESOURCES,
     SOURCE_DIR,
+    TOOLBOX_RESOURCES,
     PodContext,
     fetch_container,
     resources_of,
     script_command,
     step_pod,
+    workspace_volume,
 )
 
 RUNTIME_IMAGE = {Language.PYTHON: "python-runtime", Language.JAVA: "java-runtime"}
@@ -46,7 +60,38 @@ def snapshot_tags(values: RunValues) -> list[str]:
 def build_build_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Pod:
     spec = pipeline.spec
     image = spec.image
-    init = [fetch_container(pipeline, step, ctx)]
+    repository = image_repository(pipeline, ctx.values)
+    tags = snapshot_tags(ctx.values)
+    _, workspace = workspace_volume()
+    registry_env = [
+        k8s.V1EnvVar(name="CONVEYOR_REGISTRY", value=ctx.values.registry),
+        k8s.V1EnvVar(name="REGISTRY_TLS_VERIFY", value=ctx.values.registry_tls_verify),
+    ]
+    commit_env = [k8s.V1EnvVar(name="COMMIT_SHA", value=ctx.values.commit)]
+    base_image: list[k8s.V1EnvVar] = []  # the FROM of a source/binary build
+    generated: list[k8s.V1EnvVar] = []  # and the rest of its generated Dockerfile
+    if image.strategy is not ImageStrategy.DOCKERFILE:
+        language = image.language or Language.JAVA  # binary builds default to a Java runtime
+        copy = image.artifact if image.strategy is ImageStrategy.BINARY else "."
+        base_image = [k8s.V1EnvVar(name="CONVEYOR_BASE_IMAGE", value=ctx.images.ref(RUNTIME_IMAGE[language]))]
+        generated = [
+            k8s.V1EnvVar(name="CONVEYOR_COPY", value=copy),
+            k8s.V1EnvVar(name="CONVEYOR_PORT", value=str(image.port)),
+            k8s.V1EnvVar(name="CONVEYOR_CMD", value=json.dumps(list(image.command or DEFAULT_CMD[language]))),
+        ]
+    init = [
+        fetch_container(pipeline, step, ctx),
+        k8s.V1Container(
+            name="prepare",
+            image=ctx.images.ref("toolbox"),
+            image_pull_policy="IfNotPresent",
+            command=script_command("prepare", step.id),
+            args=[image.strategy.value, image.dockerfile, repository, tags[-1]],
+            env=[*commit_env, *registry_env, *base_image],
+            volume_mounts=[workspace],
+            resources=TOOLBOX_RESOURCES,
+        ),
+    ]
     if spec.package:
         init.append(
             k8s.V1Container(
@@ -55,36 +100,31 @@ def build_build_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Po
                 image_pull_policy="IfNotPresent",
                 command=list(spec.package.command),
                 working_dir=SOURCE_DIR,
-                volume_mounts=[k8s.V1VolumeMount(name="workspace", mount_path="/workspace")],
+                volume_mounts=[workspace],
                 resources=resources_of(pipeline),
             )
         )
-    env = [
-        k8s.V1EnvVar(name="CONVEYOR_REGISTRY", value=ctx.values.registry),
-        k8s.V1EnvVar(name="REGISTRY_TLS_VERIFY", value=ctx.values.registry_tls_verify),
-    ]
-    if image.strategy is not ImageStrategy.DOCKERFILE:
-        language = image.language or Language.JAVA  # binary builds default to a Java runtime
-        copy = image.artifact if image.strategy is ImageStrategy.BINARY else "."
-        env += [
-            k8s.V1EnvVar(name="CONVEYOR_BASE_IMAGE", value=ctx.images.ref(RUNTIME_IMAGE[language])),
-            k8s.V1EnvVar(name="CONVEYOR_COPY", value=copy),
-            k8s.V1EnvVar(name="CONVEYOR_PORT", value=str(image.port)),
-            k8s.V1EnvVar(name="CONVEYOR_CMD", value=json.dumps(list(image.command or DEFAULT_CMD[language]))),
-        ]
+    init.append(
+        k8s.V1Container(
+            name="build",
+            image=ctx.images.ref("toolbox"),
+            image_pull_policy="IfNotPresent",
+            command=script_command("build", step.id),
+            args=[image.strategy.value, image.context, image.dockerfile, repository, tags[0]],
+            env=[*commit_env, *registry_env, *base_image, *generated],
+            volume_mounts=[workspace],
+            security_context=BUILD_SECURITY,
+            resources=BUILD_RESOURCES,
+        )
+    )
     main = k8s.V1Container(
         name="base",
         image=ctx.images.ref("toolbox"),
-        command=script_command("build", step.id),
-        args=[
-            image.strategy.value,
-            image.context,
-            image.dockerfile,
-            image_repository(pipeline, ctx.values),
-            *snapshot_tags(ctx.values),
-        ],
-        env=env,
-        security_context=BUILD_SECURITY,
-        resources=BUILD_RESOURCES,
+        command=script_command("publish", step.id),
+        args=[repository, *tags],
+        env=registry_env[1:],
+        # the pusher only reads what the build left: the image layout
+        volume_mounts=[k8s.V1VolumeMount(name=workspace.name, mount_path=workspace.mount_path, read_only=True)],
+        resources=TOOLBOX_RESOURCES,
     )
     return step_pod(pipeline, step, ctx, main, init_containers=init)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -38,10 +39,15 @@ class PodContext:
     values: RunValues
 
 
+# Python helpers a step script runs (python3 -c "$<name>_py"), handed over in a shell variable.
+SCRIPT_HELPERS: dict[str, tuple[str, ...]] = {"prepare": ("dockerfile_bases",)}
+
+
 @cache
 def script(name: str) -> str:
     folder = resources.files("conveyor.steps") / "scripts"
-    return (folder / "lib.sh").read_text() + "\n" + (folder / f"{name}.sh").read_text()
+    helpers = [f"{h}_py={shlex.quote((folder / f'{h}.py').read_text())}\n" for h in SCRIPT_HELPERS.get(name, ())]
+    return (folder / "lib.sh").read_text() + "\n" + "".join(helpers) + (folder / f"{name}.sh").read_text()
 
 
 def script_command(name: str, step_id: str) -> list[str]:
@@ -91,18 +97,61 @@ def run_env(pipeline: Pipeline, step: Step, values: RunValues) -> list[k8s.V1Env
     return env
 
 
+@dataclass(frozen=True)
+class CredentialMount:
+    """How a container receives one kind of credential: variables read from keys of its Secret,
+    or one key of the Secret mounted read-only as a file whose path a variable names."""
+
+    env_keys: tuple[tuple[str, str], ...] = ()  # (variable, key of the Secret)
+    file_key: str = ""
+    file_dir: str = ""
+    file_name: str = ""
+    path_env: str = ""
+
+
+# One entry per secret kind (SecretRef.kind).
+CREDENTIAL_MOUNTS: dict[str, CredentialMount] = {
+    "git": CredentialMount(env_keys=(("GIT_USERNAME", "username"), ("GIT_PASSWORD", "password"))),
+    "sonar": CredentialMount(env_keys=(("SONAR_HOST_URL", "host"), ("SONAR_TOKEN", "token"))),
+    "registry": CredentialMount(
+        file_key=".dockerconfigjson", file_dir=REGISTRY_AUTH_DIR, file_name="auth.json", path_env="REGISTRY_AUTH_FILE"
+    ),
+    "kubeconfig": CredentialMount(
+        file_key="config", file_dir=KUBECONFIG_DIR, file_name="config", path_env="KUBECONFIG"
+    ),
+}
+
+# Which credentials each container of a step gets, by container name ("base" is the main
+# container); a container not listed gets none. The containers that run code from the app's
+# repository are unit_test's base (the tests), build's package and build (the package command,
+# the Dockerfile's RUN lines) and sonar's base (the scanner): none of them gets a git, registry or
+# cluster credential, the scanner only its Sonar token. Those credentials are held only by
+# containers that run Conveyor's own scripts (fetch, checkout, prepare, publish, promote, tag, deploy).
+CONTAINER_CREDENTIALS: dict[StepKind, dict[str, frozenset[str]]] = {
+    StepKind.CHECKOUT: {"base": frozenset({"git"})},
+    StepKind.UNIT_TEST: {"fetch": frozenset({"git"})},
+    StepKind.SONAR: {"fetch": frozenset({"git"}), "base": frozenset({"sonar"})},
+    StepKind.BUILD: {"fetch": frozenset({"git"}), "prepare": frozenset({"registry"}), "base": frozenset({"registry"})},
+    StepKind.PUSH: {"base": frozenset({"registry"})},
+    StepKind.TAG: {"base": frozenset({"git", "registry"})},
+    StepKind.DEPLOY: {"base": frozenset({"kubeconfig"})},
+}
+
+
+def container_secrets(step: Step, refs: tuple[SecretRef, ...], container: str) -> tuple[SecretRef, ...]:
+    """The step's Secrets that one of its containers gets (see ``CONTAINER_CREDENTIALS``)."""
+    kinds = CONTAINER_CREDENTIALS.get(step.kind, {}).get(container, frozenset())
+    return tuple(r for r in refs if r.kind in kinds)
+
+
 def secret_env(refs: tuple[SecretRef, ...]) -> list[k8s.V1EnvVar]:
     """Credentials handed to the container by reference to their Secret (values never in the spec)."""
     env: list[k8s.V1EnvVar] = []
     for ref in refs:
-        if ref.kind == "git":
-            env += [_from_secret("GIT_USERNAME", ref, "username"), _from_secret("GIT_PASSWORD", ref, "password")]
-        elif ref.kind == "sonar":
-            env += [_from_secret("SONAR_HOST_URL", ref, "host"), _from_secret("SONAR_TOKEN", ref, "token")]
-        elif ref.kind == "registry":
-            env.append(k8s.V1EnvVar(name="REGISTRY_AUTH_FILE", value=f"{REGISTRY_AUTH_DIR}/auth.json"))
-        elif ref.kind == "kubeconfig":
-            env.append(k8s.V1EnvVar(name="KUBECONFIG", value=f"{KUBECONFIG_DIR}/config"))
+        mount = CREDENTIAL_MOUNTS[ref.kind]
+        env += [_from_secret(name, ref, key) for name, key in mount.env_keys]
+        if mount.path_env:
+            env.append(k8s.V1EnvVar(name=mount.path_env, value=f"{mount.file_dir}/{mount.file_name}"))
     return env
 
 
@@ -114,24 +163,21 @@ def _from_secret(name: str, ref: SecretRef, key: str) -> k8s.V1EnvVar:
 
 
 def secret_volumes(refs: tuple[SecretRef, ...]) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:
+    """The Secrets handed over as files: the pod's volumes and a container's mounts of them."""
     volumes: list[k8s.V1Volume] = []
     mounts: list[k8s.V1VolumeMount] = []
     for ref in refs:
-        if ref.kind == "registry":
-            items = [k8s.V1KeyToPath(key=".dockerconfigjson", path="auth.json")]
-            mount = REGISTRY_AUTH_DIR
-        elif ref.kind == "kubeconfig":
-            items = [k8s.V1KeyToPath(key="config", path="config")]
-            mount = KUBECONFIG_DIR
-        else:
+        mount = CREDENTIAL_MOUNTS[ref.kind]
+        if not mount.file_key:
             continue
+        items = [k8s.V1KeyToPath(key=mount.file_key, path=mount.file_name)]
         volumes.append(
             k8s.V1Volume(
                 name=f"{ref.kind}-credentials",
                 secret=k8s.V1SecretVolumeSource(secret_name=ref.name, items=items, default_mode=0o440),
             )
         )
-        mounts.append(k8s.V1VolumeMount(name=f"{ref.kind}-credentials", mount_path=mount, read_only=True))
+        mounts.append(k8s.V1VolumeMount(name=f"{ref.kind}-credentials", mount_path=mount.file_dir, read_only=True))
     return volumes, mounts
 
 
@@ -152,9 +198,8 @@ def resources_of(pipeline: Pipeline) -> k8s.V1ResourceRequirements | None:
 
 
 def fetch_container(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Container:
-    """Init container that checks out exactly the run's commit into the shared workspace."""
-    refs = step_secrets(pipeline, step)
-    git_refs = tuple(r for r in refs if r.kind == "git")
+    """Init container that checks out exactly the run's commit into the shared workspace
+    (it gets the git credentials from ``step_pod``)."""
     _, mount = workspace_volume()
     return k8s.V1Container(
         name="fetch",
@@ -162,7 +207,6 @@ def fetch_container(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Co
         image_pull_policy="IfNotPresent",
         command=script_command("fetch", step.id),
         args=[pipeline.spec.git.url, ctx.values.commit, SOURCE_DIR],
-        env=secret_env(git_refs),
         volume_mounts=[mount],
         resources=TOOLBOX_RESOURCES,
     )
@@ -177,15 +221,25 @@ def step_pod(
     init_containers: list[k8s.V1Container] | None = None,
     workspace: bool = True,
 ) -> k8s.V1Pod:
-    """Assemble a step's pod around its main container (which must be named ``base``)."""
+    """Assemble a step's pod around its main container (which must be named ``base``).
+
+    Each container gets exactly the credentials ``CONTAINER_CREDENTIALS`` lists for it, and the
+    pod has a volume only for the Secrets some container mounts.
+    """
     refs = step_secrets(pipeline, step)
-    volumes, mounts = secret_volumes(refs)
+    volumes: list[k8s.V1Volume] = []
     if workspace:
         volume, mount = workspace_volume()
-        volumes.insert(0, volume)
-        mounts.insert(0, mount)
-    main.volume_mounts = [*mounts, *(main.volume_mounts or [])] or None
-    main.env = [*run_env(pipeline, step, ctx.values), *secret_env(refs), *(main.env or [])]
+        volumes.append(volume)
+        if not any(m.name == mount.name for m in main.volume_mounts or []):
+            main.volume_mounts = [mount, *(main.volume_mounts or [])]
+    for container in [*(init_containers or []), main]:
+        granted = container_secrets(step, refs, container.name)
+        secret_vols, secret_mounts = secret_volumes(granted)
+        volumes += [v for v in secret_vols if all(v.name != known.name for known in volumes)]
+        container.volume_mounts = [*(container.volume_mounts or []), *secret_mounts] or None
+        first = run_env(pipeline, step, ctx.values) if container is main else []
+        container.env = [*first, *secret_env(granted), *(container.env or [])] or None
     if main.image_pull_policy is None:
         main.image_pull_policy = "IfNotPresent"
     pull_secrets = [k8s.V1LocalObjectReference(name=ctx.ci.image_pull_secret)] if ctx.ci.image_pull_secret else None
@@ -200,6 +254,8 @@ def step_pod(
         ),
         spec=k8s.V1PodSpec(
             restart_policy="Never",
+            # No container gets a token of the pod's ServiceAccount: a step that talks to a
+            # cluster does it with the credentials it was given, in Conveyor's own scripts.
             automount_service_account_token=False,
             service_account_name=ctx.ci.service_account,
             image_pull_secrets=pull_secrets,

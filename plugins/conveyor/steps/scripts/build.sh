@@ -1,24 +1,23 @@
-# build: build the image without a Docker daemon (buildah) and push the snapshot tags, one digest.
-# usage: build.sh STRATEGY CONTEXT DOCKERFILE REPOSITORY TAG [TAG...]
+# build: build the image with buildah, with no credential at all: this container runs the app's
+# code (the Dockerfile's RUN lines). The base images from the app's registry were downloaded by
+# the prepare container; the image is written as an OCI layout into the workspace, and the main
+# container pushes it.
+# usage: build.sh STRATEGY CONTEXT DOCKERFILE REPOSITORY TAG
 #   STRATEGY dockerfile: build CONTEXT with DOCKERFILE
 #   STRATEGY source|binary: write a Dockerfile from $CONVEYOR_BASE_IMAGE, $CONVEYOR_COPY,
 #                           $CONVEYOR_PORT and $CONVEYOR_CMD (a JSON array), then build
-strategy="$1"; context="$2"; dockerfile="$3"; repository="$4"; shift 4
-tags=("$@")
+strategy="$1"; context="$2"; dockerfile="$3"; repository="$4"; tag="$5"
 export STORAGE_DRIVER=vfs BUILDAH_ISOLATION=chroot
-# A rerun of this step for the same build reuses the image it pushed: SNAPSHOT-<build number>
-# is unique to the build, and the image records the commit it was built from.
-last_tag="${tags[${#tags[@]}-1]}"
-if existing="$(skopeo inspect "$(tls_flag)" "docker://$repository:$last_tag" 2>/dev/null)" \
-   && [[ "$(jq -r '.Labels["org.opencontainers.image.revision"] // ""' <<<"$existing")" == "${COMMIT_SHA:-none}" ]]; then
-  digest="$(jq -r .Digest <<<"$existing")"
-  say "$repository:$last_tag was already built from commit $COMMIT_SHA; reusing $digest (no rebuild)"
-  for tag in "${tags[@]}"; do
-    promote "$repository" "$digest" "$tag" move
-  done
-  jq -n --arg digest "$digest" --arg repository "$repository" --args '{digest: $digest, repository: $repository, tags: $ARGS.positional}' "${tags[@]}" | xcom
+if [[ -f "$BUILD_STATE/reuse" ]]; then
+  say "this build's image exists already (built from commit $COMMIT_SHA); nothing to build"
   exit 0
 fi
+n=0
+while IFS= read -r image; do
+  id="$(buildah pull --quiet "dir:$BUILD_STATE/bases/$n")"
+  buildah tag "$id" "$image"
+  n=$((n + 1))
+done < <(cat "$BUILD_STATE/bases/list" 2>/dev/null || true)
 cd /workspace/src
 if [[ "$strategy" != dockerfile ]]; then
   dockerfile=/workspace/Dockerfile.conveyor
@@ -39,15 +38,12 @@ if [[ "$strategy" != dockerfile ]]; then
   cat "$dockerfile"
 fi
 [[ -f "$dockerfile" ]] || fail "no Dockerfile at '$dockerfile' in the repository; add one or choose image.strategy source/binary."
-say "building $repository:${tags[0]}"
-buildah bud --quiet --layers=false "$(tls_flag)" --build-arg "REGISTRY=${CONVEYOR_REGISTRY}" \
+say "building $repository:$tag"
+# --pull=false: use the downloaded bases; only a base that is missing is pulled (without credentials).
+# Not --quiet: the output of the RUN lines belongs in the step's log.
+buildah bud --layers=false --pull=false "$(tls_flag)" --build-arg "REGISTRY=${CONVEYOR_REGISTRY}" \
   --label "org.opencontainers.image.revision=${COMMIT_SHA}" --label "org.opencontainers.image.source=$repository" \
-  -f "$dockerfile" -t "$repository:${tags[0]}" "$context"
-say "pushing $repository:${tags[0]}"
-buildah push --quiet "$(tls_flag)" --digestfile /tmp/digest "$repository:${tags[0]}" "docker://$repository:${tags[0]}"
-digest="$(cat /tmp/digest)"
-for tag in "${tags[@]:1}"; do
-  promote "$repository" "$digest" "$tag" move
-done
-say "built $repository@$digest"
-jq -n --arg digest "$digest" --arg repository "$repository" --args '{digest: $digest, repository: $repository, tags: $ARGS.positional}' "${tags[@]}" | xcom
+  -f "$dockerfile" -t "$repository:$tag" "$context"
+rm -rf "$BUILD_STATE/image"
+buildah push --quiet "$repository:$tag" "oci:$BUILD_STATE/image:image"
+say "built $repository:$tag into the workspace; the main container pushes it"

@@ -3,7 +3,7 @@
 url="$1"; branch="$2"; shift 2
 say "resolving branch '$branch' of $url"
 set +e
-heads="$(git_ ls-remote --heads --exit-code "$url" "refs/heads/$branch" 2>/tmp/ls-remote.err)"
+heads="$(git_ "$url" ls-remote --heads --exit-code "$url" "refs/heads/$branch" 2>/tmp/ls-remote.err)"
 rc=$?
 set -e
 if [[ $rc -eq 2 ]]; then
@@ -33,14 +33,14 @@ say "commit: $subject ($author)"
 notes_ref=refs/notes/conveyor-pushed-by
 pusher=""
 set +e
-notes_tip="$(git_ ls-remote "$url" "$notes_ref" 2>/tmp/notes.err)"
+notes_tip="$(git_ "$url" ls-remote "$url" "$notes_ref" 2>/tmp/notes.err)"
 rc=$?
 set -e
 [[ $rc -eq 0 ]] || fail "cannot list $notes_ref of $url: $(tail -n 3 /tmp/notes.err | tr '\n' ' '). Check the Git server, then rerun checkout."
 if [[ -z "$notes_tip" ]]; then
   say "$url keeps no record of who pushed (no $notes_ref): pusher is empty"
 else
-  git_ -C /workspace/src fetch -q --depth 1 origin "+$notes_ref:$notes_ref" 2>/tmp/notes.err \
+  git_ "$url" -C /workspace/src fetch -q --depth 1 origin "+$notes_ref:$notes_ref" 2>/tmp/notes.err \
     || fail "cannot fetch $notes_ref from $url: $(tail -n 3 /tmp/notes.err | tr '\n' ' '). Check the Git server, then rerun checkout."
   record="$(git -C /workspace/src notes --ref="$notes_ref" show "$commit" 2>/dev/null || true)"
   while IFS= read -r line; do

@@ -6,12 +6,20 @@ set -euo pipefail
 say() { printf '[conveyor] %s\n' "$*"; }
 fail() { printf '[conveyor] ERROR: %s\n' "$*" >&2; exit 1; }
 
-# git with the credentials of the Secret mounted as GIT_USERNAME / GIT_PASSWORD; they are
-# handed to git by a credential helper, so they never appear in a URL or in the log.
+# git_ URL ARG...: git ARG... with the credentials of the Secret (GIT_USERNAME / GIT_PASSWORD),
+# offered to the app's repository URL and nothing else: the credential helper is configured for
+# that URL only, path included (credential.<URL>.helper, credential.useHttpPath), so a redirect
+# to another host or repository, a submodule or a second remote gets no credential and git
+# fails instead of asking. The credentials never appear in a URL, an argument or the log. The
+# config goes through GIT_CONFIG_* (not -c), so a URL with '=' in it stays one key.
 git_() {
-  git -c credential.helper= \
-      -c 'credential.helper=!f() { test "$1" = get || exit 0; printf "username=%s\npassword=%s\n" "${GIT_USERNAME:-}" "${GIT_PASSWORD:-}"; }; f' \
-      -c advice.detachedHead=false -c init.defaultBranch=main -c safe.directory='*' "$@"
+  local url="$1"; shift
+  GIT_TERMINAL_PROMPT=0 GIT_CONFIG_COUNT=3 \
+    GIT_CONFIG_KEY_0=credential.helper GIT_CONFIG_VALUE_0= \
+    GIT_CONFIG_KEY_1=credential.useHttpPath GIT_CONFIG_VALUE_1=true \
+    GIT_CONFIG_KEY_2="credential.$url.helper" \
+    GIT_CONFIG_VALUE_2='!f() { test "$1" = get || exit 0; printf "username=%s\npassword=%s\n" "${GIT_USERNAME:-}" "${GIT_PASSWORD:-}"; }; f' \
+    git -c advice.detachedHead=false -c init.defaultBranch=main -c safe.directory='*' "$@"
 }
 
 # Write the step's result for Airflow's XCom (read by the KubernetesPodOperator's sidecar).
@@ -20,17 +28,30 @@ xcom() { mkdir -p /airflow/xcom && cat > /airflow/xcom/return.json; }
 # skopeo / buildah against the registry, with the mounted auth file.
 tls_flag() { printf -- '--tls-verify=%s' "${REGISTRY_TLS_VERIFY:-true}"; }
 
+# The build step's own files in the shared workspace: the downloaded base images, the built
+# image (an OCI layout) and the digest of an image a rerun reuses.
+BUILD_STATE=/workspace/conveyor
+
+# Print the digest of REPOSITORY:TAG ($1, $2) when that image exists and was built from this
+# run's commit ($COMMIT_SHA, from its revision label); fail (return 1) otherwise.
+built_image_digest() {
+  local existing
+  existing="$(skopeo inspect "$(tls_flag)" "docker://$1:$2" 2>/dev/null)" || return 1
+  [[ "$(jq -r '.Labels["org.opencontainers.image.revision"] // ""' <<<"$existing")" == "${COMMIT_SHA:-none}" ]] || return 1
+  jq -r .Digest <<<"$existing"
+}
+
 # Fetch exactly one commit into a directory: $1 url, $2 commit, $3 directory.
 fetch_commit() {
   local url="$1" commit="$2" dir="$3"
   [[ "$commit" =~ ^[0-9a-f]{40}$ ]] || fail "'$commit' is not a commit SHA; the checkout step hands one on (rerun checkout)."
-  git_ init -q "$dir"
-  git_ -C "$dir" remote add origin "$url"
-  if ! git_ -C "$dir" fetch -q --depth 1 origin "$commit" 2>/dev/null; then
-    git_ -C "$dir" fetch -q origin '+refs/heads/*:refs/remotes/origin/*' '+refs/tags/*:refs/tags/*' \
+  git_ "$url" init -q "$dir"
+  git_ "$url" -C "$dir" remote add origin "$url"
+  if ! git_ "$url" -C "$dir" fetch -q --depth 1 origin "$commit" 2>/dev/null; then
+    git_ "$url" -C "$dir" fetch -q origin '+refs/heads/*:refs/remotes/origin/*' '+refs/tags/*:refs/tags/*' \
       || fail "cannot fetch from $url; check the repository URL and the git connection's credentials."
   fi
-  git_ -C "$dir" checkout -q "$commit" \
+  git_ "$url" -C "$dir" checkout -q "$commit" \
     || fail "commit $commit is not in $url any more (was the branch force-pushed?); start a new run."
   say "workspace at commit $commit"
 }
