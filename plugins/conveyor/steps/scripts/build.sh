@@ -43,7 +43,8 @@ say "building $repository:$tag"
 # Not --quiet: the output of the RUN lines belongs in the step's log.
 buildah bud --layers=false --pull=false "$(tls_flag)" --build-arg "REGISTRY=${CONVEYOR_REGISTRY}" \
   --label "org.opencontainers.image.revision=${COMMIT_SHA}" --label "org.opencontainers.image.source=$repository" \
-  -f "$dockerfile" -t "$repository:$tag" "$context"
+  -f "$dockerfile" -t "$repository:$tag" "$context" \
+  || fail "the image build failed (its output is above). If a base image could not be pulled from $CONVEYOR_REGISTRY: this container holds no registry credential, so name every base of that registry in a FROM line (ARGs declared before the first FROM are understood); the prepare container's log lists what it downloaded."
 rm -rf "$BUILD_STATE/image"
 buildah push --quiet "$repository:$tag" "oci:$BUILD_STATE/image:image"
 say "built $repository:$tag into the workspace; the main container pushes it"
