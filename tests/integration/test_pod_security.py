@@ -412,3 +412,103 @@ def test_the_pipeline_account_makes_and_deletes_step_secrets(admin: Any, cleanup
         assert gone.value.status == 404
     finally:
         _close(api)
+
+
+# The image build with the least privilege that works on this cluster (docs/cluster.md, "Least
+# privilege for builds"): root in the container, but no SYS_ADMIN and no Unconfined seccomp; buildah
+# makes its own user namespace, which the seccomp profile scripts/cluster/seccomp/buildah.json allows.
+LEAST_PRIVILEGE_BUILD = {
+    "runAsUser": 0,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"], "add": ["SETUID", "SETGID", "SETFCAP"]},
+    "seccompProfile": {"type": "Localhost", "localhostProfile": "conveyor/buildah.json"},
+}
+BUILD_SCRIPT = r"""set -eu
+mkdir -p /tmp/context && cd /tmp/context
+printf '%s\n' "FROM $BASE" \
+  "RUN python3 -c \"import pathlib; pathlib.Path('/srv/built-by').write_text('buildah')\" \\" \
+  " && echo \"RUN as \$(id -u), sees \$(cat /srv/built-by), \$(stat -c '%u:%g' /etc/gshadow) owns /etc/gshadow\"" \
+  > Dockerfile
+cat Dockerfile
+buildah --storage-driver vfs bud --isolation chroot --layers=false -t least-privilege .
+echo "BUILT"
+"""
+
+
+def _pinned_image(key: str) -> str:
+    pins = yaml.safe_load((REPO / "images" / "images.yaml").read_text())
+    return f"{pins['registry']}/{pins['images'][key]}"
+
+
+def _least_privilege_build_pod(name: str) -> dict[str, Any]:
+    auth = {"secretName": "conveyor-registry", "items": [{"key": ".dockerconfigjson", "path": "auth.json"}]}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "conveyor-tests"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "automountServiceAccountToken": False,
+            "imagePullSecrets": [{"name": "conveyor-registry"}],
+            "volumes": [{"name": "registry-auth", "secret": auth}],
+            "containers": [
+                {
+                    "name": "build",
+                    "image": _pinned_image("toolbox"),
+                    "command": ["bash", "-c", BUILD_SCRIPT],
+                    "env": [
+                        {"name": "BASE", "value": _pinned_image("python-runtime")},
+                        {"name": "REGISTRY_AUTH_FILE", "value": "/auth/auth.json"},
+                    ],
+                    "volumeMounts": [{"name": "registry-auth", "mountPath": "/auth", "readOnly": True}],
+                    "securityContext": LEAST_PRIVILEGE_BUILD,
+                }
+            ],
+        },
+    }
+
+
+def test_the_least_privilege_build_context_meets_pod_security_baseline(
+    admin: Any, cleanup: list[Callable[[], object]]
+) -> None:
+    from kubernetes import client
+
+    core = client.CoreV1Api(admin)
+    namespace = _name("psa-baseline")
+    cleanup.append(lambda: core.delete_namespace(namespace))
+    labels = {"pod-security.kubernetes.io/enforce": "baseline", "pod-security.kubernetes.io/enforce-version": "latest"}
+    core.create_namespace({"metadata": {"name": namespace, "labels": labels}})
+    # admission runs on a dry run too: baseline admits the build pod ...
+    core.create_namespaced_pod(namespace, _least_privilege_build_pod(_name("psa-build")), dry_run="All")
+    # ... and refuses the context the build step used before (SYS_ADMIN, seccomp Unconfined)
+    old = _least_privilege_build_pod(_name("psa-build"))
+    old["spec"]["containers"][0]["securityContext"] = {
+        "capabilities": {"add": ["SYS_ADMIN", "SETUID", "SETGID", "MKNOD"]},
+        "seccompProfile": {"type": "Unconfined"},
+    }
+    message = _refusal(lambda: core.create_namespaced_pod(namespace, old, dry_run="All"))
+    assert 'violates PodSecurity "baseline:latest"' in message, message
+
+
+def test_buildah_builds_with_the_least_privilege_context(admin: Any, cleanup: list[Callable[[], object]]) -> None:
+    """A Dockerfile with a RUN line builds in conveyor-ci, and the image keeps its files' owners."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(admin)
+    name = _name("psa-build")
+    cleanup.append(lambda: core.delete_namespaced_pod(name, CI_NS, grace_period_seconds=0))
+    core.create_namespaced_pod(CI_NS, _least_privilege_build_pod(name))
+    deadline = time.monotonic() + 300
+    while (phase := core.read_namespaced_pod(name, CI_NS).status.phase) not in ("Succeeded", "Failed"):
+        if time.monotonic() > deadline:
+            events = core.list_namespaced_event(CI_NS, field_selector=f"involvedObject.name={name}").items
+            pytest.fail(f"build pod {CI_NS}/{name} did not finish within 300s: {[e.message for e in events]}")
+        time.sleep(2)
+    log = core.read_namespaced_pod_log(name, CI_NS, _preload_content=False).data.decode()
+    assert phase == "Succeeded", (
+        "the build failed with the least-privilege context (is the registry up, and the seccomp profile"
+        " conveyor/buildah.json in the kubelet's seccomp dir? run scripts/cluster/bootstrap):\n" + log
+    )
+    assert "RUN as 0, sees buildah, 0:42 owns /etc/gshadow" in log, log
+    assert "BUILT" in log, log
