@@ -71,3 +71,12 @@ def airflow_db() -> Iterator[Path]:
         assert not bag.import_errors, bag.import_errors
         sync_bag_to_db(bag, bundle.name, bundle.version)
     yield AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server (Debian's package), started once per test process; its database URL."""
+    from tests.support.postgres import postgres_server
+
+    with postgres_server() as url:
+        yield url

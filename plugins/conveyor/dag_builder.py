@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,18 +17,23 @@ from typing import Any
 from airflow.sdk import DAG, Param, chain
 from kubernetes.client import ApiClient
 
-from conveyor import release, settings
+from conveyor import settings
 from conveyor.credentials import registry_host
-from conveyor.exceptions import InvalidSpecs, SpecError
+from conveyor.exceptions import ConveyorError, InvalidSpecs, SpecError
 from conveyor.operators import ApprovalSensor, ConveyorPodOperator
 from conveyor.pipeline import Pipeline, RunValues, Step, StepKind, build_pipeline, step_secrets
-from conveyor.spec import RELEASE_TAG, AppSpec, load_specs
+from conveyor.spec import RELEASE_TAG, AppSpec, Environment, load_specs
 from conveyor.steps import PodContext, build_step_pod
 from conveyor.steps.common import label_value
 
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 log = logging.getLogger(__name__)
-TAG_PATTERN = "^$|" + RELEASE_TAG.pattern
+# Whole strings only: JSON Schema patterns are searched, and in Python "$" also matches before a
+# final newline, so "v1.2.3\n" would pass "^...$". The look-ahead refuses any newline (Python and
+# JavaScript alike); the checkout step checks both params again as whole strings.
+NO_NEWLINE = "(?!.*\n)"
+TAG_PATTERN = "^$|^" + NO_NEWLINE + RELEASE_TAG.pattern.removeprefix("^")
+BRANCH_PATTERN = "^" + NO_NEWLINE + r"[A-Za-z0-9._/-]+$"
 
 
 def image_tag_value(value: str) -> str:
@@ -42,11 +48,9 @@ def jinja_literal(text: str) -> str:
     return "".join("{{ '{' }}" if ch == "{" else ch for ch in text)
 
 
-def template_strings(values: RunValues, pipeline: Pipeline) -> list[str]:
-    """Every template a pod may contain: the run values, and the manifests of each environment."""
-    strings = [v for k, v in vars(values).items() if k != "manifests_template"]
-    strings += [values.manifests(env) for env in ("dev", "prod")]
-    return sorted(set(strings), key=len, reverse=True)
+def template_strings(values: RunValues) -> list[str]:
+    """Every template a pod may contain: the run values."""
+    return sorted(set(vars(values).values()), key=len, reverse=True)
 
 
 def to_template_dict(obj: Any, templates: list[str]) -> Any:
@@ -67,18 +71,45 @@ def to_template_dict(obj: Any, templates: list[str]) -> Any:
     return convert(obj)
 
 
-def manifests_macro(spec: AppSpec) -> Any:
-    """The ``conveyor_manifests(ti, environment)`` macro: the manifests of an environment,
-    rendered with this run's values (shown in the task's Rendered Templates)."""
+@dataclass(frozen=True)
+class RunFacts:
+    """A run's values as Conveyor's records keep them: what ``conveyor_run(ti)`` returns to templates."""
 
-    def conveyor_manifests(ti: Any, environment: str) -> str:
-        from airflow.sdk import BaseHook
+    build_number: int
+    branch: str
+    commit: str
+    release_tag: str
+    digest: str
 
-        checkout, build = release.run_results(ti)
-        registry = release.spec_registry(spec, BaseHook.get_connection)
-        return release.render_environment(spec, environment, checkout, build, registry)
 
-    return conveyor_manifests
+def run_macro(spec: AppSpec) -> Any:
+    """The ``conveyor_run(ti)`` macro: this run's build number, branch, commit, release tag and image
+    digest from Conveyor's records (what the steps' pods reported), never from XComs, which people can
+    edit in the UI. Read once per task try."""
+    cache: dict[tuple[str, str, int], RunFacts] = {}
+
+    def conveyor_run(ti: Any) -> RunFacts:
+        from conveyor import records
+
+        key = (ti.run_id, ti.task_id, ti.try_number)
+        if key not in cache:
+            run = records.load(spec.name).run(ti.run_id)
+            checkout, built = run.checked_out, run.built
+            if checkout is None:
+                raise ConveyorError(
+                    f"Run {ti.run_id} of {spec.name} has no recorded checkout, so {ti.task_id} does not know what to "
+                    "work on. Clear the run from 'checkout'."
+                )
+            cache[key] = RunFacts(
+                build_number=checkout.build_number,
+                branch=checkout.branch,
+                commit=checkout.commit,
+                release_tag=checkout.release_tag,
+                digest=built.digest if built else "",
+            )
+        return cache[key]
+
+    return conveyor_run
 
 
 def registry_macros(spec: AppSpec) -> dict[str, Any]:
@@ -106,7 +137,7 @@ def dag_params(spec: AppSpec) -> dict[str, Param]:
             type="string",
             minLength=1,
             maxLength=200,
-            pattern=r"^[A-Za-z0-9._/-]+$",
+            pattern=BRANCH_PATTERN,
             title="Branch",
             description="The branch to build; the run resolves it to one commit.",
         ),
@@ -138,6 +169,10 @@ def _doc(pipeline: Pipeline) -> str:
     return "\n".join(lines)
 
 
+def _environment(pipeline: Pipeline, step: Step) -> Environment | None:
+    return pipeline.environment(step.environment) if step.environment else None
+
+
 def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str]) -> Any:
     spec = pipeline.spec
     trigger_rule = "none_failed" if step.release_only else "all_success"
@@ -146,7 +181,6 @@ def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str])
         return ApprovalSensor(
             task_id=step.id,
             app=spec.name,
-            policy=step.policy.model_dump(),
             releases_to=step.releases_to,
             release_only=step.release_only,
             auto_tag=spec.release.auto_tag,
@@ -172,6 +206,7 @@ def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str])
         auto_tag_prefix=spec.release.auto_tag_prefix,
         secret_refs=[(r.kind, r.connection_id) for r in step_secrets(pipeline, step)],
         environment=step.environment,
+        deploy_target=(env.cluster, env.namespace) if (env := _environment(pipeline, step)) else None,
         kubernetes_conn_id=ctx.ci.connection_id,
         namespace=ctx.ci.namespace,
         name=pod.metadata.name,
@@ -192,7 +227,7 @@ def build_dag(spec: AppSpec, *, ctx: PodContext | None = None) -> DAG:
     pipeline = build_pipeline(spec)
     values = RunValues.airflow(spec)
     ctx = ctx or PodContext(ci=settings.ci_cluster(), images=settings.load_step_images(), values=values)
-    templates = template_strings(values, pipeline)
+    templates = template_strings(values)
     dag = DAG(
         dag_id=spec.name,
         description=spec.description or f"Conveyor pipeline of {spec.name}",
@@ -203,7 +238,7 @@ def build_dag(spec: AppSpec, *, ctx: PodContext | None = None) -> DAG:
         params=dag_params(spec),
         doc_md=_doc(pipeline),
         default_args={"owner": spec.owner or spec.team, "retries": spec.retries},
-        user_defined_macros={"conveyor_manifests": manifests_macro(spec), **registry_macros(spec)},
+        user_defined_macros={"conveyor_run": run_macro(spec), **registry_macros(spec)},
         user_defined_filters={"conveyor_label": label_value, "conveyor_tag": image_tag_value},
         max_active_runs=8,
     )

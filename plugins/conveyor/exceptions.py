@@ -7,7 +7,10 @@ The tree::
     ├── InvalidSpecs         some app specs of a folder are invalid (every file's problems)
     ├── ConfigurationError   the Airflow [conveyor] section or images file is wrong
     ├── RenderError          a manifest could not be rendered (unknown variable, bad file)
+    ├── TamperedRecords      an app's records were changed outside Conveyor
+    ├── LedgerConflict       appending to an app's records kept colliding with other writers
     └── ApprovalError        an approval decision was refused
+        ├── NotFound             no such app, run or gate (404)
         ├── NotAnApprover        the user is not allowed to decide this gate (403)
         ├── GateNotOpen          the gate is not waiting for a decision (409)
         ├── BuildMismatch        the decision names another commit or digest (409)
@@ -58,10 +61,22 @@ class RenderError(ConveyorError):
     """A manifest could not be rendered."""
 
 
+class TamperedRecords(ConveyorError):
+    """An app's records were changed outside Conveyor: an entry edited, missing or added by hand."""
+
+
+class LedgerConflict(ConveyorError):
+    """Appending to an app's records kept colliding with other writers; nothing was written."""
+
+
 class ApprovalError(ConveyorError):
     """An approval decision was refused; ``status_code`` is the HTTP status the API answers."""
 
     status_code = 400
+
+
+class NotFound(ApprovalError):
+    status_code = 404
 
 
 class NotAnApprover(ApprovalError):

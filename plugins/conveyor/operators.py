@@ -2,34 +2,37 @@
 and the approval sensor.
 
 ``ConveyorPodOperator`` adds only what the stock operator cannot know: skipping steps that
-run only for a release (with the reason in the log), the app's build number, and the
-Secrets made from Airflow connections that the pod mounts.
+run only for a release (with the reason in the log), keeping what the steps found and built
+in Conveyor's records, the Secrets made from Airflow connections that the pod mounts, and,
+for deploy steps, the release check right before anything is applied.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 from collections.abc import Sequence
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NoReturn
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from airflow.sdk import BaseOperatorLink, BaseSensorOperator, Variable
+from airflow.sdk import BaseOperatorLink, BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
+from kubernetes.client import models as k8s
 
-from conveyor import gate as gate_core
-from conveyor import release
+from conveyor import gate as gate_rules
+from conveyor import records, release
 from conveyor.credentials import sync_secrets
-from conveyor.exceptions import ConveyorError
+from conveyor.exceptions import ConveyorError, TamperedRecords
 from conveyor.pipeline import SecretRef
-from conveyor.settings import approval_signing_key
-from conveyor.spec import ApprovalPolicy, git_ref_problem
+from conveyor.spec import RELEASE_TAG, git_ref_problem
 from conveyor.timefmt import format_duration
 
 NOT_A_RELEASE = (
     "Skipped: this run is not a release. Step {step} runs only when the run has a tag_name "
     "(trigger the run with the param tag_name set, e.g. v1.2.3) or the app sets release.auto_tag."
 )
-BUILD_NUMBERS_KEEP = 500
+MANIFESTS_ENV = "CONVEYOR_MANIFESTS"
+MANIFESTS_SHA_ENV = "CONVEYOR_MANIFESTS_SHA256"
 
 
 def is_release(params: dict[str, Any], auto_tag: bool) -> bool:
@@ -42,23 +45,34 @@ def release_tag(params: dict[str, Any], auto_tag: bool, auto_tag_prefix: str, bu
     return f"{auto_tag_prefix}.{build_number}" if auto_tag else ""
 
 
-def next_build_number(stored: str | None, run_id: str) -> tuple[int, str]:
-    """The run's build number and the counter's new stored value (a rerun keeps its number)."""
+def params_problem(params: dict[str, Any]) -> str | None:
+    """Why the run's params cannot be used, checked as whole strings (the UI's pattern check is not enough)."""
+    branch = params.get("branch")
+    if not isinstance(branch, str):
+        return f"The branch param is {branch!r}, not a branch name. Trigger the run with a branch such as main."
+    problem = git_ref_problem(branch)
+    if problem:
+        return (
+            f"The branch {branch!r} is not a valid git branch name: it {problem}. "
+            "Trigger the run with an existing branch."
+        )
+    tag = params.get("tag_name")
+    if tag not in (None, "") and (not isinstance(tag, str) or not RELEASE_TAG.fullmatch(tag)):
+        return (
+            f"The tag_name {tag!r} is not a release tag; use the form v1.2.3 or v1.2.3-rc.1 (nothing before or after)."
+        )
+    return None
+
+
+def _fail(message: str) -> AirflowFailException:
+    return AirflowFailException(message)
+
+
+def _records(app: str) -> records.AppRecords:
     try:
-        data = json.loads(stored) if stored else {}
-    except ValueError:
-        data = {}
-    last = int(data.get("last", 0)) if isinstance(data, dict) else 0
-    runs = data.get("runs", {}) if isinstance(data, dict) else {}
-    if not isinstance(runs, dict):
-        runs = {}
-    if run_id in runs:
-        return int(runs[run_id]), json.dumps({"last": last, "runs": runs})
-    number = last + 1
-    runs[run_id] = number
-    if len(runs) > BUILD_NUMBERS_KEEP:
-        runs = dict(sorted(runs.items(), key=lambda item: item[1])[-BUILD_NUMBERS_KEEP:])
-    return number, json.dumps({"last": number, "runs": runs})
+        return records.load(app)
+    except TamperedRecords as exc:
+        raise _fail(str(exc)) from None
 
 
 class ConveyorPodOperator(KubernetesPodOperator):
@@ -70,8 +84,9 @@ class ConveyorPodOperator(KubernetesPodOperator):
     :param auto_tag: the app releases every run (``release.auto_tag``)
     :param auto_tag_prefix: automatic release tags are ``<prefix>.<build number>``
     :param secret_refs: ``(kind, connection id)`` pairs to turn into Secrets before the pod starts
-    :param environment: deploy steps: the environment they deploy to (what they deploy is kept as
-        the baseline the decision page diffs the next release against)
+    :param environment: deploy steps: the environment they deploy to
+    :param deploy_target: deploy steps: the ``(cluster connection, namespace)`` the pod applies to, checked
+        against the spec the run started with
     """
 
     template_fields: Sequence[str] = tuple(KubernetesPodOperator.template_fields)
@@ -86,16 +101,19 @@ class ConveyorPodOperator(KubernetesPodOperator):
         auto_tag_prefix: str = "v1.0",
         secret_refs: Sequence[tuple[str, str]] = (),
         environment: str | None = None,
+        deploy_target: tuple[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.environment = environment
+        self.deploy_target = tuple(deploy_target) if deploy_target else None
         self.app = app
         self.step_kind = step_kind
         self.release_only = release_only
         self.auto_tag = auto_tag
         self.auto_tag_prefix = auto_tag_prefix
         self.secret_refs = [tuple(r) for r in secret_refs]
+        self._release_manifests: str | None = None
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         # A step that will skip (not a release) must not fail first on rendering values,
@@ -108,69 +126,231 @@ class ConveyorPodOperator(KubernetesPodOperator):
         params = context["params"]
         if self.release_only and not is_release(params, self.auto_tag):
             raise AirflowSkipException(NOT_A_RELEASE.format(step=self.task_id))
-        build_number = None
-        if self.step_kind == "checkout":
-            problem = git_ref_problem(str(params.get("branch") or ""))
-            if problem:
-                raise AirflowFailException(
-                    f"The branch {params.get('branch')!r} is not a valid git branch name: it {problem}. "
-                    "Trigger the run with an existing branch."
-                )
-            build_number = self._allocate_build_number(context["run_id"])
-            self.log.info("Build #%s of %s", build_number, self.app)
+        problem = params_problem(params)
+        if problem:
+            raise _fail(problem)
+        started = self._start_run(context) if self.step_kind == "checkout" else None
+        before = _records(self.app).run(context["run_id"]) if self.step_kind == "build" else None
+        deploy = None
+        if self.step_kind == "deploy":
+            deploy = self._verify_release(context)
+            self._release_manifests = deploy.manifests[str(self.environment)]
         self._sync_secrets()
-        result = super().execute(context)
-        if self.step_kind == "checkout":
-            result = dict(result or {})
-            result["build_number"] = build_number
-            result["release_tag"] = release_tag(params, self.auto_tag, self.auto_tag_prefix, build_number or 0)
-            self.log.info(
-                "Build #%s works on commit %s of branch %s%s",
-                build_number,
-                result.get("commit"),
-                result.get("branch"),
-                f"; releases as {result['release_tag']}" if result["release_tag"] else "",
-            )
-        if self.step_kind == "deploy" and self.environment:
-            self._record_deployed(context)
+        try:
+            result = super().execute(context)
+        except Exception:
+            if deploy is not None:
+                self._record_deployed(context, deploy, "failed")
+            raise
+        if started is not None:
+            result = self._record_checkout(params, started, result)
+        if self.step_kind == "build" and before is not None:
+            self._record_build(context, before, result)
+        if deploy is not None:
+            self._record_deployed(context, deploy, "succeeded")
         return result
 
-    def _record_deployed(self, context: Any) -> None:
-        """Keep what now runs in the environment: the next gate diffs its manifests against it."""
-        from datetime import UTC, datetime
+    # --- checkout and build: what the pods reported, kept where the UI cannot edit it ----
 
-        from airflow.sdk import BaseHook
-
-        ti = context["ti"]
-        checkout, build = release.run_results(ti)
+    def _start_run(self, context: Any) -> records.RunStarted:
+        dag_run = context["dag_run"]
         try:
             spec = release.load_app(self.app)
-            registry = release.spec_registry(spec, BaseHook.get_connection)
-            manifests = release.render_environment(spec, str(self.environment), checkout, build, registry)
-        except Exception as exc:  # the deploy succeeded; only the decision page's baseline is missing
-            self.log.warning("Could not keep the deployed manifests as the next diff's baseline: %s", exc)
-            return
-        deployed = release.Deployed(
-            run_id=context["run_id"],
-            at=datetime.now(UTC).isoformat(timespec="seconds"),
-            commit=str(checkout.get("commit") or ""),
-            digest=str(build.get("digest") or ""),
-            tag=str(checkout.get("release_tag") or "") if self.environment == "prod" else "",
-            manifests=manifests,
+        except ConveyorError as exc:
+            raise _fail(f"The spec of {self.app} cannot be read, so the run cannot start: {exc}") from None
+        try:
+            started = records.start_run(
+                self.app,
+                context["run_id"],
+                spec,
+                triggered_by=str(getattr(dag_run, "triggering_user_name", "") or ""),
+                run_after=getattr(dag_run, "run_after", None) or datetime.now(UTC),
+                branch=str(context["params"].get("branch") or ""),
+                tag_name=str(context["params"].get("tag_name") or ""),
+            )
+        except TamperedRecords as exc:
+            raise _fail(str(exc)) from None
+        self.log.info(
+            "Build #%s of %s; this run keeps the spec it started with (%s)",
+            started.build_number,
+            self.app,
+            started.spec_hash,
         )
-        Variable.set(
-            release.deployed_key(self.app, str(self.environment)),
-            deployed.to_json(),
-            description=f"What Conveyor last deployed to {self.environment} of {self.app}.",
-        )
+        return started
 
-    def _allocate_build_number(self, run_id: str) -> int:
-        # The checkout step of an app never runs twice at once (max_active_tis_per_dag=1),
-        # so this read-modify-write of the app's counter cannot race with itself.
-        key = f"conveyor.build_numbers.{self.app}"
-        number, stored = next_build_number(Variable.get(key, default=None), run_id)
-        Variable.set(key, stored, description=f"Conveyor's build counter of {self.app}; do not edit.")
-        return number
+    def _record_checkout(self, params: dict[str, Any], started: records.RunStarted, result: Any) -> dict[str, Any]:
+        result = dict(result or {})
+        tag = release_tag(params, self.auto_tag, self.auto_tag_prefix, started.build_number)
+        checkout = records.CheckedOut(
+            run_id=started.run_id,
+            commit=str(result.get("commit") or ""),
+            branch=str(result.get("branch") or ""),
+            build_number=started.build_number,
+            release_tag=tag,
+            message=str(result.get("message") or ""),
+            author=str(result.get("author") or ""),
+            author_email=str(result.get("author_email") or ""),
+            committer_email=str(result.get("committer_email") or ""),
+            pusher=str(result.get("pusher") or ""),
+        )
+        records.record(self.app, records.Kind.CHECKED_OUT, checkout)
+        result.update(build_number=started.build_number, release_tag=tag)
+        self.log.info(
+            "Build #%s works on commit %s of branch %s%s",
+            started.build_number,
+            checkout.commit,
+            checkout.branch,
+            f"; releases as {tag}" if tag else "",
+        )
+        return result
+
+    def _record_build(self, context: Any, before: records.RunRecords, result: Any) -> None:
+        checkout = before.checked_out
+        digest = str((result or {}).get("digest") or "")
+        if checkout is None or not digest:
+            raise _fail("The build finished without a checkout record or an image digest; rerun from checkout.")
+        built = records.Built(
+            run_id=context["run_id"],
+            commit=checkout.commit,
+            digest=digest,
+            repository=str((result or {}).get("repository") or ""),
+        )
+        records.record(self.app, records.Kind.BUILT, built)
+
+    # --- deploy: the release check, right before anything is applied ---------------------
+
+    def _gate_task_state(self, context: Any, gate: str) -> str | None:
+        try:
+            states = context["ti"].get_task_states(dag_id=self.dag_id, task_ids=[gate], run_ids=[context["run_id"]])
+            state = (states.get(context["run_id"]) or {}).get(gate)
+        except Exception:  # the state only words the message; the check itself never depends on it
+            return None
+        return str(getattr(state, "value", state)) if state else None
+
+    def _verify_release(self, context: Any) -> records.GateOpened:
+        """The build and manifests this deploy may apply, or AirflowFailException naming what is missing."""
+        from airflow.sdk import BaseHook
+
+        run_id, env = context["run_id"], str(self.environment)
+        history = _records(self.app)
+        audit = {"action": self.task_id, "run_id": run_id, "app": self.app}
+        try:
+            run = release.RunRelease.of(history, run_id)
+        except ConveyorError as exc:
+            self._refuse(audit, "", f"{self.task_id}: refused — {exc}")
+        target = run.pipeline.environment(env)
+        if self.deploy_target and self.deploy_target != (target.cluster, target.namespace):
+            self._refuse(
+                audit,
+                "",
+                f"{self.task_id}: refused — this task deploys to {self.deploy_target[1]} through "
+                f"'{self.deploy_target[0]}', but run {run_id} started when {env} was {target.namespace} through "
+                f"'{target.cluster}'. A run keeps the spec it started with; start a new run to use the new spec.",
+            )
+        gate_step = run.covering_gate(env)
+        facts = run.facts(gate_step.id, now=datetime.now(UTC), task_state=None)
+        assessment = gate_rules.assess(facts)
+        shown = run.run.gate_shown(gate_step.id)
+        rendered = run.render([env], BaseHook.get_connection)
+        newer = history.last_deployed(env)
+        check = gate_rules.ReleaseCheck(
+            step=self.task_id,
+            environment=env,
+            gate=gate_step.id,
+            gate_task_state=self._gate_task_state(context, gate_step.id),
+            build_number=run.started.build_number,
+            build=run.run.current_build(),
+            kept=shown.manifests.get(env) if shown else None,
+            rendered_now=rendered.rendered.get(env) if rendered and not rendered.error else None,
+            render_error=rendered.error if rendered else "this run has no complete checkout and build",
+            newer_deployed=newer.describe() if newer and newer.run_after_at > run.started.run_after_at else None,
+        )
+        problem = gate_rules.check_release(facts, assessment, check)
+        if problem:
+            self._refuse(audit, gate_step.id, problem, shown)
+        assert shown is not None  # check_release refuses without a shown build
+        self._audit(audit, gate_step.id, "verified", 200, "", shown)
+        self.log.info(
+            "Release verified: %s, %s; applying exactly the manifests approved (%s).",
+            gate_step.id,
+            assessment.explain(),
+            shown.manifests_hash,
+        )
+        return shown
+
+    def _audit(
+        self,
+        base: dict[str, str],
+        gate: str,
+        outcome: str,
+        code: int,
+        why: str,
+        shown: records.GateOpened | None = None,
+    ) -> None:
+        event = records.AuditEvent(
+            at=records.now_iso(),
+            app=base["app"],
+            run_id=base["run_id"],
+            gate=gate,
+            action=base["action"],
+            outcome=outcome,
+            status_code=code,
+            why=why,
+            user="conveyor",
+            commit=shown.commit if shown else "",
+            digest=shown.digest if shown else "",
+            manifests=shown.manifests_hash if shown else "",
+        )
+        try:
+            records.record(self.app, records.Kind.AUDIT, event)
+        except Exception as exc:  # the refusal stands even when it cannot be recorded
+            self.log.error("Could not record the audit event (%s): %s", outcome, exc)
+
+    def _refuse(
+        self, base: dict[str, str], gate: str, message: str, shown: records.GateOpened | None = None
+    ) -> NoReturn:
+        self.log.error("%s", message)
+        self._audit(base, gate, "refused", 403, message, shown)
+        raise _fail(message + " Nothing was applied.")
+
+    def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> k8s.V1Pod:
+        pod = super().build_pod_request_obj(context, dry_run=dry_run)
+        if self._release_manifests is not None:
+            # The approved bytes and their hash: the step script checks one against the other before applying.
+            digest = hashlib.sha256(self._release_manifests.encode()).hexdigest()
+            for container in pod.spec.containers:
+                if container.name == "base":
+                    container.env = [e for e in container.env or [] if e.name not in (MANIFESTS_ENV, MANIFESTS_SHA_ENV)]
+                    container.env += [
+                        k8s.V1EnvVar(name=MANIFESTS_ENV, value=self._release_manifests),
+                        k8s.V1EnvVar(name=MANIFESTS_SHA_ENV, value=digest),
+                    ]
+        return pod
+
+    def _record_deployed(self, context: Any, shown: records.GateOpened, result: str) -> None:
+        """Keep the deployment: the next gate diffs against it, and it is the environment's history."""
+        run = _records(self.app).run(context["run_id"])
+        started = run.started
+        facts_gate = shown.gate
+        decisions = [d.user for d in run.decisions.get(facts_gate, []) if d.decision == gate_rules.APPROVE]
+        deployed = records.Deployed(
+            run_id=context["run_id"],
+            environment=str(self.environment),
+            commit=shown.commit,
+            digest=shown.digest,
+            manifests=shown.manifests[str(self.environment)],
+            manifests_hash=shown.manifests_hash,
+            result=result,
+            at=records.now_iso(),
+            run_after=started.run_after if started else shown.run_after,
+            build_number=shown.build_number,
+            tag=shown.release_tag if self.environment == "prod" else "",
+            approvers=list(dict.fromkeys(decisions)),
+        )
+        try:
+            records.record(self.app, records.Kind.DEPLOYED, deployed)
+        except Exception as exc:
+            self.log.warning("Could not keep the deployment record (%s): %s", result, exc)
 
     def _sync_secrets(self) -> None:
         if not self.secret_refs:
@@ -193,17 +373,17 @@ class DecisionPageLink(BaseOperatorLink):
 
 
 class ApprovalSensor(BaseSensorOperator):
-    """Waits for an authorised, signed decision on this exact build: commit SHA, image digest and
-    the rendered manifests of the environments it releases to.
+    """Waits for an authorised decision on this exact build: commit SHA, image digest and the
+    rendered manifests of the environments it releases to, under the policy the run started with.
 
-    Opens on enough distinct approvals; fails on a reject (with its reason), on its timeout
-    (expiry counts as a rejection) and when a newer run of the app reaches the same gate
-    (superseded). Decisions are made through Conveyor's approval API; this sensor only reads
-    and verifies them, notifies people when the gate opens and ends, and runs in reschedule
-    mode so it holds no worker slot.
+    On its first look at the build it keeps what it shows (with the rendered manifests) in
+    Conveyor's records: that is what approvers decide on and what the deploy steps apply.
+    Opens on enough distinct approvals; fails on a reject (with its reason), on expiry (a
+    rejection) and when a newer run of the app reaches the same gate (superseded). Decisions are
+    made through Conveyor's approval API; this sensor reads them, tells people when the gate
+    opens and ends, and runs in reschedule mode so it holds no worker slot.
 
     :param app: the app's name
-    :param policy: the gate's approval policy (``ApprovalPolicy.model_dump()``)
     :param releases_to: the environments this decision releases to
     :param release_only: skip (with the reason in the log) unless the run is a release
     :param auto_tag: the app releases every run
@@ -217,7 +397,6 @@ class ApprovalSensor(BaseSensorOperator):
         self,
         *,
         app: str,
-        policy: dict[str, Any],
         releases_to: Sequence[str],
         release_only: bool = False,
         auto_tag: bool = False,
@@ -226,7 +405,6 @@ class ApprovalSensor(BaseSensorOperator):
         kwargs.setdefault("mode", "reschedule")
         super().__init__(**kwargs)
         self.app = app
-        self.policy = policy
         self.releases_to = list(releases_to)
         self.release_only = release_only
         self.auto_tag = auto_tag
@@ -243,124 +421,101 @@ class ApprovalSensor(BaseSensorOperator):
                 "the gate counts as rejected. Trigger a new run to ask again."
             )
             self.log.error("%s", message)
-            self._notify("expired", context, reason=message)
-            raise AirflowFailException(message) from None
+            self._notify("expired", context, None, reason=message)
+            raise _fail(message) from None
 
     def poke(self, context: Any) -> bool:
         from airflow.sdk import BaseHook
 
-        ti = context["ti"]
         run_id = context["run_id"]
-        checkout, build = release.run_results(ti)
-        commit, digest = checkout.get("commit"), build.get("digest")
         link = release.decision_link(self.app, run_id, self.task_id)
-        if not commit or not digest:
-            self.log.info("Waiting: this run's commit and image digest are not known yet (checkout/build results).")
+        try:
+            outcome = release.show_build(self.app, run_id, self.task_id, BaseHook.get_connection)
+            run = release.RunRelease.of(_records(self.app), run_id)
+            step = run.gate(self.task_id)
+        except (ConveyorError, KeyError) as exc:
+            raise _fail(f"This gate cannot check the build: {str(exc).strip(chr(34))}") from None
+        if outcome.error:
+            raise _fail(
+                f"The manifests this gate would release to {', '.join(step.releases_to)} cannot be rendered, "
+                f"so there is nothing to approve: {outcome.error}"
+            )
+        shown, new = outcome.build, outcome.new
+        if shown is None:
+            self.log.info("Waiting: %s.", outcome.waiting_for)
             return False
-        spec = self._spec()
-        manifests = release.release_manifests(spec, self.releases_to, checkout, build, BaseHook.get_connection)
-        if manifests.error:
-            raise AirflowFailException(
-                f"The manifests this gate would release to {', '.join(self.releases_to)} cannot be rendered, "
-                f"so there is nothing to approve: {manifests.error}"
+        if new:
+            self.log.info(
+                "Showing approvers build #%s: commit %s, image %s, manifests %s (kept: these bytes are what the "
+                "deploy applies).",
+                shown.build_number, shown.commit, shown.digest, shown.manifests_hash,
             )
-        newer = self._superseded_by(context["dag_run"])
-        if newer:
-            message = (
-                f"Superseded by run {newer}: a newer run of {self.app} reached {self.task_id}, so only its build "
-                f"is released. This run's build (commit {commit[:12]}, image {digest}) will not be deployed."
-            )
-            self.log.error("%s", message)
-            self._notify("superseded", context, reason=message)
-            raise AirflowFailException(message)
-        policy = ApprovalPolicy.model_validate(self.policy)
-        raw = Variable.get(gate_core.storage_key(self.app, run_id, self.task_id), default=None)
-        state = gate_core.evaluate(
-            gate_core.load_records(raw),
-            policy=policy,
-            app=self.app,
-            run_id=run_id,
-            gate=self.task_id,
-            build=gate_core.Build(commit=commit, digest=digest, manifests=manifests.hash or ""),
-            key=approval_signing_key(),
-            triggered_by=getattr(context.get("dag_run"), "triggering_user_name", None),
-            author=checkout.get("author"),
-        )
-        if state.ignored_unsigned:
-            self.log.warning(
-                "Ignored %d decision record(s) not signed by Conveyor's approval API (written some other way).",
-                state.ignored_unsigned,
-            )
-        if state.ignored_other_build:
-            self.log.warning(
-                "Ignored %d decision(s) made for another build (other commit, image digest or manifests): "
-                "the build changed after they were made, so it must be decided again.",
-                state.ignored_other_build,
-            )
-        if state.rejection is not None:
-            r = state.rejection
+        assessment = gate_rules.assess(run.facts(self.task_id, now=datetime.now(UTC), task_state=None))
+        for line in assessment.not_counted:
+            self.log.warning("Not counted: %s", line)
+        status = assessment.status
+        if status is gate_rules.GateStatus.REJECTED and assessment.rejection is not None:
+            r = assessment.rejection
             message = f"Rejected by {r.user} at {r.at}: {r.reason}"
             self.log.error("%s", message)
-            self._notify("rejected", context, people=(r.user,), reason=r.reason)
-            raise AirflowFailException(message)
-        if state.status is gate_core.GateStatus.APPROVED:
+            self._notify("rejected", context, shown, people=(r.user,), reason=r.reason)
+            raise _fail(message)
+        if status is gate_rules.GateStatus.SUPERSEDED:
+            message = (
+                f"Superseded by run {assessment.superseded_by}: a newer run of {self.app} reached {self.task_id}, "
+                f"so only its build is released. This run's build (commit {shown.commit[:12]}, image {shown.digest}) "
+                "will not be deployed."
+            )
+            self.log.error("%s", message)
+            self._notify("superseded", context, shown, reason=message)
+            raise _fail(message)
+        if status is gate_rules.GateStatus.EXPIRED:
+            assert step.policy is not None
+            message = (
+                f"Expired after {format_duration(step.policy.timeout)} without the required approvals: "
+                "the gate counts as rejected. Trigger a new run to ask again."
+            )
+            self.log.error("%s", message)
+            self._notify("expired", context, shown, reason=message)
+            raise _fail(message)
+        if status is gate_rules.GateStatus.APPROVED:
             self.log.info(
                 "Approved by %s for commit %s, image %s, manifests %s; releasing to %s.",
-                ", ".join(state.approvers),
-                commit,
-                digest,
-                manifests.hash,
-                ", ".join(self.releases_to),
+                ", ".join(assessment.approvers),
+                shown.commit,
+                shown.digest,
+                shown.manifests_hash,
+                ", ".join(step.releases_to),
             )
-            self._notify("approved", context, people=tuple(state.approvers))
+            self._notify("approved", context, shown, people=tuple(assessment.approvers))
             return True
-        self._notify_opened_once(context, policy)
+        if new and len(run.run.opened.get(self.task_id, [])) == 1:
+            assert step.policy is not None
+            people = tuple([*step.policy.users, *(f"role {r}" for r in step.policy.roles)])
+            self._notify("opened", context, shown, people=people)
         self.log.info(
-            "Waiting for %d of %d approval(s) for commit %s, image %s (approved so far: %s). Decide at %s",
-            policy.required - len(state.approvals),
-            policy.required,
-            commit[:12],
-            digest,
-            ", ".join(state.approvers) or "nobody",
+            "Waiting: the gate %s, for commit %s, image %s. Decide at %s",
+            assessment.explain(),
+            shown.commit[:12],
+            shown.digest,
             link,
         )
         return False
 
-    def _spec(self) -> Any:
-        try:
-            return release.load_app(self.app)
-        except ConveyorError as exc:
-            raise AirflowFailException(
-                f"The spec of {self.app} cannot be read now, so this gate cannot check the build: {exc}"
-            ) from None
-
-    def _superseded_by(self, dag_run: Any) -> str | None:
-        """The newer run that reached this gate, if any; else record this run as the newest."""
-        key = release.newest_key(self.app, self.task_id)
-        mine = release.Newest(dag_run.run_id, dag_run.run_after)
-        newest = release.Newest.parse(Variable.get(key, default=None))
-        if newest is not None and newest.run_id != mine.run_id and newest.run_after > mine.run_after:
-            return newest.run_id
-        if newest is None or newest.run_id != mine.run_id:
-            Variable.set(key, mine.to_json(), description=f"The newest run of {self.app} that reached {self.task_id}.")
-        return None
-
-    def _notify_opened_once(self, context: Any, policy: ApprovalPolicy) -> None:
-        key = gate_core.storage_key(self.app, context["run_id"], self.task_id) + ".opened"
-        if Variable.get(key, default=None):
-            return
-        Variable.set(key, "notified", description="Conveyor: the approvers were told this gate opened.")
-        people = tuple([*policy.users, *(f"role {r}" for r in policy.roles)])
-        self._notify("opened", context, people=people)
-
-    def _notify(self, kind: str, context: Any, *, people: tuple[str, ...] = (), reason: str = "") -> None:
+    def _notify(
+        self,
+        kind: str,
+        context: Any,
+        shown: records.GateOpened | None,
+        *,
+        people: tuple[str, ...] = (),
+        reason: str = "",
+    ) -> None:
         """Tell people; a notification that cannot be sent is logged and never fails the gate."""
         try:
             from conveyor import notify
 
-            ti = context["ti"]
-            checkout, build = release.run_results(ti)
-            tag, number = checkout.get("release_tag"), checkout.get("build_number")
+            tag, number = (shown.release_tag, shown.build_number) if shown else ("", 0)
             version = f"{tag} (build {number})" if tag else (f"build {number}" if number else "")
             event = notify.GateEvent(
                 kind=kind,  # type: ignore[arg-type]
@@ -369,15 +524,16 @@ class ApprovalSensor(BaseSensorOperator):
                 gate=self.task_id,
                 releases_to=tuple(self.releases_to),
                 link=release.decision_link(self.app, context["run_id"], self.task_id),
-                commit=str(checkout.get("commit") or ""),
-                message=str(checkout.get("message") or ""),
-                author=str(checkout.get("author") or ""),
-                digest=str(build.get("digest") or ""),
+                commit=shown.commit if shown else "",
+                message=shown.message if shown else "",
+                author=shown.author if shown else "",
+                digest=shown.digest if shown else "",
                 version=version,
                 people=people,
                 reason=reason,
             )
-            channels = notify.gate_channels(release.load_app(self.app), self.task_id, kind)
+            run = release.RunRelease.of(records.load(self.app), context["run_id"])
+            channels = notify.gate_channels(run.spec, self.task_id, kind)
             for line in notify.notify(event, channels, self.log):
                 self.log.info("Notification (%s): %s", kind, line)
         except Exception as exc:  # never let telling people stop the release

@@ -67,7 +67,7 @@ def _login_required(request: Request) -> Response:
 
 
 def _render(request: Request, user: Any, template: str, **context: Any) -> HTMLResponse:
-    from conveyor.api import user_roles
+    from conveyor.gate_view import user_roles
 
     # The mount point, e.g. "/conveyor" (or "/airflow/conveyor" behind a path prefix): the
     # page's script reaches the API and the other pages relative to it.

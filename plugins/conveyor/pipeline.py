@@ -128,7 +128,8 @@ class RunValues:
     """Values known only while a run executes, as the strings that stand for them in a pod spec.
 
     In Airflow they are Jinja expressions rendered by the worker just before the pod is
-    created; ``conveyor show`` prints them as they are.
+    created, from Conveyor's records of the run (never from XComs, which people can edit);
+    ``conveyor show`` prints them as they are.
     """
 
     run_id: str
@@ -143,28 +144,23 @@ class RunValues:
     digest: str
     registry: str
     registry_tls_verify: str
-    manifests_template: str  # with {environment}: the rendered manifests of that environment
-
-    def manifests(self, environment: str) -> str:
-        return self.manifests_template.format(environment=environment)
 
     @classmethod
     def airflow(cls, spec: AppSpec) -> RunValues:
-        checkout = "ti.xcom_pull(task_ids='checkout')"
+        run = "conveyor_run(ti)"
         return cls(
             run_id="{{ run_id }}",
             run_label="{{ run_id | conveyor_label }}",
-            build_number=f"{{{{ {checkout}['build_number'] }}}}",
+            build_number=f"{{{{ {run}.build_number }}}}",
             requested_branch="{{ params.branch }}",
-            branch=f"{{{{ {checkout}['branch'] }}}}",
-            branch_tag=f"{{{{ {checkout}['branch'] | conveyor_tag }}}}",
-            commit=f"{{{{ {checkout}['commit'] }}}}",
-            commit_label=f"{{{{ {checkout}['commit'] }}}}",
-            release_tag=f"{{{{ {checkout}['release_tag'] }}}}",
-            digest="{{ ti.xcom_pull(task_ids='build')['digest'] }}",
+            branch=f"{{{{ {run}.branch }}}}",
+            branch_tag=f"{{{{ {run}.branch | conveyor_tag }}}}",
+            commit=f"{{{{ {run}.commit }}}}",
+            commit_label=f"{{{{ {run}.commit }}}}",
+            release_tag=f"{{{{ {run}.release_tag }}}}",
+            digest=f"{{{{ {run}.digest }}}}",
             registry="{{ conveyor_registry() }}",
             registry_tls_verify="{{ conveyor_registry_tls_verify() }}",
-            manifests_template="{{{{ conveyor_manifests(ti, '{environment}') }}}}",
         )
 
 

@@ -1,6 +1,6 @@
-"""What one run would release: its app spec, its rendered manifests per environment, and the
-hash an approval is bound to. Shared by the deploy steps, the approval API and the sensor,
-so all three see the same bytes.
+"""What one run releases: its rendered manifests per environment, the build a gate shows, and the
+facts the gate's rules are assessed on. Shared by the approval sensor, the deploy steps, the
+approval API and the decision page, so all of them see the same bytes and the same facts.
 """
 
 from __future__ import annotations
@@ -8,15 +8,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from conveyor import settings
 from conveyor.credentials import registry_host
-from conveyor.exceptions import ConveyorError, RenderError
+from conveyor.exceptions import ConveyorError
+from conveyor.gate import GateFacts, change_owners
+from conveyor.pipeline import Pipeline, Step, build_pipeline
+from conveyor.records import AppRecords, Built, CheckedOut, GateOpened, RunRecords, RunStarted
 from conveyor.render import manifest_variables, render_folder
 from conveyor.spec import AppSpec, load_spec
 
@@ -38,30 +41,18 @@ def load_app(app: str) -> AppSpec:
     return load_spec(path, settings.manifests_folder())
 
 
-def render_environment(
-    spec: AppSpec, environment: str, checkout: Mapping[str, Any], build: Mapping[str, Any], registry: str
-) -> str:
-    """The manifests of one environment, rendered with a run's checkout and build results."""
-    if not checkout.get("commit") or not build.get("digest"):
-        raise RenderError(
-            "This run's checkout or build result is missing, so the manifests cannot be rendered; "
-            "clear and rerun the run from 'checkout'."
-        )
+def render_environment(spec: AppSpec, environment: str, checkout: CheckedOut, built: Built, registry: str) -> str:
+    """The manifests of one environment, rendered with a run's checkout and build."""
     env = getattr(spec.environments, environment)
     variables = manifest_variables(
         spec,
         registry=registry,
-        build_number=str(checkout["build_number"]),
-        branch=str(checkout["branch"]),
-        tag_name=str(checkout.get("release_tag") or "") if environment == "prod" else "",
-        digest=str(build["digest"]),
+        build_number=str(checkout.build_number),
+        branch=checkout.branch,
+        tag_name=checkout.release_tag if environment == "prod" else "",
+        digest=built.digest,
     )
     return render_folder(settings.manifests_folder() / env.manifests, variables)
-
-
-def run_results(ti: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """What this run's ``checkout`` and ``build`` steps handed on (empty until they ran)."""
-    return ti.xcom_pull(task_ids="checkout") or {}, ti.xcom_pull(task_ids="build") or {}
 
 
 def spec_registry(spec: AppSpec, get_connection: Callable[[str], Any]) -> str:
@@ -76,7 +67,7 @@ def manifests_hash(rendered: Mapping[str, str]) -> str:
 
 @dataclass(frozen=True)
 class ReleaseManifests:
-    """The rendered manifests of the environments a gate releases to, or why they could not be."""
+    """The rendered manifests of some environments, or why they could not be rendered."""
 
     rendered: dict[str, str]
     error: str | None = None
@@ -89,28 +80,18 @@ class ReleaseManifests:
 def release_manifests(
     spec: AppSpec,
     environments: Iterable[str],
-    checkout: Mapping[str, Any],
-    build: Mapping[str, Any],
+    checkout: CheckedOut,
+    built: Built,
     get_connection: Callable[[str], Any],
 ) -> ReleaseManifests:
     try:
         registry = spec_registry(spec, get_connection)
-        rendered = {env: render_environment(spec, env, checkout, build, registry) for env in environments}
+        rendered = {env: render_environment(spec, env, checkout, built, registry) for env in environments}
     except ConveyorError as exc:
         return ReleaseManifests({}, str(exc))
     except Exception as exc:  # a missing registry connection surfaces as Airflow's own error type
         return ReleaseManifests({}, f"{type(exc).__name__}: {exc}")
     return ReleaseManifests(rendered)
-
-
-def deployed_key(app: str, environment: str) -> str:
-    """The Airflow Variable that keeps what Conveyor last deployed to an environment of an app."""
-    return f"conveyor.deployed.{app}.{environment}"
-
-
-def newest_key(app: str, gate: str) -> str:
-    """The Airflow Variable naming the newest run that reached a gate of an app."""
-    return f"conveyor.gate.{app}.{gate}.newest"
 
 
 def decision_link(app: str, run_id: str, gate: str) -> str:
@@ -119,66 +100,134 @@ def decision_link(app: str, run_id: str, gate: str) -> str:
     return f"{settings.ui_base_url()}/conveyor/gates/{parts}"
 
 
-def _json_object(raw: str | None) -> dict[str, Any] | None:
-    try:
-        data = json.loads(raw) if raw else None
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
+# --- a run's release, from its records -------------------------------------------------
+
+
+class NotStarted(ConveyorError):
+    """A run has no start record: its checkout step never ran under Conveyor."""
 
 
 @dataclass(frozen=True)
-class Deployed:
-    """What Conveyor last deployed to one environment of an app (kept by the deploy step)."""
+class RunRelease:
+    """One run as its records tell it: the spec it started with and its pipeline."""
 
-    run_id: str
-    at: str
-    commit: str
-    digest: str
-    tag: str
-    manifests: str
+    records: AppRecords
+    run: RunRecords
+    started: RunStarted
+    spec: AppSpec
+    pipeline: Pipeline
 
     @classmethod
-    def parse(cls, raw: str | None) -> Deployed | None:
-        data = _json_object(raw)
-        if data is None or not isinstance(data.get("manifests"), str):
+    def of(cls, records: AppRecords, run_id: str) -> RunRelease:
+        run = records.run(run_id)
+        if run.started is None:
+            raise NotStarted(
+                f"Run {run_id} of {records.app} has no start record: its checkout step never ran (or ran before "
+                "Conveyor kept records). Start a new run."
+            )
+        spec = run.started.app_spec()
+        return cls(records, run, run.started, spec, build_pipeline(spec))
+
+    def gate(self, gate_id: str) -> Step:
+        step = self.pipeline.step(gate_id)  # KeyError names the steps there are
+        if not step.is_gate or step.policy is None:
+            raise KeyError(f"'{gate_id}' is a step of {self.spec.name}, not an approval gate.")
+        return step
+
+    def covering_gate(self, environment: str) -> Step:
+        """The gate whose decision releases to an environment (the last one before its deploy)."""
+        gates = [g for g in self.pipeline.gates() if environment in g.releases_to]
+        if not gates:
+            raise ConveyorError(f"No gate of {self.spec.name} releases to {environment}.")
+        return gates[-1]
+
+    def render(self, environments: Iterable[str], get_connection: Callable[[str], Any]) -> ReleaseManifests | None:
+        """The manifests of these environments rendered now with this run's build (None before the build)."""
+        checkout, built = self.run.checked_out, self.run.built
+        if checkout is None or built is None:
             return None
-        return cls(
-            run_id=str(data.get("run_id", "")),
-            at=str(data.get("at", "")),
-            commit=str(data.get("commit", "")),
-            digest=str(data.get("digest", "")),
-            tag=str(data.get("tag", "")),
-            manifests=data["manifests"],
+        return release_manifests(self.spec, environments, checkout, built, get_connection)
+
+    def shown_build(self, gate_id: str, manifests: ReleaseManifests) -> GateOpened | None:
+        """The build a gate shows now, with the manifests it releases (None before the build)."""
+        checkout, built = self.run.checked_out, self.run.built
+        if checkout is None or built is None or manifests.hash is None:
+            return None
+        return GateOpened(
+            run_id=self.run.run_id,
+            gate=gate_id,
+            commit=checkout.commit,
+            digest=built.digest,
+            manifests_hash=manifests.hash,
+            manifests=dict(manifests.rendered),
+            run_after=self.started.run_after,
+            build_number=checkout.build_number,
+            release_tag=checkout.release_tag,
+            branch=checkout.branch,
+            message=checkout.message,
+            author=checkout.author,
+            author_email=checkout.author_email,
+            committer_email=checkout.committer_email,
+            pusher=checkout.pusher,
         )
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+    def facts(self, gate_id: str, *, now: datetime, task_state: str | None) -> GateFacts:
+        """What the gate's rules need, from the records (and the gate task's state, when it matters)."""
+        from conveyor import grants
 
-    def describe(self) -> str:
-        version = f"{self.tag} " if self.tag else ""
-        return f"{version}deployed by run {self.run_id} at {self.at}".strip()
+        step = self.gate(gate_id)
+        assert step.policy is not None  # gate() checked
+        shown = self.run.gate_shown(gate_id)
+        newest = self.records.newest_at_gate(gate_id)
+        people = grants.load_platform().people
+        owners = change_owners(
+            triggered_by=self.started.triggered_by,
+            pusher=shown.pusher if shown else "",
+            emails=[shown.author_email, shown.committer_email] if shown else [],
+            people={user: p.emails for user, p in people.items()},
+            git_users={p.git_user: user for user, p in people.items() if p.git_user},
+        )
+        return GateFacts(
+            app=self.spec.name,
+            run_id=self.run.run_id,
+            gate=gate_id,
+            policy=step.policy,
+            build=shown.build if shown else None,
+            decisions=tuple(self.run.decisions.get(gate_id, ())),
+            owners=owners,
+            now=now,
+            opened_at=self.run.gate_opened_at(gate_id),
+            newest_run=(newest.run_id, newest.run_after_at) if newest else None,
+            run_after=self.started.run_after_at,
+            task_state=task_state,
+        )
 
 
 @dataclass(frozen=True)
-class Newest:
-    """The newest run that reached a gate of an app: older runs still waiting there are superseded."""
+class Shown:
+    """What a gate shows after :func:`show_build`: the build kept for approvers, or why there is none yet."""
 
-    run_id: str
-    run_after: datetime
+    build: GateOpened | None
+    new: bool = False
+    waiting_for: str = ""  # the build is not recorded yet
+    error: str = ""  # the manifests cannot be rendered: nothing to approve
 
-    @classmethod
-    def parse(cls, raw: str | None) -> Newest | None:
-        data = _json_object(raw)
-        if data is None:
-            return None
-        try:
-            when = datetime.fromisoformat(str(data["run_after"]))
-        except (KeyError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return cls(run_id=str(data.get("run_id", "")), run_after=when)
 
-    def to_json(self) -> str:
-        return json.dumps({"run_id": self.run_id, "run_after": self.run_after.isoformat()})
+def show_build(
+    app: str, run_id: str, gate_id: str, get_connection: Callable[[str], Any], *, at: datetime | None = None
+) -> Shown:
+    """Render what a gate releases with the run's recorded build and keep it, once, as the build the
+    gate shows (the approval sensor does this on each look; a changed build is kept anew)."""
+    from conveyor import records
+
+    run = RunRelease.of(records.load(app), run_id)
+    step = run.gate(gate_id)
+    manifests = run.render(step.releases_to, get_connection)
+    if manifests is None:
+        return Shown(None, waiting_for="this run's commit and image digest are not recorded yet (checkout, build)")
+    if manifests.error:
+        return Shown(None, error=manifests.error)
+    candidate = run.shown_build(gate_id, manifests)
+    assert candidate is not None  # rendered, so the checkout and the build are recorded
+    shown, new = records.open_gate(app, candidate, at=at)
+    return Shown(shown, new=new)

@@ -51,6 +51,12 @@ def images_file() -> Path:
     return Path(_conf_get("images_file", str(conveyor_home() / "images" / "images.yaml")))
 
 
+def platform_file() -> Path:
+    """The platform team's file: what each team may use, allowed images, people's git identities
+    (``[conveyor] platform_file``)."""
+    return Path(_conf_get("platform_file", str(conveyor_home() / "config" / "platform.yaml")))
+
+
 def strict() -> bool:
     """In strict mode one bad app spec fails the whole DAG file (for CI)."""
     return _conf_get("strict", "false").strip().lower() in {"1", "true", "yes", "on"}
@@ -86,6 +92,12 @@ def approval_signing_key() -> bytes:
             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`."
         )
     return key.encode()
+
+
+def records_database_url(default: str) -> str:
+    """The database of Conveyor's own records (``[conveyor] sql_alchemy_conn``): a SQLAlchemy URL that
+    the api-server and every worker reach, e.g. ``postgresql+psycopg://user:pw@host/conveyor``."""
+    return _conf_get("sql_alchemy_conn", "").strip() or default
 
 
 def ui_base_url() -> str:

@@ -125,34 +125,60 @@ class Run:
         return {"commit": self.commit, "digest": self.digest}
 
 
-def set_build_results(dag_id: str, run_id: str, commit: str = COMMIT, digest: str = DIGEST, **extra: Any) -> None:
-    """What the checkout and build pods hand on through XCom (their pods are not run here)."""
-    from airflow.models.xcom import XComModel
-    from airflow.sdk.serde import serialize
+def set_build_results(
+    dag_id: str,
+    run_id: str,
+    commit: str = COMMIT,
+    digest: str = DIGEST,
+    *,
+    gate: str = "approve",
+    author_email: str = "dev@example.com",
+    pusher: str = "",
+    opened_hours_ago: float = 0,
+) -> None:
+    """What the checkout and build steps record (their pods are not run here), then the gate showing
+    that build, as the approval sensor's first look does."""
+    from datetime import UTC, datetime, timedelta
+
+    from airflow.models.dagrun import DagRun
+    from airflow.sdk import BaseHook
     from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from conveyor import records, release
 
     with create_session() as session:
-        checkout = {
-            "commit": commit,
-            "branch": "main",
-            "build_number": 7,
-            "release_tag": "v1.0.0",
-            "message": "Add booking API",
-            "author": "Dev <dev@example.com>",
-            **extra,
-        }
-        build = {"digest": digest, "repository": f"10.88.0.1:5000/conveyor/{dag_id}"}
-        # As the execution API stores what a task pushes: already serialised by the Task SDK.
-        for task_id, value in (("checkout", checkout), ("build", build)):
-            XComModel.set(
-                "return_value",
-                serialize(value),
-                dag_id=dag_id,
-                task_id=task_id,
-                run_id=run_id,
-                serialize=False,
-                session=session,
-            )
+        run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+        triggered_by = run.triggering_user_name or ""
+        tag = (run.conf or {}).get("tag_name") or ""
+    started = records.start_run(
+        dag_id,
+        run_id,
+        release.load_app(dag_id),
+        triggered_by=triggered_by,
+        run_after=datetime.now(UTC),
+        branch="main",
+        tag_name=tag,
+    )
+    checkout = records.CheckedOut(
+        run_id=run_id,
+        commit=commit,
+        branch="main",
+        build_number=started.build_number,
+        release_tag=tag,
+        message="Add booking API",
+        author=f"Dev <{author_email}>",
+        author_email=author_email,
+        committer_email=author_email,
+        pusher=pusher,
+    )
+    records.record(dag_id, records.Kind.CHECKED_OUT, checkout)
+    records.record(
+        dag_id, records.Kind.BUILT, records.Built(run_id, commit, digest, f"10.88.0.1:5000/conveyor/{dag_id}")
+    )
+    opened_at = datetime.now(UTC) - timedelta(hours=opened_hours_ago)
+    shown = release.show_build(dag_id, run_id, gate, BaseHook.get_connection, at=opened_at)
+    assert shown.build is not None, shown
 
 
 @pytest.fixture
@@ -164,7 +190,14 @@ def waiting_gate(api: Any, auth: Callable[[str], dict[str, str]]) -> Callable[..
     from sqlalchemy import select
 
     def make(
-        dag_id: str = "appointments", *, user: str = "dave", gate: str = "approve", conf: dict | None = None
+        dag_id: str = "appointments",
+        *,
+        user: str = "dave",
+        gate: str = "approve",
+        conf: dict | None = None,
+        author_email: str = "dev@example.com",
+        pusher: str = "",
+        opened_hours_ago: float = 0,
     ) -> Run:
         response = api.post(
             f"/api/v2/dags/{dag_id}/dagRuns",
@@ -180,7 +213,9 @@ def waiting_gate(api: Any, auth: Callable[[str], dict[str, str]]) -> Callable[..
         for task_id in ("checkout", "unit_test", "sonar", "build", "push"):
             _set_state(dag_id, run_id, task_id, TaskInstanceState.SUCCESS)
         _set_state(dag_id, run_id, gate, TaskInstanceState.UP_FOR_RESCHEDULE)
-        set_build_results(dag_id, run_id)
+        set_build_results(
+            dag_id, run_id, gate=gate, author_email=author_email, pusher=pusher, opened_hours_ago=opened_hours_ago
+        )
         return Run(dag_id, run_id)
 
     return make
@@ -197,3 +232,31 @@ def _set_state(dag_id: str, run_id: str, task_id: str, state: Any) -> None:
             .where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id, TaskInstance.task_id == task_id)
             .values(state=state)
         )
+
+
+@pytest.fixture
+def dag_test(airflow_db: Any, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start ``dag.test()`` runs of an app (pods replaced by a stand-in, see tests/api/dag_runs.py)."""
+    from tests.api.dag_runs import DagTest, pod_results
+
+    started: list[DagTest] = []
+
+    def start(
+        dag_id: str,
+        conf: dict,
+        *,
+        pods: dict[str, Any] | None = None,
+        block: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> DagTest:
+        n = len(started)
+        run = DagTest(
+            dag_id, conf, tmp_path / f"dag-test-{n}.log", pods=pods or pod_results(dag_id),
+            pod_dir=tmp_path / f"pods-{n}", block=block, env=env,
+        )
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.stop()

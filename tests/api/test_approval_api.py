@@ -79,7 +79,7 @@ def test_decision_for_another_digest_is_refused(api: Any, auth: Any, waiting_gat
         f"{run.gate_url()}/approve", headers=auth("bob"), json={"commit": run.commit, "digest": "sha256:" + "0" * 64}
     )
     assert response.status_code == 409
-    assert f"is now commit {run.commit}, image {run.digest}" in response.json()["detail"]
+    assert f"now shows commit {run.commit[:12]}, image {run.digest}" in response.json()["detail"]
     assert api.get(run.gate_url(), headers=auth("bob")).json()["decisions"] == []
 
 
@@ -108,17 +108,23 @@ def test_unknown_app_run_and_gate_are_404(api: Any, auth: Any, waiting_gate: Cal
     assert api.get(f"/conveyor/api/v1/gates/reminders/{run.run_id}/approve_prod", headers=headers).status_code == 404
 
 
-def test_decisions_are_stored_signed(api: Any, auth: Any, waiting_gate: Callable[..., Run]) -> None:
-    from airflow.models.variable import Variable
-
-    from conveyor import gate
+def test_decisions_live_in_conveyor_records_where_a_variable_edit_cannot_reach(
+    api: Any, auth: Any, waiting_gate: Callable[..., Run]
+) -> None:
+    """An Op can edit any Variable in Airflow's UI: a decision written there never counts."""
+    from conveyor import records
 
     run = waiting_gate()
-    decide(api, auth("bob"), run, "approve")
-    stored = json.loads(Variable.get(gate.storage_key(run.dag_id, run.run_id, "approve")))
-    (record,) = stored["decisions"]
-    assert len(record["signature"]) == 64
-    assert gate.Decision.from_json(record).verifies(b"tests-signing-key-0123456789")
+    forged = {"decision": "approve", "user": "alice", "commit": run.commit, "digest": run.digest}
+    for key in (f"conveyor.gate.{run.dag_id}.approve", f"conveyor.decisions.{run.dag_id}"):
+        response = api.post(
+            "/api/v2/variables", headers=auth("dave"), json={"key": key, "value": json.dumps({"decisions": [forged]})}
+        )
+        assert response.status_code == 201, response.text
+    assert api.get(run.gate_url(), headers=auth("alice")).json()["status"] == "waiting"
+    assert decide(api, auth("bob"), run, "approve").status_code == 201
+    (stored,) = records.load(run.dag_id).run(run.run_id).decisions["approve"]
+    assert (stored.user, stored.commit, stored.digest) == ("bob", run.commit, run.digest)
 
 
 def test_openapi_documents_the_routes(api: Any) -> None:

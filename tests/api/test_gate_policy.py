@@ -9,7 +9,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.api.conftest import Run, set_build_results
+from tests.api.conftest import Run
 
 pytestmark = pytest.mark.airflow
 
@@ -40,14 +40,25 @@ def test_two_of_three_opens_only_after_the_second_distinct_approver(
 def test_the_commit_author_may_not_approve_their_own_change(
     api: Any, auth: Any, waiting_gate: Callable[..., Run]
 ) -> None:
-    run = waiting_gate()
-    set_build_results(run.dag_id, run.run_id, author="Bob Builder <bob@clinic.example>")
+    # bob's verified e-mail (config/platform.yaml, people) is the commit's author e-mail
+    run = waiting_gate(author_email="bob@clinic.example")
     gate = api.get(run.gate_url(), headers=auth("bob")).json()
     assert gate["can_decide"] is False and "wrote the commit" in gate["why_not"]
     response = decide(api, auth("bob"), run, "approve")
     assert response.status_code == 403, response.text
-    assert "bob wrote the commit this run builds (Bob Builder <bob@clinic.example>)" in response.json()["detail"]
+    assert "bob wrote the commit this run builds (its e-mail is mapped to bob)" in response.json()["detail"]
     assert decide(api, auth("alice"), run, "approve").status_code == 201  # someone else may
+
+
+def test_the_verified_pusher_may_not_approve_what_they_pushed_whatever_the_author_says(
+    api: Any, auth: Any, waiting_gate: Callable[..., Run]
+) -> None:
+    run = waiting_gate(author_email="someone-else@example.com", pusher="bob")
+    response = decide(api, auth("bob"), run, "approve")
+    assert response.status_code == 403, response.text
+    assert "bob pushed the commit this run builds" in response.json()["detail"]
+    # An author name or e-mail nobody verified counts for nobody: alice is not blocked by it.
+    assert decide(api, auth("alice"), run, "approve").status_code == 201
 
 
 def test_the_gate_shows_the_manifests_it_releases_and_binds_the_decision_to_them(
@@ -80,20 +91,7 @@ def test_the_gate_shows_the_manifests_it_releases_and_binds_the_decision_to_them
 def test_an_expired_gate_refuses_decisions_and_says_when_it_expired(
     api: Any, auth: Any, waiting_gate: Callable[..., Run]
 ) -> None:
-    from datetime import UTC, datetime, timedelta
-
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-    from sqlalchemy import update
-
-    run = waiting_gate()
-    # The sensor started waiting 25 hours ago; the gate's timeout is 24h.
-    with create_session() as session:
-        session.execute(
-            update(TaskInstance)
-            .where(TaskInstance.run_id == run.run_id, TaskInstance.task_id == "approve")
-            .values(start_date=datetime.now(UTC) - timedelta(hours=25))
-        )
+    run = waiting_gate(opened_hours_ago=25)  # the gate's timeout is 24h
     gate = api.get(run.gate_url(), headers=auth("alice")).json()
     assert gate["status"] == "expired" and gate["can_decide"] is False
     assert gate["expires_at"] and gate["why_not"].startswith(f"Expired at {gate['expires_at']} (after 24h)")

@@ -1,8 +1,14 @@
 """Runs one app's DAG with ``dag.test()`` in its own process (used by tests/api/test_gate_runs.py).
 
-usage: python run_dag_test.py DAG_ID CONF_JSON MARK_SUCCESS_PATTERN
-The pod steps named by the pattern are marked successful instead of run; everything
-else, the approval sensor included, runs for real against the test database.
+usage: python run_dag_test.py DAG_ID CONF_JSON
+
+Every task runs for real — Conveyor's operators keep their records, the approval sensor waits
+for decisions, the deploy steps check the release — except the pods themselves: there is no
+cluster in these tests (pods run for real in tests/integration and tests/e2e). Where a pod
+would start, the pod Conveyor built is written to $CONVEYOR_TEST_POD_DIR/<task>.json and the
+step hands on what its script would: $CONVEYOR_TEST_PODS is a JSON object of task id -> result.
+A task named in $CONVEYOR_TEST_POD_BLOCK (task id -> file) waits until that file exists, so a
+test can act while the step "runs".
 """
 
 from __future__ import annotations
@@ -10,16 +16,44 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
 from airflow.dag_processing.dagbag import DagBag
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from kubernetes.client import ApiClient
+
+from conveyor.operators import ConveyorPodOperator
+
+RESULTS: dict[str, Any] = json.loads(os.environ.get("CONVEYOR_TEST_PODS") or "{}")
+BLOCK: dict[str, str] = json.loads(os.environ.get("CONVEYOR_TEST_POD_BLOCK") or "{}")
+POD_DIR = os.environ.get("CONVEYOR_TEST_POD_DIR")
+
+
+def pod_stand_in(self: KubernetesPodOperator, context: Any) -> Any:
+    pod = self.build_pod_request_obj(context)
+    if POD_DIR:
+        Path(POD_DIR, f"{self.task_id}.json").write_text(json.dumps(ApiClient().sanitize_for_serialization(pod)))
+    barrier = BLOCK.get(self.task_id)
+    if barrier:
+        deadline = time.monotonic() + 120
+        while not Path(barrier).exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.task_id}: the test never created {barrier}")
+            time.sleep(0.2)
+    print(f"POD STAND-IN {self.task_id}", flush=True)
+    return RESULTS.get(self.task_id)
 
 
 def main() -> None:
-    dag_id, conf, pattern = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    dag_id, conf = sys.argv[1], json.loads(sys.argv[2])
+    KubernetesPodOperator.execute = pod_stand_in  # type: ignore[method-assign]
+    ConveyorPodOperator._sync_secrets = lambda self: None  # type: ignore[method-assign]  # no cluster for Secrets
     bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     if bag.import_errors:
         raise SystemExit(f"import errors: {bag.import_errors}")
-    run = bag.dags[dag_id].test(run_conf=conf, mark_success_pattern=pattern)
+    run = bag.dags[dag_id].test(run_conf=conf)
     print(f"DAG RUN FINISHED {run.run_id} {run.state}", flush=True)
 
 

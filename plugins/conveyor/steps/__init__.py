@@ -33,5 +33,5 @@ def build_step_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Pod
         return build_tag_pod(pipeline, step, ctx)
     if step.kind is StepKind.DEPLOY:
         assert step.environment is not None  # build_pipeline sets it on every deploy step
-        return build_deploy_pod(pipeline, step, ctx, ctx.values.manifests(step.environment))
+        return build_deploy_pod(pipeline, step, ctx)
     raise ValueError(f"step {step.id!r} is a {step.kind.value}, which runs no pod")

@@ -1,9 +1,14 @@
 # deploy_<env>: apply the rendered manifests with the environment's own credentials, wait for
 # every rollout, and on failure roll back to the previous revision and fail with the cause.
-# usage: deploy.sh ENVIRONMENT NAMESPACE TIMEOUT_SECONDS   (manifests in $CONVEYOR_MANIFESTS)
+# usage: deploy.sh ENVIRONMENT NAMESPACE TIMEOUT_SECONDS
+#   (the approved manifests in $CONVEYOR_MANIFESTS, their SHA-256 in $CONVEYOR_MANIFESTS_SHA256)
 environment="$1"; namespace="$2"; timeout="$3"
-[[ -n "${CONVEYOR_MANIFESTS:-}" ]] || fail "no rendered manifests were handed to this step."
-printf '%s\n' "$CONVEYOR_MANIFESTS" > /tmp/manifests.yaml
+[[ -n "${CONVEYOR_MANIFESTS:-}" ]] || fail "no approved manifests were handed to this step (the release check hands them on); rerun the deploy task."
+# Apply only the approved bytes: the release check handed on their SHA-256 too.
+printf '%s' "$CONVEYOR_MANIFESTS" > /tmp/manifests.yaml
+actual="$(sha256sum /tmp/manifests.yaml | cut -d' ' -f1)"
+[[ "$actual" == "${CONVEYOR_MANIFESTS_SHA256:-}" ]] \
+  || fail "the manifests handed to this step (sha256 $actual) are not the approved ones (${CONVEYOR_MANIFESTS_SHA256:-none}); nothing was applied."
 say "manifests for $environment (namespace $namespace):"
 cat /tmp/manifests.yaml
 say "applying"

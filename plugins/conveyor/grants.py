@@ -1,0 +1,252 @@
+"""What the platform grants: the platform team's file (``[conveyor] platform_file``), not the app specs.
+
+It says which connections each team's apps may use for git, the registry, each environment's
+cluster, SonarQube and chat notices; which images manifests may name by tag; and which git
+identities belong to which Airflow user (for the rule that nobody approves their own change).
+A spec can only use what its team is granted: :func:`spec_problems` lists what it oversteps,
+and the DAG builder reports those as the spec's errors.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from conveyor import settings
+from conveyor.exceptions import ConfigurationError
+from conveyor.spec import DNS1123_LABEL, AppSpec
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Person(_Model):
+    """One Airflow user's verified git identities."""
+
+    emails: list[str] = Field(default_factory=list, description="git author/committer e-mails that are this user's")
+    git_user: str | None = Field(default=None, description="their user on the Git server, if it differs")
+
+
+class GitGrant(_Model):
+    connection: str
+    url_prefix: str = Field(
+        description="repositories these credentials may be sent to, e.g. https://git.example.com/team/"
+    )
+
+
+class RegistryGrant(_Model):
+    connection: str
+    projects: list[str]
+
+
+class ClusterGrant(_Model):
+    connection: str
+    namespaces: list[str]
+
+
+class Team(_Model):
+    """What one team's apps may use."""
+
+    git: list[GitGrant] = Field(default_factory=list)
+    registries: list[RegistryGrant] = Field(default_factory=list)
+    clusters: dict[str, list[ClusterGrant]] = Field(default_factory=dict, description="environment -> clusters")
+    sonar: list[str] = Field(default_factory=list)
+    webhooks: list[str] = Field(default_factory=list)
+
+    @field_validator("clusters")
+    @classmethod
+    def _environments(cls, v: dict[str, list[ClusterGrant]]) -> dict[str, list[ClusterGrant]]:
+        for env in v:
+            if env not in ("dev", "prod"):
+                raise ValueError(f"'{env}' is not an environment; use dev and prod")
+        return v
+
+
+class Images(_Model):
+    allowed: list[str] = Field(
+        default_factory=list, description="image patterns manifests may name by tag (fnmatch); others need @sha256:"
+    )
+
+
+class Platform(_Model):
+    """The platform team's file."""
+
+    ci_cluster: str = Field(default="k8s_ci", description="the CI cluster's connection: never a deploy target")
+    images: Images = Field(default_factory=Images)
+    people: dict[str, Person] = Field(default_factory=dict)
+    teams: dict[str, Team] = Field(default_factory=dict)
+
+    @field_validator("teams")
+    @classmethod
+    def _team_names(cls, v: dict[str, Team]) -> dict[str, Team]:
+        for name in v:
+            if not DNS1123_LABEL.match(name):
+                raise ValueError(f"team '{name}' is not a DNS-1123 label (lowercase letters, digits, '-')")
+        return v
+
+    def image_allowed(self, image: str) -> bool:
+        return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.images.allowed)
+
+    def all_cluster_connections(self, environment: str) -> set[str]:
+        return {g.connection for t in self.teams.values() for g in t.clusters.get(environment, [])}
+
+
+def load_platform(path: Path | None = None) -> Platform:
+    """The platform file, validated (ConfigurationError naming the file and the field when it is wrong)."""
+    path = path or settings.platform_file()
+    try:
+        stamp = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"The platform file {path} does not exist. It says what each team may use; restore "
+            "config/platform.yaml or point [conveyor] platform_file at yours."
+        ) from None
+    return _load(str(path), stamp)
+
+
+@lru_cache(maxsize=4)
+def _load(path: str, _stamp: int) -> Platform:
+    try:
+        data: Any = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"{path} is not valid YAML: {exc}") from None
+    try:
+        return Platform.model_validate(data or {})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        )
+        raise ConfigurationError(f"{path} is invalid: {problems}") from None
+
+
+@dataclass(frozen=True)
+class GrantProblem:
+    field: str
+    message: str
+
+
+def _host(url: str) -> str:
+    if "://" not in url and "@" in url:  # scp-like git@host:path
+        return url.split("@", 1)[1].split(":", 1)[0]
+    return urlsplit(url).netloc.rsplit("@", 1)[-1]
+
+
+def spec_problems(spec: AppSpec, platform: Platform) -> list[GrantProblem]:
+    """What the spec uses that its team is not granted (empty when it stays within its grants)."""
+    team = platform.teams.get(spec.team)
+    if team is None:
+        declared = ", ".join(sorted(platform.teams)) or "none"
+        return [
+            GrantProblem(
+                "team",
+                f"team '{spec.team}' is not declared in the platform file (teams: {declared}); "
+                "ask the platform team to add it",
+            )
+        ]
+    problems: list[GrantProblem] = []
+    git = [g for g in team.git if g.connection == spec.git.connection]
+    if not git:
+        problems.append(
+            GrantProblem(
+                "git.connection",
+                f"team {spec.team} may not use the connection "
+                f"'{spec.git.connection}' for git (granted: {_names(team.git)})",
+            )
+        )
+    elif not any(spec.git.url.startswith(g.url_prefix) for g in git):
+        prefixes = ", ".join(g.url_prefix for g in git)
+        problems.append(
+            GrantProblem(
+                "git.url",
+                f"the credentials of '{spec.git.connection}' may only be sent to "
+                f"{prefixes}; {spec.git.url} is elsewhere (host {_host(spec.git.url)})",
+            )
+        )
+    registry = [r for r in team.registries if r.connection == spec.registry.connection]
+    if not registry:
+        problems.append(
+            GrantProblem(
+                "registry.connection",
+                f"team {spec.team} may not use the registry connection "
+                f"'{spec.registry.connection}' (granted: {_names(team.registries)})",
+            )
+        )
+    elif not any(spec.registry.project in r.projects for r in registry):
+        projects = ", ".join(p for r in registry for p in r.projects)
+        problems.append(
+            GrantProblem(
+                "registry.project",
+                f"team {spec.team} may push only to the projects {projects} "
+                f"of '{spec.registry.connection}', not to '{spec.registry.project}'",
+            )
+        )
+    for env_name in ("dev", "prod"):
+        env = getattr(spec.environments, env_name)
+        where = f"environments.{env_name}"
+        if env.cluster == platform.ci_cluster:
+            problems.append(
+                GrantProblem(
+                    f"{where}.cluster",
+                    f"'{env.cluster}' is the CI cluster, where pipelines run "
+                    "with their credentials; it is never a deploy target",
+                )
+            )
+            continue
+        other = "prod" if env_name == "dev" else "dev"
+        if env_name == "dev" and env.cluster in platform.all_cluster_connections(other):
+            problems.append(
+                GrantProblem(f"{where}.cluster", f"'{env.cluster}' is a production cluster; dev may not deploy to it")
+            )
+            continue
+        clusters = [c for c in team.clusters.get(env_name, []) if c.connection == env.cluster]
+        if not clusters:
+            problems.append(
+                GrantProblem(
+                    f"{where}.cluster",
+                    f"team {spec.team} may not deploy to '{env.cluster}' in "
+                    f"{env_name} (granted: {_names(team.clusters.get(env_name, []))})",
+                )
+            )
+        elif not any(env.namespace in c.namespaces for c in clusters):
+            namespaces = ", ".join(n for c in clusters for n in c.namespaces)
+            problems.append(
+                GrantProblem(
+                    f"{where}.namespace",
+                    f"team {spec.team} may deploy to the namespaces "
+                    f"{namespaces} of '{env.cluster}', not to '{env.namespace}'",
+                )
+            )
+    if spec.sonar.enabled and spec.sonar.connection not in team.sonar:
+        problems.append(
+            GrantProblem(
+                "sonar.connection",
+                f"team {spec.team} may not use the SonarQube connection "
+                f"'{spec.sonar.connection}' (granted: {', '.join(team.sonar) or 'none'})",
+            )
+        )
+    hooks = list(spec.notifications.webhooks)
+    for gate in (spec.approvals.approve, spec.approvals.approve_prod):
+        if gate is not None and gate.notify is not None:
+            hooks += gate.notify.webhooks
+    for hook in dict.fromkeys(hooks):
+        if hook not in team.webhooks:
+            problems.append(
+                GrantProblem(
+                    "notifications.webhooks",
+                    f"team {spec.team} may not send notices through "
+                    f"'{hook}' (granted: {', '.join(team.webhooks) or 'none'})",
+                )
+            )
+    return problems
+
+
+def _names(grants: list[Any]) -> str:
+    return ", ".join(g.connection for g in grants) or "none"

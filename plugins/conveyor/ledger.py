@@ -1,0 +1,301 @@
+"""Conveyor's own database: one append-only, HMAC-chained ledger of records per app.
+
+Why not Airflow Variables or XComs: anyone with Airflow's Op role can edit those in the UI
+or through the REST API, and task code cannot reach Airflow's metadata database at all in
+Airflow 3. The ledger lives in tables of its own (``[conveyor] sql_alchemy_conn``; SQLite
+or PostgreSQL), which Airflow's UI does not show, and it is tamper-evident besides:
+
+- every entry carries an HMAC over its content and the previous entry's HMAC, so an edited
+  or deleted entry breaks the chain;
+- a head row per app, HMAC'd too, names the last entry, so dropping the newest entries
+  (say, a reject) is noticed as well.
+
+Reading an app's ledger verifies the whole chain and raises :class:`TamperedRecords` when it
+does not hold; every caller then refuses to act on that app (fail closed).
+
+Appends are optimistic: read the verified chain, compute the new entries from it (the
+caller may refuse at that point), insert them after the head seen. When another writer
+got there first, the primary key (app, seq) or the head's expected sequence number tells,
+and the whole read-compute-insert is retried, so concurrent writers never lose an entry
+and never decide on a stale view. Nothing here imports Airflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from conveyor.exceptions import LedgerConflict, TamperedRecords
+
+metadata = sa.MetaData()
+
+entries_table = sa.Table(
+    "conveyor_ledger",
+    metadata,
+    sa.Column("app", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("run_id", sa.String(250), nullable=False, default=""),
+    sa.Column("gate", sa.String(64), nullable=False, default=""),
+    sa.Column("at", sa.String(40), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("prev", sa.String(64), nullable=False),
+    sa.Column("mac", sa.String(64), nullable=False),
+)
+
+heads_table = sa.Table(
+    "conveyor_ledger_head",
+    metadata,
+    sa.Column("app", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("mac", sa.String(64), nullable=False),
+    sa.Column("head_mac", sa.String(64), nullable=False),
+)
+
+GENESIS = "0" * 64
+APPEND_ATTEMPTS = 50
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One verified record of an app's ledger."""
+
+    app: str
+    seq: int
+    kind: str
+    run_id: str
+    gate: str
+    at: datetime
+    body: dict[str, Any]
+    mac: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    """A record to append; the ledger gives it its place, time and HMAC."""
+
+    kind: str
+    body: dict[str, Any]
+    run_id: str = ""
+    gate: str = ""
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def canonical(body: dict[str, Any]) -> str:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class Ledger:
+    """The ledger in one database, verified with one key."""
+
+    def __init__(self, url: str, key: bytes) -> None:
+        self.url = url
+        # A key of its own, derived from the signing key: a MAC of one kind never passes for another.
+        self._key = hmac.new(key, b"conveyor-ledger-v1", hashlib.sha256).digest()
+        self.engine = _engine(url)
+
+    # --- MACs ----------------------------------------------------------------------------
+
+    def _mac(self, app: str, seq: int, kind: str, run_id: str, gate: str, at: str, body: str, prev: str) -> str:
+        payload = canonical(
+            {"app": app, "seq": seq, "kind": kind, "run": run_id, "gate": gate, "at": at, "body": body, "prev": prev}
+        )
+        return hmac.new(self._key, payload.encode(), hashlib.sha256).hexdigest()
+
+    def _head_mac(self, app: str, seq: int, mac: str) -> str:
+        return hmac.new(
+            self._key, canonical({"head": app, "seq": seq, "mac": mac}).encode(), hashlib.sha256
+        ).hexdigest()
+
+    # --- reading -------------------------------------------------------------------------
+
+    def read(self, app: str) -> list[Entry]:
+        """Every entry of an app, oldest first, after checking the chain (TamperedRecords if it fails)."""
+        with self.engine.connect() as conn:
+            return self._read(conn, app)
+
+    def _read(self, conn: sa.Connection, app: str) -> list[Entry]:
+        # The head first: a writer that commits between the two reads adds entries after it, never
+        # before, so the entries read reach at least as far as the head read. The first writer of an
+        # app can still commit between them (no head yet, entries already): read again, as a real
+        # loss of the head persists.
+        for attempt in range(3):
+            head = conn.execute(sa.select(heads_table).where(heads_table.c.app == app)).first()
+            rows = conn.execute(
+                sa.select(entries_table).where(entries_table.c.app == app).order_by(entries_table.c.seq)
+            ).all()
+            try:
+                return self._verify(app, rows, head)
+            except TamperedRecords:
+                if attempt == 2:
+                    raise
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
+
+    def _verify(self, app: str, rows: Sequence[Any], head: Any) -> list[Entry]:
+        fix = (
+            "Conveyor refuses to release this app until its records are restored from a backup of Conveyor's "
+            "database; see docs/records.md."
+        )
+        entries: list[Entry] = []
+        prev = GENESIS
+        for expected_seq, row in enumerate(rows, start=1):
+            if row.seq != expected_seq:
+                raise TamperedRecords(
+                    f"Conveyor's records of {app} were changed outside Conveyor: record {expected_seq} is missing "
+                    f"(the next one is {row.seq}). {fix}"
+                )
+            mac = self._mac(app, row.seq, row.kind, row.run_id, row.gate, row.at, row.body, prev)
+            if row.prev != prev or not hmac.compare_digest(mac, row.mac):
+                raise TamperedRecords(
+                    f"Conveyor's records of {app} were changed outside Conveyor: record {row.seq} ({row.kind}"
+                    f"{', run ' + row.run_id if row.run_id else ''}) does not match its signature. {fix}"
+                )
+            try:
+                body = json.loads(row.body)
+                at = datetime.fromisoformat(row.at)
+            except ValueError:  # signed, so only a bug could write this
+                raise TamperedRecords(f"record {row.seq} of {app} cannot be read. {fix}") from None
+            entries.append(Entry(app, row.seq, row.kind, row.run_id, row.gate, at, body, row.mac))
+            prev = row.mac
+        last_seq = rows[-1].seq if rows else 0
+        if head is None:
+            if rows:
+                raise TamperedRecords(f"Conveyor's records of {app} have lost their head record. {fix}")
+            return entries
+        if not hmac.compare_digest(self._head_mac(app, head.seq, head.mac), head.head_mac):
+            raise TamperedRecords(f"The head record of {app}'s records does not match its signature. {fix}")
+        if head.seq > last_seq:
+            raise TamperedRecords(
+                f"Conveyor's records of {app} were changed outside Conveyor: records {last_seq + 1} to {head.seq} "
+                f"are missing. {fix}"
+            )
+        if head.seq < 1 or rows[head.seq - 1].mac != head.mac:
+            raise TamperedRecords(f"The head record of {app}'s records does not match record {head.seq}. {fix}")
+        return entries
+
+    def apps(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.scalars(sa.select(heads_table.c.app).order_by(heads_table.c.app)))
+
+    # --- appending -----------------------------------------------------------------------
+
+    def append(self, app: str, compute: Callable[[list[Entry]], Sequence[NewEntry]]) -> list[Entry]:
+        """Append what ``compute`` returns for the app's current, verified entries.
+
+        ``compute`` may raise to refuse (nothing is written) and may run more than once: when
+        another writer appended in between, it is called again with the newer entries.
+        Returns the entries as stored (empty when ``compute`` returned none).
+        """
+        for attempt in range(APPEND_ATTEMPTS):
+            try:
+                with self.engine.begin() as conn:
+                    current = self._read(conn, app)
+                    new = list(compute(current))
+                    if not new:
+                        return []
+                    return self._insert(conn, app, current, new)
+            except (IntegrityError, _HeadMoved):
+                pass  # another writer won this round: read again
+            except OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+            time.sleep(min(0.5, 0.01 * (attempt + 1)) * random.uniform(0.5, 1.5))
+        raise LedgerConflict(
+            f"Could not record to {app}'s records: {APPEND_ATTEMPTS} attempts collided with other writers. "
+            "Try again; if it persists, check the database behind [conveyor] sql_alchemy_conn."
+        )
+
+    def _insert(self, conn: sa.Connection, app: str, current: list[Entry], new: list[NewEntry]) -> list[Entry]:
+        seq = current[-1].seq if current else 0
+        prev = current[-1].mac if current else GENESIS
+        stored: list[Entry] = []
+        for item in new:
+            seq += 1
+            at = item.at.astimezone(UTC).isoformat(timespec="microseconds")
+            body = canonical(item.body)
+            mac = self._mac(app, seq, item.kind, item.run_id, item.gate, at, body, prev)
+            conn.execute(
+                entries_table.insert().values(
+                    app=app,
+                    seq=seq,
+                    kind=item.kind,
+                    run_id=item.run_id,
+                    gate=item.gate,
+                    at=at,
+                    body=body,
+                    prev=prev,
+                    mac=mac,
+                )
+            )
+            stored.append(
+                Entry(app, seq, item.kind, item.run_id, item.gate, datetime.fromisoformat(at), json.loads(body), mac)
+            )
+            prev = mac
+        head_values = {"seq": seq, "mac": prev, "head_mac": self._head_mac(app, seq, prev)}
+        old_seq = current[-1].seq if current else 0
+        if old_seq == 0:
+            conn.execute(heads_table.insert().values(app=app, **head_values))  # a racing first writer: IntegrityError
+        else:
+            moved = conn.execute(
+                heads_table.update().where(heads_table.c.app == app, heads_table.c.seq == old_seq).values(**head_values)
+            )
+            if moved.rowcount != 1:
+                raise _HeadMoved()
+        return stored
+
+
+class _HeadMoved(Exception):
+    """Another writer moved the head between our read and our write."""
+
+
+def _is_busy(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
+    return "locked" in text or "busy" in text or "deadlock" in text or "could not serialize" in text
+
+
+_engines: dict[str, sa.Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def _engine(url: str) -> sa.Engine:
+    """One engine per database URL and process; the tables are made on first use."""
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is not None:
+            return engine
+        if url.startswith("sqlite"):
+            engine = sa.create_engine(url, connect_args={"timeout": 30}, poolclass=sa.pool.NullPool)
+
+            @sa.event.listens_for(engine, "connect")
+            def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+                # WAL: readers never wait for the writer; the writer waits (timeout) for another writer.
+                cursor = dbapi_conn.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.close()
+        else:
+            engine = sa.create_engine(url, pool_pre_ping=True)
+        for attempt in range(20):
+            try:
+                metadata.create_all(engine, checkfirst=True)
+                break
+            except (OperationalError, IntegrityError) as exc:  # two processes creating the tables at once
+                if attempt == 19 or (
+                    isinstance(exc, OperationalError) and not _is_busy(exc) and "already exists" not in str(exc)
+                ):
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+        _engines[url] = engine
+        return engine
