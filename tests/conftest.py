@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,12 @@ PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "dave": 
 USERS = "alice:admin,bob:user,carol:viewer,dave:op"
 
 (AIRFLOW_HOME / "passwords.json").write_text(json.dumps(PASSWORDS))
+# The tests' Airflow reads copies of the app specs and manifests: a test may edit them (as a user edits the
+# repository mid-run) without touching the checkout.
+APPS = AIRFLOW_HOME / "apps"
+MANIFESTS = AIRFLOW_HOME / "manifests"
+shutil.copytree(REPO / "include" / "apps", APPS)
+shutil.copytree(REPO / "include" / "manifests", MANIFESTS)
 TEST_ENV = {
     "AIRFLOW_HOME": str(AIRFLOW_HOME),
     "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
@@ -40,8 +47,8 @@ TEST_ENV = {
     "AIRFLOW__CORE__FERNET_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
     "AIRFLOW__CONVEYOR__APPROVAL_SIGNING_KEY": "tests-signing-key-0123456789",
     "AIRFLOW__CONVEYOR__GATE_POKE_INTERVAL": "1",
-    "AIRFLOW__CONVEYOR__APPS_FOLDER": str(REPO / "include" / "apps"),
-    "AIRFLOW__CONVEYOR__MANIFESTS_FOLDER": str(REPO / "include" / "manifests"),
+    "AIRFLOW__CONVEYOR__APPS_FOLDER": str(APPS),
+    "AIRFLOW__CONVEYOR__MANIFESTS_FOLDER": str(MANIFESTS),
     "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
     # The sample apps' registry, so gates can render the manifests they release (nothing connects to it here).
     "AIRFLOW_CONN_REGISTRY": json.dumps({"conn_type": "generic", "host": "10.88.0.1", "port": 5000}),

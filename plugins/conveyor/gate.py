@@ -319,6 +319,7 @@ class ReleaseCheck:
     rendered_now: str | None  # the same manifests, rendered again from the files now
     render_error: str | None
     newer_deployed: str | None  # a newer run already deployed to this environment
+    xcom_build: Build | None = None  # what the checkout/build XComs say now (people can edit those)
 
 
 def check_release(facts: GateFacts, assessment: Assessment, check: ReleaseCheck) -> str | None:
@@ -341,6 +342,15 @@ def check_release(facts: GateFacts, assessment: Assessment, check: ReleaseCheck)
         now = check.build.describe() if check.build else "no complete checkout and build"
         return (
             f"{head} — the approval covers {facts.build.describe()}, but the run's records now say {now}. "
+            "Start a new run to release a different build."
+        )
+    if check.xcom_build is not None and (check.xcom_build.commit, check.xcom_build.digest) != (
+        facts.build.commit,
+        facts.build.digest,
+    ):
+        return (
+            f"{head} — the run's XComs now say {check.xcom_build.describe()}, but what the steps recorded and "
+            f"approvers approved is {facts.build.describe()}: an XCom was edited after the build. "
             "Start a new run to release a different build."
         )
     if check.render_error:

@@ -227,6 +227,18 @@ class ConveyorPodOperator(KubernetesPodOperator):
             return None
         return str(getattr(state, "value", state)) if state else None
 
+    @staticmethod
+    def _xcom_build(context: Any) -> gate_rules.Build | None:
+        """What the checkout and build XComs say now: never trusted, only compared with the records."""
+        ti = context["ti"]
+        checkout = ti.xcom_pull(task_ids="checkout") or {}
+        built = ti.xcom_pull(task_ids="build") or {}
+        if not isinstance(checkout, dict) or not isinstance(built, dict):
+            return gate_rules.Build(str(checkout), str(built))
+        if not checkout and not built:
+            return None
+        return gate_rules.Build(str(checkout.get("commit") or ""), str(built.get("digest") or ""))
+
     def _verify_release(self, context: Any) -> records.GateOpened:
         """The build and manifests this deploy may apply, or AirflowFailException naming what is missing."""
         from airflow.sdk import BaseHook
@@ -264,6 +276,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
             rendered_now=rendered.rendered.get(env) if rendered and not rendered.error else None,
             render_error=rendered.error if rendered else "this run has no complete checkout and build",
             newer_deployed=newer.describe() if newer and newer.run_after_at > run.started.run_after_at else None,
+            xcom_build=self._xcom_build(context),
         )
         problem = gate_rules.check_release(facts, assessment, check)
         if problem:

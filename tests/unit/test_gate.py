@@ -236,6 +236,9 @@ def test_a_deploy_applies_only_an_approved_build_and_its_exact_manifests() -> No
     assert rebuilt is not None and "the run's records now say" in rebuilt
     edited = check(approved, rendered_now="kind: Deployment\nspec: {replicas: 9}\n")
     assert edited is not None and "the manifests changed after the approval" in edited
+    edited_xcom = check(approved, xcom_build=gate.Build(BUILD.commit, "sha256:" + "9" * 64))
+    assert edited_xcom is not None and "an XCom was edited after the build" in edited_xcom
+    assert check(approved, xcom_build=gate.Build(BUILD.commit, BUILD.digest)) is None
     rolled_back = check(approved, newer_deployed="v1.1.0 deployed by run run-2")
     assert rolled_back is not None and "already runs a newer build" in rolled_back
     nothing_shown = gate.check_release(facts([], build=None), gate.assess(facts([], build=None)), release_check())

@@ -1,0 +1,157 @@
+"""What a release cannot skip: manual task states, edited XComs, edited manifests and edited specs never
+release anything. Whole runs through ``dag.test()`` (every operator real, pods replaced by a stand-in
+that records the pod it was handed), attacks made the way a user makes them: Airflow's REST API as a
+user with the User or Op role, or an edit of the repository's files."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api.dag_runs import DagTest
+from tests.conftest import APPS, MANIFESTS
+
+pytestmark = pytest.mark.airflow
+
+
+def set_state(api: Any, headers: dict[str, str], run: Any, task_id: str, state: str) -> None:
+    """What anyone with the User role may do in Airflow's UI: mark a task's state."""
+    response = api.patch(
+        f"/api/v2/dags/{run.dag_id}/dagRuns/{run.run_id}/taskInstances/{task_id}",
+        headers=headers,
+        json={"new_state": state},
+    )
+    assert response.status_code == 200, response.text
+
+
+def refusals(api: Any, auth: Any, run: Any) -> list[dict[str, Any]]:
+    events = api.get("/conveyor/api/v1/audit", params={"app": run.dag_id}, headers=auth("alice")).json()["events"]
+    return [e for e in events if e["run_id"] == run.run_id and e["outcome"] == "refused" and e["user"] == "conveyor"]
+
+
+def build_number(output: str) -> str:
+    match = re.search(r"Build #(\d+) of", output)
+    assert match, output[-3000:]
+    return match.group(1)
+
+
+@pytest.fixture
+def edit_file() -> Iterator[Callable[[Path, Callable[[str], str]], None]]:
+    """Edit a file of the tests' copy of include/ (as a user edits the repository); restored afterwards."""
+    saved: dict[Path, str] = {}
+
+    def edit(path: Path, change: Callable[[str], str]) -> None:
+        saved.setdefault(path, path.read_text())
+        path.write_text(change(path.read_text()))
+
+    yield edit
+    for path, text in saved.items():
+        path.write_text(text)
+
+
+def test_a_gate_marked_success_by_hand_releases_nothing(dag_test: Callable[..., DagTest], api: Any, auth: Any) -> None:
+    run = dag_test("appointments", {"tag_name": "v1.1.0"})
+    waiting = run.wait_at_gate()
+    set_state(api, auth("bob"), waiting, "approve", "success")  # bob has Airflow's User role
+
+    output = run.finish()
+    assert f"DAG RUN FINISHED {waiting.run_id} failed" in output, output[-4000:]
+    assert run.state(waiting.run_id, "deploy_dev") == "failed"
+    assert run.pod("deploy_dev") is None  # no pod was even built: nothing was applied
+    number = build_number(output)
+    expected = (
+        f"deploy_dev: no valid approval of build #{number} ({waiting.digest}) for dev — approve is success without a "
+        "decision; the gate has 0 of the 1 approval(s) it needs. Nothing was applied."
+    )
+    assert expected in output
+    (event,) = refusals(api, auth, waiting)
+    assert event["action"] == "deploy_dev" and event["why"] + " Nothing was applied." == expected
+
+
+def test_a_gate_marked_skipped_by_hand_releases_nothing(dag_test: Callable[..., DagTest], api: Any, auth: Any) -> None:
+    run = dag_test("appointments", {"tag_name": "v1.1.1"})
+    waiting = run.wait_at_gate()
+    set_state(api, auth("bob"), waiting, "approve", "skipped")
+    # deploy_dev is skipped with its gate; the release goes on to the production gate: skip that too.
+    run.wait_at_gate("approve_prod")
+    set_state(api, auth("dave"), waiting, "approve_prod", "skipped")
+
+    output = run.finish()
+    assert run.state(waiting.run_id, "deploy_dev") == "skipped"
+    assert run.state(waiting.run_id, "deploy_prod") == "failed"
+    assert run.pod("deploy_dev") is None and run.pod("deploy_prod") is None
+    assert "deploy_prod: no valid approval of build" in output
+    assert "approve_prod is skipped without a decision; the gate has 0 of the 2 approval(s) it needs" in output
+    assert [e["action"] for e in refusals(api, auth, waiting)] == ["deploy_prod"]
+
+
+def test_manifests_changed_after_the_approval_are_not_applied(
+    dag_test: Callable[..., DagTest], api: Any, auth: Any, edit_file: Any, tmp_path: Path
+) -> None:
+    # reminders has one gate for dev and prod: prod is deployed on the approval given before deploy_dev.
+    go = tmp_path / "tag-may-finish"
+    run = dag_test("reminders", {"tag_name": "v2.0.0"}, block={"tag": str(go)})
+    waiting = run.wait_at_gate()
+    assert api.post(f"{waiting.gate_url()}/approve", headers=auth("alice"), json=waiting.build()).status_code == 201
+    run.wait_for("deploy_dev to apply", lambda: run.pod("deploy_dev") is not None)
+    run.wait_for("tag to start", lambda: run.pod("tag") is not None)
+    edit_file(MANIFESTS / "reminders" / "deployment.yaml", lambda text: text.replace("replicas: 1", "replicas: 5"))
+    go.touch()
+
+    output = run.finish()
+    assert run.state(waiting.run_id, "deploy_dev") == "success"
+    assert run.state(waiting.run_id, "deploy_prod") == "failed"
+    assert run.pod("deploy_prod") is None
+    assert "the manifests changed after the approval" in output
+    assert "what is in include/manifests now was never approved" in output
+
+
+def test_an_edited_xcom_releases_nothing(dag_test: Callable[..., DagTest], api: Any, auth: Any, tmp_path: Path) -> None:
+    go = tmp_path / "tag-may-finish"
+    run = dag_test("reminders", {"tag_name": "v2.0.1"}, block={"tag": str(go)})
+    waiting = run.wait_at_gate()
+    assert api.post(f"{waiting.gate_url()}/approve", headers=auth("alice"), json=waiting.build()).status_code == 201
+    run.wait_for("tag to start", lambda: run.pod("tag") is not None)
+    # An Op points the build's XCom at another image, hoping the next deploy picks it up.
+    other = "sha256:" + "66" * 32
+    response = api.patch(
+        f"/api/v2/dags/reminders/dagRuns/{waiting.run_id}/taskInstances/build/xcomEntries/return_value",
+        headers=auth("dave"),
+        json={"value": {"digest": other, "repository": "10.88.0.1:5000/conveyor/reminders"}, "map_index": -1},
+    )
+    assert response.status_code == 200, response.text
+    go.touch()
+
+    output = run.finish()
+    assert run.state(waiting.run_id, "deploy_prod") == "failed"
+    assert run.pod("deploy_prod") is None
+    assert f"the run's XComs now say commit {waiting.commit[:12]}, image {other}" in output
+    assert "an XCom was edited after the build" in output
+    # What ran in dev is the approved image, whatever the XCom said since.
+    env = {e["name"]: e.get("value") for e in run.pod("deploy_dev")["spec"]["containers"][0]["env"]}  # type: ignore[index]
+    assert f"@{waiting.digest}" in env["CONVEYOR_MANIFESTS"] and other not in env["CONVEYOR_MANIFESTS"]
+
+
+def test_a_run_keeps_the_approvers_it_started_with(
+    dag_test: Callable[..., DagTest], api: Any, auth: Any, edit_file: Any
+) -> None:
+    run = dag_test("appointments", {})
+    waiting = run.wait_at_gate()
+    # Mid-run, someone changes who may approve: carol in, bob out.
+    edit_file(
+        APPS / "appointments.yaml", lambda text: text.replace("users: [alice, bob]\n", "users: [alice, carol]\n", 1)
+    )
+
+    gate = api.get(waiting.gate_url(), headers=auth("carol")).json()
+    assert gate["policy"]["users"] == ["alice", "bob"]  # the decision page shows the policy in force for this run
+    refused = api.post(f"{waiting.gate_url()}/approve", headers=auth("carol"), json=waiting.build())
+    assert refused.status_code == 403 and "carol is not an approver" in refused.json()["detail"]
+    allowed = api.post(f"{waiting.gate_url()}/approve", headers=auth("bob"), json=waiting.build())
+    assert allowed.status_code == 201, allowed.text
+    output = run.finish()
+    assert f"DAG RUN FINISHED {waiting.run_id} success" in output, output[-4000:]
+    assert "Approved by bob" in output
