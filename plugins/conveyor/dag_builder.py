@@ -213,6 +213,8 @@ def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str])
         pod_template_dict=pod_dict,
         do_xcom_push=step.kind in (StepKind.CHECKOUT, StepKind.BUILD),
         get_logs=True,
+        # The step's init containers (fetch, prepare, package, the image build) log into the task log too.
+        init_container_logs=True,
         log_events_on_failure=True,
         on_finish_action="delete_pod",
         startup_timeout_seconds=300,

@@ -21,7 +21,7 @@ from kubernetes.client import models as k8s
 
 from conveyor import gate as gate_rules
 from conveyor import records, release
-from conveyor.credentials import sync_secrets
+from conveyor.credentials import bind_pod_secrets, remove_secrets, sync_secrets
 from conveyor.exceptions import ConveyorError, TamperedRecords
 from conveyor.pipeline import SecretRef
 from conveyor.spec import RELEASE_TAG, git_ref_problem
@@ -114,6 +114,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
         self.auto_tag_prefix = auto_tag_prefix
         self.secret_refs = [tuple(r) for r in secret_refs]
         self._release_manifests: str | None = None
+        self._killed_run_id: str | None = None
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         # A step that will skip (not a release) must not fail first on rendering values,
@@ -135,13 +136,17 @@ class ConveyorPodOperator(KubernetesPodOperator):
         if self.step_kind == "deploy":
             deploy = self._verify_release(context)
             self._release_manifests = deploy.manifests[str(self.environment)]
-        self._sync_secrets()
+        made: list[str] = []
+        self._killed_run_id = context["run_id"]  # on_kill gets no context: it deletes this run's Secrets
         try:
+            made = self._sync_secrets(context["run_id"])
             result = super().execute(context)
         except Exception:
             if deploy is not None:
                 self._record_deployed(context, deploy, "failed")
             raise
+        finally:
+            self._remove_secrets(made)
         if started is not None:
             result = self._record_checkout(params, started, result)
         if self.step_kind == "build" and before is not None:
@@ -328,6 +333,8 @@ class ConveyorPodOperator(KubernetesPodOperator):
 
     def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> k8s.V1Pod:
         pod = super().build_pod_request_obj(context, dry_run=dry_run)
+        if context is not None:  # the Secrets of this step of this run, not the names the pod was built with
+            bind_pod_secrets(pod, self._step_secrets(context["run_id"]))
         if self._release_manifests is not None:
             # The approved bytes and their hash: the step script checks one against the other before applying.
             digest = hashlib.sha256(self._release_manifests.encode()).hexdigest()
@@ -365,15 +372,46 @@ class ConveyorPodOperator(KubernetesPodOperator):
         except Exception as exc:
             self.log.warning("Could not keep the deployment record (%s): %s", result, exc)
 
-    def _sync_secrets(self) -> None:
-        if not self.secret_refs:
-            return
+    # --- credentials: Secrets of this step of this run, only while its pod runs ------------
+
+    def _step_secrets(self, run_id: str) -> list[SecretRef]:
+        return [
+            SecretRef.for_step(kind, conn_id, app=self.app, run_id=run_id, step=self.task_id)
+            for kind, conn_id in self.secret_refs
+        ]
+
+    def _secrets_namespace(self) -> str:
+        return str(self.namespace or self.hook.get_namespace() or "default")
+
+    def _sync_secrets(self, run_id: str) -> list[str]:
+        """Make the Secrets this step's pod mounts, right before it starts."""
         from airflow.sdk import BaseHook
 
-        refs = [SecretRef(kind, conn_id) for kind, conn_id in self.secret_refs]
-        namespace = self.namespace or self.hook.get_namespace() or "default"
+        refs = self._step_secrets(run_id)
+        if not refs:
+            return []
+        namespace = self._secrets_namespace()
         names = sync_secrets(self.client, namespace, refs, BaseHook.get_connection)
         self.log.info("Credentials handed to the pod by reference: Secrets %s in %s", ", ".join(names), namespace)
+        return names
+
+    def on_kill(self) -> None:
+        super().on_kill()
+        if self._killed_run_id:
+            self._remove_secrets([ref.name for ref in self._step_secrets(self._killed_run_id)])
+
+    def _remove_secrets(self, names: list[str]) -> None:
+        """Delete them once the pod is over: no credential outlives the step that needed it."""
+        if not names:
+            return
+        try:
+            remove_secrets(self.client, self._secrets_namespace(), names)
+            self.log.info("Deleted the step's Secrets %s", ", ".join(names))
+        except Exception as exc:  # the step's own outcome stands; say what is left behind
+            self.log.error(
+                "Could not delete the step's Secrets %s (%s): delete them with kubectl delete secret -n %s %s",
+                ", ".join(names), exc, self._secrets_namespace(), " ".join(names),
+            )
 
 
 class DecisionPageLink(BaseOperatorLink):

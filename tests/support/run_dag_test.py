@@ -49,7 +49,8 @@ def pod_stand_in(self: KubernetesPodOperator, context: Any) -> Any:
 def main() -> None:
     dag_id, conf = sys.argv[1], json.loads(sys.argv[2])
     KubernetesPodOperator.execute = pod_stand_in  # type: ignore[method-assign]
-    ConveyorPodOperator._sync_secrets = lambda self: None  # type: ignore[method-assign]  # no cluster for Secrets
+    # No cluster to hold the step's Secrets either (tests/integration makes and deletes real ones).
+    ConveyorPodOperator._sync_secrets = lambda self, run_id: []  # type: ignore[method-assign]
     bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     if bag.import_errors:
         raise SystemExit(f"import errors: {bag.import_errors}")
