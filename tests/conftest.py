@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The platform file that grants the fixture specs' teams (tests/fixtures/apps) what they use.
+FIXTURE_PLATFORM = REPO / "tests" / "fixtures" / "platform.yaml"
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="conveyor-tests-"))
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "dave": "dave-pw"}
 # alice: admin, listed nowhere by name; bob: user, listed by name; carol: viewer; dave: op.
@@ -49,6 +51,7 @@ TEST_ENV = {
     "AIRFLOW__CONVEYOR__GATE_POKE_INTERVAL": "1",
     "AIRFLOW__CONVEYOR__APPS_FOLDER": str(APPS),
     "AIRFLOW__CONVEYOR__MANIFESTS_FOLDER": str(MANIFESTS),
+    "AIRFLOW__CONVEYOR__PLATFORM_FILE": str(REPO / "config" / "platform.yaml"),
     "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
     # The sample apps' registry, so gates can render the manifests they release (nothing connects to it here).
     "AIRFLOW_CONN_REGISTRY": json.dumps({"conn_type": "generic", "host": "10.88.0.1", "port": 5000}),

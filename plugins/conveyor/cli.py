@@ -8,8 +8,9 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from conveyor import settings
+from conveyor import apps, settings
 from conveyor.exceptions import ConveyorError, SpecError
+from conveyor.grants import load_platform
 from conveyor.pipeline import RunValues, build_pipeline
 from conveyor.render import manifest_variables, render_folder
 from conveyor.spec import AppSpec, load_spec, spec_files
@@ -41,9 +42,8 @@ def to_yaml(data: Any) -> str:
 
 def _find_spec(name: str) -> AppSpec:
     folder = settings.apps_folder()
-    for path in spec_files(folder):
-        if path.stem == name:
-            return load_spec(path, settings.manifests_folder())
+    if apps.spec_path(name) is not None:
+        return apps.load_app(name)
     known = ", ".join(p.stem for p in spec_files(folder)) or "none"
     raise typer.BadParameter(f"no app named {name!r} in {folder} (apps: {known})", param_hint="APP")
 
@@ -68,9 +68,11 @@ def validate(
         _fail(f"no app specs found in {settings.apps_folder()}; add include/apps/<app>.yaml")
     bad = 0
     images = settings.load_step_images() if strict else None
+    platform = load_platform()
     for path in paths:
         try:
             spec = load_spec(Path(path), settings.manifests_folder())
+            apps.check_app(spec, str(path), platform, settings.manifests_folder())
             if strict:
                 _strict_checks(spec, images)
         except SpecError as exc:
@@ -89,16 +91,6 @@ def validate(
 
 
 def _strict_checks(spec: AppSpec, images: settings.StepImages | None) -> None:
-    variables = manifest_variables(
-        spec,
-        registry="registry.example",
-        build_number="1",
-        branch=spec.git.branch,
-        tag_name="v0.0.0",
-        digest=SAMPLE_DIGEST,
-    )
-    for env in (spec.environments.dev, spec.environments.prod):
-        render_folder(settings.manifests_folder() / env.manifests, variables)
     if images is not None:
         for image in (spec.builder, spec.sonar.image if spec.sonar.enabled else "toolbox"):
             if "/" not in image and image not in images.refs:
@@ -150,8 +142,10 @@ def render(
             tag_name=tag_name,
             digest=digest,
         )
+        host = variables["REGISTRY"]
+        policy = apps.image_policy(spec, host, digest, load_platform())
         typer.echo(f"# {spec.name} → {env} (namespace {environment.namespace})")
-        typer.echo(render_folder(settings.manifests_folder() / environment.manifests, variables), nl=False)
+        typer.echo(render_folder(settings.manifests_folder() / environment.manifests, variables, policy), nl=False)
     except ConveyorError as exc:
         _fail(str(exc))
 

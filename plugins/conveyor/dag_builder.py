@@ -18,11 +18,12 @@ from airflow.sdk import DAG, Param, chain
 from kubernetes.client import ApiClient
 
 from conveyor import settings
+from conveyor.apps import load_apps
 from conveyor.credentials import registry_host
 from conveyor.exceptions import ConveyorError, InvalidSpecs, SpecError
 from conveyor.operators import ApprovalSensor, ConveyorPodOperator
 from conveyor.pipeline import Pipeline, RunValues, Step, StepKind, build_pipeline, step_secrets
-from conveyor.spec import RELEASE_TAG, AppSpec, Environment, load_specs
+from conveyor.spec import RELEASE_TAG, AppSpec, Environment
 from conveyor.steps import PodContext, build_step_pod
 from conveyor.steps.common import label_value
 
@@ -265,7 +266,7 @@ def check_specs(folder: Path | None = None) -> None:
     specs are reported by this second, DAG-less file: its import error names each spec
     file and field, and it clears itself on the next parse once the specs are fixed.
     """
-    _, errors = load_specs(folder or settings.apps_folder(), settings.manifests_folder())
+    _, errors = load_apps(folder)
     if errors:
         raise InvalidSpecs(spec_errors_message(errors))
 
@@ -277,7 +278,7 @@ def register_apps(namespace: dict[str, Any], folder: Path | None = None) -> dict
     reports the bad one as its import error. In strict mode (``[conveyor] strict``) any
     bad spec fails this file too, for CI.
     """
-    specs, errors = load_specs(folder or settings.apps_folder(), settings.manifests_folder())
+    specs, errors = load_apps(folder)
     if errors and settings.strict():
         raise (
             errors[0]

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from conveyor import apps, records, release
 from conveyor import gate as rules
-from conveyor import records, release
 from conveyor.api_models import (
     AuditEvent,
     BuildInfo,
@@ -90,7 +90,7 @@ class Gate:
 
 def load_gate(session: Any, dag_id: str, run_id: str, gate_id: str, history: records.AppRecords | None = None) -> Gate:
     """A gate as its records and Airflow know it now (NotFound when there is no such app, run or gate)."""
-    if release.spec_path(dag_id) is None:
+    if apps.spec_path(dag_id) is None:
         raise NotFound(f"'{dag_id}' is not a Conveyor app.")
     if not _run_exists(session, dag_id, run_id):
         raise NotFound(f"{dag_id} has no run '{run_id}'.")
@@ -340,7 +340,7 @@ def decide(
         refused = records.AuditEvent(
             at=records.now_iso(), outcome="refused", status_code=exc.status_code, why=str(exc), **event
         )
-        if not isinstance(exc, NotFound) or release.spec_path(dag_id) is not None:
+        if not isinstance(exc, NotFound) or apps.spec_path(dag_id) is not None:
             records.record(dag_id, records.Kind.AUDIT, refused, gate=gate_id)
         raise
     return gate_info(session, user, load_gate(session, dag_id, run_id, gate_id, history))

@@ -40,6 +40,11 @@ class GitGrant(_Model):
     url_prefix: str = Field(
         description="repositories these credentials may be sent to, e.g. https://git.example.com/team/"
     )
+    records_pusher: bool = Field(
+        default=False,
+        description="the Git server records who pushed each commit where no client can write it (Conveyor's own "
+        "Git server does); only then does the self-approval rule trust the pusher",
+    )
 
 
 class RegistryGrant(_Model):
@@ -92,8 +97,12 @@ class Platform(_Model):
                 raise ValueError(f"team '{name}' is not a DNS-1123 label (lowercase letters, digits, '-')")
         return v
 
-    def image_allowed(self, image: str) -> bool:
-        return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.images.allowed)
+    def image_allowed(self, image: str, registry: str) -> bool:
+        """Whether manifests may name ``image`` by tag; a pattern may start with ``$REGISTRY``, the app's registry."""
+        return any(
+            fnmatch.fnmatchcase(image, pattern.replace("${REGISTRY}", registry).replace("$REGISTRY", registry))
+            for pattern in self.images.allowed
+        )
 
     def all_cluster_connections(self, environment: str) -> set[str]:
         return {g.connection for t in self.teams.values() for g in t.clusters.get(environment, [])}
@@ -246,6 +255,35 @@ def spec_problems(spec: AppSpec, platform: Platform) -> list[GrantProblem]:
                 )
             )
     return problems
+
+
+def pusher_recorded(spec: AppSpec, platform: Platform) -> bool:
+    """Whether the spec's Git server records pushers where clients cannot forge them (see GitGrant)."""
+    team = platform.teams.get(spec.team)
+    return team is not None and any(
+        g.connection == spec.git.connection and spec.git.url.startswith(g.url_prefix) and g.records_pusher
+        for g in team.git
+    )
+
+
+# The Airflow connection types each use of a connection accepts.
+CONNECTION_TYPES = {
+    "git": {"http", "https", "git", "generic"},
+    "registry": {"docker", "generic"},
+    "kubeconfig": {"kubernetes"},
+    "sonar": {"http", "https", "generic", "sonarqube"},
+}
+
+
+def connection_type_problem(kind: str, conn_id: str, conn_type: str | None) -> str | None:
+    """Why a connection of this type cannot serve as a ``kind`` credential (None when it can)."""
+    accepted = CONNECTION_TYPES.get(kind)
+    if accepted is None or (conn_type or "") in accepted:
+        return None
+    return (
+        f"The connection '{conn_id}' is of type '{conn_type or 'none'}', but it is used as a {kind} credential, "
+        f"which needs one of: {', '.join(sorted(accepted))}. Fix the connection's type, or the spec."
+    )
 
 
 def _names(grants: list[Any]) -> str:

@@ -19,8 +19,8 @@ from airflow.sdk import BaseOperatorLink, BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
 from kubernetes.client import models as k8s
 
+from conveyor import apps, records, release
 from conveyor import gate as gate_rules
-from conveyor import records, release
 from conveyor.credentials import bind_pod_secrets, remove_secrets, sync_secrets
 from conveyor.exceptions import ConveyorError, TamperedRecords
 from conveyor.pipeline import SecretRef
@@ -160,7 +160,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
     def _start_run(self, context: Any) -> records.RunStarted:
         dag_run = context["dag_run"]
         try:
-            spec = release.load_app(self.app)
+            spec = apps.load_app(self.app)
         except ConveyorError as exc:
             raise _fail(f"The spec of {self.app} cannot be read, so the run cannot start: {exc}") from None
         try:
@@ -184,7 +184,11 @@ class ConveyorPodOperator(KubernetesPodOperator):
         return started
 
     def _record_checkout(self, params: dict[str, Any], started: records.RunStarted, result: Any) -> dict[str, Any]:
+        from conveyor import grants
+
         result = dict(result or {})
+        # A pusher is a verified identity only from a Git server that records it where clients cannot write.
+        trusted = grants.pusher_recorded(started.app_spec(), grants.load_platform())
         tag = release_tag(params, self.auto_tag, self.auto_tag_prefix, started.build_number)
         checkout = records.CheckedOut(
             run_id=started.run_id,
@@ -196,7 +200,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
             author=str(result.get("author") or ""),
             author_email=str(result.get("author_email") or ""),
             committer_email=str(result.get("committer_email") or ""),
-            pusher=str(result.get("pusher") or ""),
+            pusher=str(result.get("pusher") or "") if trusted else "",
         )
         records.record(self.app, records.Kind.CHECKED_OUT, checkout)
         result.update(build_number=started.build_number, release_tag=tag)
@@ -390,8 +394,18 @@ class ConveyorPodOperator(KubernetesPodOperator):
         refs = self._step_secrets(run_id)
         if not refs:
             return []
+        from conveyor.grants import connection_type_problem
+
+        def checked(conn_id: str) -> Any:
+            conn = BaseHook.get_connection(conn_id)
+            for ref in refs:
+                problem = ref.connection_id == conn_id and connection_type_problem(ref.kind, conn_id, conn.conn_type)
+                if problem:
+                    raise _fail(problem)
+            return conn
+
         namespace = self._secrets_namespace()
-        names = sync_secrets(self.client, namespace, refs, BaseHook.get_connection)
+        names = sync_secrets(self.client, namespace, refs, checked)
         self.log.info("Credentials handed to the pod by reference: Secrets %s in %s", ", ".join(names), namespace)
         return names
 

@@ -10,7 +10,6 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -21,28 +20,14 @@ from conveyor.gate import GateFacts, change_owners
 from conveyor.pipeline import Pipeline, Step, build_pipeline
 from conveyor.records import AppRecords, Built, CheckedOut, GateOpened, RunRecords, RunStarted
 from conveyor.render import manifest_variables, render_folder
-from conveyor.spec import AppSpec, load_spec
-
-
-def spec_path(app: str) -> Path | None:
-    """The spec file of an app in the apps folder, or None."""
-    for suffix in (".yaml", ".yml"):
-        path = settings.apps_folder() / f"{app}{suffix}"
-        if path.is_file():
-            return path
-    return None
-
-
-def load_app(app: str) -> AppSpec:
-    """The app's spec as it is now (raises SpecError when invalid, ConveyorError when missing)."""
-    path = spec_path(app)
-    if path is None:
-        raise ConveyorError(f"'{app}' is not a Conveyor app (no spec in {settings.apps_folder()}).")
-    return load_spec(path, settings.manifests_folder())
+from conveyor.spec import AppSpec
 
 
 def render_environment(spec: AppSpec, environment: str, checkout: CheckedOut, built: Built, registry: str) -> str:
     """The manifests of one environment, rendered with a run's checkout and build."""
+    from conveyor.apps import image_policy
+    from conveyor.grants import load_platform
+
     env = getattr(spec.environments, environment)
     variables = manifest_variables(
         spec,
@@ -52,7 +37,8 @@ def render_environment(spec: AppSpec, environment: str, checkout: CheckedOut, bu
         tag_name=checkout.release_tag if environment == "prod" else "",
         digest=built.digest,
     )
-    return render_folder(settings.manifests_folder() / env.manifests, variables)
+    policy = image_policy(spec, registry, built.digest, load_platform())
+    return render_folder(settings.manifests_folder() / env.manifests, variables, policy)
 
 
 def spec_registry(spec: AppSpec, get_connection: Callable[[str], Any]) -> str:

@@ -1,14 +1,21 @@
-"""Manifest rendering with ``envsubst`` semantics, strict about unknown variables.
+"""Manifest rendering with ``envsubst`` semantics, strict about unknown variables, and images bound
+to digests.
 
 ``$VAR`` and ``${VAR}`` are replaced; anything else with a ``$`` (``$1``, ``$$``,
 ``${VAR:-x}``) is left as it is, as GNU envsubst does. A variable that is not one of
 the pipeline's is an error naming the file, line and variable, never an empty string.
+
+Every container image of a rendered manifest is then checked (:class:`ImagePolicy`): the app's
+own image, however it is written (``$IMAGE``, or Jenkins style
+``$REGISTRY/$HARBOR_NAMESPACE/<app>:SNAPSHOT-$BUILD_NUMBER``), is pinned to the approved build's
+digest; any other image must be pinned by digest or allowed by the platform, else the error names
+the file and line.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +96,90 @@ def manifest_files(folder: Path) -> list[Path]:
     return files
 
 
-def render_folder(folder: Path, variables: Mapping[str, str]) -> str:
-    """All manifests of a folder, substituted and joined into one multi-document YAML stream."""
+# Container lists in any workload (Pod, Deployment, StatefulSet, DaemonSet, Job, CronJob, ...).
+CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def split_image(ref: str) -> tuple[str, str]:
+    """``registry/path/name[:tag][@digest]`` → (``registry/path/name``, ``@digest`` or "")."""
+    name, at, digest = ref.partition("@")
+    head, slash, last = name.rpartition("/")
+    return f"{head}{slash}{last.split(':', 1)[0]}", f"@{digest}" if at else ""
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """Which images the rendered manifests of an app may name, and the digest its own image is pinned to.
+
+    :param own_repository: ``registry/project/app``, the app's image repository
+    :param digest: the build's digest (``sha256:...``)
+    :param allowed: whether the platform allows an image by tag (its ``images.allowed`` patterns)
+    """
+
+    own_repository: str
+    digest: str
+    allowed: Callable[[str], bool]
+
+
+def _image_scalars(text: str) -> Iterator[yaml.ScalarNode]:
+    """The ``image:`` values of every container in a YAML stream, as nodes (with their place in the text)."""
+
+    def walk(node: yaml.Node) -> Iterator[yaml.ScalarNode]:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if (
+                    isinstance(key, yaml.ScalarNode)
+                    and key.value in CONTAINER_LISTS
+                    and isinstance(value, yaml.SequenceNode)
+                ):
+                    for item in value.value:
+                        if isinstance(item, yaml.MappingNode):
+                            for k, v in item.value:
+                                if (
+                                    isinstance(k, yaml.ScalarNode)
+                                    and k.value == "image"
+                                    and isinstance(v, yaml.ScalarNode)
+                                ):
+                                    yield v
+                yield from walk(value)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                yield from walk(item)
+
+    for document in yaml.compose_all(text, Loader=yaml.SafeLoader):
+        if document is not None:
+            yield from walk(document)
+
+
+def bind_images(text: str, policy: ImagePolicy, file: str) -> tuple[str, list[str]]:
+    """The manifest with the app's own image pinned to the build's digest, and the problems of the other images."""
+    problems: list[str] = []
+    replacements: list[tuple[int, int, str]] = []
+    for node in _image_scalars(text):
+        image = str(node.value)
+        line = node.start_mark.line + 1
+        repository, digest = split_image(image)
+        if repository == policy.own_repository:
+            if digest and digest != f"@{policy.digest}":
+                problems.append(
+                    f"{file}:{line}: image '{image}' names the app's own image at another digest than this build's "
+                    f"({policy.digest}); write $IMAGE or the image by tag, and Conveyor pins it to the build"
+                )
+            replacements.append((node.start_mark.index, node.end_mark.index, f"{repository}@{policy.digest}"))
+        elif not DIGEST.search(image) and not policy.allowed(image):
+            problems.append(
+                f"{file}:{line}: image '{image}' is neither pinned by digest (name@sha256:...) nor allowed by the "
+                "platform (images.allowed in the platform file); pin it by digest, or ask the platform team to allow it"
+            )
+    for start, end, value in sorted(replacements, reverse=True):
+        text = text[:start] + value + text[end:]
+    return text, problems
+
+
+def render_folder(folder: Path, variables: Mapping[str, str], images: ImagePolicy | None = None) -> str:
+    """All manifests of a folder, substituted and joined into one multi-document YAML stream; with
+    ``images``, the app's own image pinned to its digest and every other image checked."""
     documents: list[str] = []
     problems: list[str] = []
     for path in manifest_files(folder):
@@ -107,6 +196,9 @@ def render_folder(folder: Path, variables: Mapping[str, str]) -> str:
         for doc in parsed:
             if not isinstance(doc, dict) or "kind" not in doc or "apiVersion" not in doc:
                 problems.append(f"{path}: every document needs 'apiVersion' and 'kind'")
+        if images is not None:
+            text, unpinned = bind_images(text, images, str(path))
+            problems += unpinned
         documents.append(f"# Source: {path.name}\n{text.strip()}\n")
     if problems:
         known = ", ".join(f"${n}" for n in sorted(variables))

@@ -145,7 +145,7 @@ def set_build_results(
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    from conveyor import records, release
+    from conveyor import apps, records, release
 
     with create_session() as session:
         run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
@@ -154,7 +154,7 @@ def set_build_results(
     started = records.start_run(
         dag_id,
         run_id,
-        release.load_app(dag_id),
+        apps.load_app(dag_id),
         triggered_by=triggered_by,
         run_after=datetime.now(UTC),
         branch="main",

@@ -117,10 +117,8 @@ def test_a_decision_for_an_older_image_does_not_open_the_gate_for_a_new_one(
     assert response.status_code == 201, response.text
     # The image is rebuilt (as a rerun of build records) before the sensor looks again: bob approved the old
     # digest only.
-    from conveyor import records
-
     rebuilt = "sha256:" + "7a" * 32
-    records.record("appointments", records.Kind.BUILT, records.Built(waiting.run_id, COMMIT, rebuilt))
+    rerun_build(waiting.run_id, rebuilt)
     run.wait_for("the sensor to ignore the old decision", lambda: "made for another build" in run.output(), timeout=30)
     assert run.state(waiting.run_id, "deploy_dev") is None
     gate = api.get(waiting.gate_url(), headers=auth("alice")).json()
@@ -135,6 +133,28 @@ def test_a_decision_for_an_older_image_does_not_open_the_gate_for_a_new_one(
     output = run.finish()
     assert f"DAG RUN FINISHED {waiting.run_id} success" in output, output[-4000:]
     assert f"Approved by alice for commit {COMMIT}, image {rebuilt}" in output
+
+
+def rerun_build(run_id: str, digest: str) -> None:
+    """What a rerun of the build step leaves: its record and its XCom (as the execution API stores a push)."""
+    from airflow.models.xcom import XComModel
+    from airflow.sdk.serde import serialize
+    from airflow.utils.session import create_session
+
+    from conveyor import records
+
+    records.record("appointments", records.Kind.BUILT, records.Built(run_id, COMMIT, digest))
+    value = {"digest": digest, "repository": "10.88.0.1:5000/conveyor/appointments"}
+    with create_session() as session:
+        XComModel.set(
+            "return_value",
+            serialize(value),
+            dag_id="appointments",
+            task_id="build",
+            run_id=run_id,
+            serialize=False,
+            session=session,
+        )
 
 
 def test_a_newer_run_at_the_gate_supersedes_the_older_waiting_one(
@@ -177,6 +197,10 @@ def short_lived_app(tmp_path: Path) -> Path:
     spec["approvals"]["approve"]["timeout"] = "6s"
     spec["notifications"] = {"email": ["clinic-team@example.com"], "webhooks": ["team_chat", "unreachable_chat"]}
     (apps / "quick-gate.yaml").write_text(yaml.safe_dump(spec))
+    # The platform grants the clinic team these two webhooks.
+    platform = yaml.safe_load((REPO / "config" / "platform.yaml").read_text())
+    platform["teams"]["clinic"]["webhooks"] = ["team_chat", "unreachable_chat"]
+    (tmp_path / "platform.yaml").write_text(yaml.safe_dump(platform))
     return apps
 
 
@@ -188,6 +212,7 @@ def test_expiry_fails_the_gate_and_the_team_is_told_even_when_a_webhook_is_down(
     with smtp_server() as mailbox, webhook_receiver() as chat:
         env = {
             "AIRFLOW__CONVEYOR__APPS_FOLDER": str(short_lived_app),
+            "AIRFLOW__CONVEYOR__PLATFORM_FILE": str(short_lived_app.parent / "platform.yaml"),
             "AIRFLOW__API__BASE_URL": "http://conveyor.example.com",
             "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(
                 {

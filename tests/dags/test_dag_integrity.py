@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from conveyor.operators import ApprovalSensor, ConveyorPodOperator
 from conveyor.spec import load_spec
+from tests.conftest import FIXTURE_PLATFORM
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -120,6 +121,7 @@ def test_one_bad_spec_leaves_the_others_loaded(tmp_path: Path, monkeypatch: pyte
     shutil.copy(FIXTURES / "apps" / "invalid" / "names.yaml", apps)
     monkeypatch.setenv("AIRFLOW__CONVEYOR__APPS_FOLDER", str(apps))
     monkeypatch.setenv("AIRFLOW__CONVEYOR__MANIFESTS_FOLDER", str(FIXTURES / "manifests"))
+    monkeypatch.setenv("AIRFLOW__CONVEYOR__PLATFORM_FILE", str(FIXTURE_PLATFORM))
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert sorted(bag.dag_ids) == ["minimal", "s2i"]
     # The error sits on the DAG-less check file, so Airflow does not hide the good apps' DAGs.
@@ -140,6 +142,7 @@ def test_strict_mode_fails_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("AIRFLOW__CONVEYOR__APPS_FOLDER", str(apps))
     monkeypatch.setenv("AIRFLOW__CONVEYOR__MANIFESTS_FOLDER", str(FIXTURES / "manifests"))
     monkeypatch.setenv("AIRFLOW__CONVEYOR__STRICT", "true")
+    monkeypatch.setenv("AIRFLOW__CONVEYOR__PLATFORM_FILE", str(FIXTURE_PLATFORM))
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.dag_ids == []
     apps_file, check_file = (str(REPO / "dags" / name) for name in ("conveyor_apps.py", "conveyor_spec_check.py"))

@@ -9,6 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conveyor.cli import app
+from tests.conftest import FIXTURE_PLATFORM
 
 REPO = Path(__file__).resolve().parents[2]
 INVALID = REPO / "tests" / "fixtures" / "apps" / "invalid"
@@ -36,16 +37,28 @@ def test_validate_invalid_files_lists_every_problem(cli: CliRunner) -> None:
     assert "2 of 2 spec(s) invalid" in result.output
 
 
-def test_validate_strict_renders_manifests(cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_validate_renders_manifests_and_checks_their_images(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     manifests = tmp_path / "manifests" / "web"
     manifests.mkdir(parents=True)
-    (manifests / "d.yaml").write_text("apiVersion: v1\nkind: ConfigMap\ndata: {x: $TYPO_VAR}\n")
     monkeypatch.setenv("AIRFLOW__CONVEYOR__MANIFESTS_FOLDER", str(tmp_path / "manifests"))
+    monkeypatch.setenv("AIRFLOW__CONVEYOR__PLATFORM_FILE", str(FIXTURE_PLATFORM))
     spec = REPO / "tests" / "fixtures" / "apps" / "valid" / "minimal.yaml"
+    (manifests / "d.yaml").write_text("apiVersion: v1\nkind: ConfigMap\ndata: {x: $IMAGE}\n")
     assert cli.invoke(app, ["validate", str(spec)]).exit_code == 0
-    result = cli.invoke(app, ["validate", "--strict", str(spec)])
+    (manifests / "d.yaml").write_text("apiVersion: v1\nkind: ConfigMap\ndata: {x: $TYPO_VAR}\n")
+    result = cli.invoke(app, ["validate", str(spec)])
     assert result.exit_code == 1
     assert "d.yaml:3: unknown variable $TYPO_VAR" in result.output
+    (manifests / "d.yaml").write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers:\n    - name: a\n      image: $IMAGE\n"
+        "    - name: sidecar\n      image: nginx:latest\n"
+    )
+    result = cli.invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 1
+    output = " ".join(result.output.split())
+    assert f"{manifests / 'd.yaml'}:9: image 'nginx:latest' is neither pinned by digest" in output
 
 
 def test_render_shows_the_manifests_as_applied(cli: CliRunner) -> None:
@@ -55,8 +68,9 @@ def test_render_shows_the_manifests_as_applied(cli: CliRunner) -> None:
     assert result.exit_code == 0, result.output
     body = result.output.split("\n", 1)[1]
     doc = yaml.safe_load(body)
-    assert (
-        doc["spec"]["template"]["spec"]["containers"][0]["image"] == "harbor.xxx.com/ks-devops/boot-preject:SNAPSHOT-42"
+    # The Jenkins manifest names the app's image by tag; what is applied is pinned to the build's digest.
+    assert doc["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "harbor.xxx.com/ks-devops/boot-preject@sha256:" + "0" * 64
     )
 
 

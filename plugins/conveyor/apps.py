@@ -1,0 +1,114 @@
+"""The apps Conveyor builds DAGs for: every spec file, validated as a spec, against what the platform
+grants its team, and with manifests whose images are bound to digests.
+
+One loader for the DAG builder, the CLI and everything that reads a spec at run time, so a spec
+that is valid for one of them is valid for all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conveyor import settings
+from conveyor.exceptions import ConfigurationError, ConveyorError, RenderError, SpecError, SpecProblem
+from conveyor.grants import Platform, load_platform, spec_problems
+from conveyor.render import ImagePolicy, manifest_variables, render_folder
+from conveyor.spec import AppSpec, load_spec, spec_files
+
+# What manifests are checked with before any build exists: a stand-in registry and digest.
+PLACEHOLDER_REGISTRY = "registry.conveyor.invalid"
+PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
+
+
+def image_policy(spec: AppSpec, registry: str, digest: str, platform: Platform) -> ImagePolicy:
+    """The images an app's manifests may name: its own, pinned to ``digest``; others pinned or allowed."""
+    registry = registry.rstrip("/")
+    return ImagePolicy(
+        own_repository=f"{registry}/{spec.registry.project}/{spec.name}",
+        digest=digest,
+        allowed=lambda image: platform.image_allowed(image, registry),
+    )
+
+
+def manifest_problems(spec: AppSpec, file: str, platform: Platform, manifests_root: Path) -> list[SpecProblem]:
+    """Each environment's manifests rendered with stand-in values: unknown variables, bad YAML and images
+    that are neither the app's own, pinned by digest nor allowed, each with its file and line."""
+    problems: list[SpecProblem] = []
+    for env_name in ("dev", "prod"):
+        env = getattr(spec.environments, env_name)
+        variables = manifest_variables(
+            spec,
+            registry=PLACEHOLDER_REGISTRY,
+            build_number="1",
+            branch="main",
+            tag_name="v0.0.0",
+            digest=PLACEHOLDER_DIGEST,
+        )
+        try:
+            render_folder(
+                manifests_root / env.manifests,
+                variables,
+                image_policy(spec, PLACEHOLDER_REGISTRY, PLACEHOLDER_DIGEST, platform),
+            )
+        except RenderError as exc:
+            lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines()]
+            problems += [
+                SpecProblem(file, f"environments.{env_name}.manifests", line)
+                for line in lines
+                if line
+                and not line.startswith("Known variables")
+                and "unknown variable(s) in the manifests" not in line
+            ]
+    return problems
+
+
+def check_app(spec: AppSpec, file: str, platform: Platform, manifests_root: Path) -> None:
+    """Raise SpecError listing what the spec oversteps (grants) and what its manifests get wrong."""
+    problems = [SpecProblem(file, p.field, p.message) for p in spec_problems(spec, platform)]
+    problems += manifest_problems(spec, file, platform, manifests_root)
+    if problems:
+        raise SpecError(file, problems)
+
+
+def load_apps(folder: Path | None = None) -> tuple[list[AppSpec], list[SpecError]]:
+    """Every valid app of the apps folder, and the errors of the others (one bad file spoils nothing else)."""
+    folder = folder or settings.apps_folder()
+    manifests = settings.manifests_folder()
+    specs: list[AppSpec] = []
+    errors: list[SpecError] = []
+    try:
+        platform: Platform | None = load_platform()
+        platform_error = ""
+    except ConfigurationError as exc:
+        platform, platform_error = None, str(exc)
+    for path in spec_files(folder):
+        try:
+            spec = load_spec(path, manifests)
+            if platform is None:
+                raise SpecError(str(path), [SpecProblem(str(path), "team", platform_error)])
+            check_app(spec, str(path), platform, manifests)
+        except SpecError as exc:
+            errors.append(exc)
+            continue
+        specs.append(spec)
+    return specs, errors
+
+
+def spec_path(app: str) -> Path | None:
+    """The spec file of an app in the apps folder, or None."""
+    for suffix in (".yaml", ".yml"):
+        path = settings.apps_folder() / f"{app}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def load_app(app: str) -> AppSpec:
+    """One app's spec as it is now, checked as load_apps checks it (SpecError when invalid,
+    ConveyorError when there is no such app)."""
+    path = spec_path(app)
+    if path is None:
+        raise ConveyorError(f"'{app}' is not a Conveyor app (no spec in {settings.apps_folder()}).")
+    spec = load_spec(path, settings.manifests_folder())
+    check_app(spec, str(path), load_platform(), settings.manifests_folder())
+    return spec
