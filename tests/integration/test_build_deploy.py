@@ -78,9 +78,12 @@ def apis() -> Iterator[dict[str, Any]]:
         opened[name] = config.new_client_from_config(config_file=str(path))
         problem = ""
         try:
-            _core(opened[name]).read_namespaced_secret(PULL_SECRET, namespace, _request_timeout=10)
+            if name == "ci":  # the pipeline's account makes the Secrets; the deployer may read none
+                _core(opened[name]).read_namespaced_secret(PULL_SECRET, namespace, _request_timeout=10)
+            else:
+                _core(opened[name]).list_namespaced_pod(namespace, _request_timeout=10)
         except Exception as exc:  # noqa: BLE001 - any failure here means the platform is not usable
-            problem = f"cannot read secret {namespace}/{PULL_SECRET} as {name} ({exc.__class__.__name__})"
+            problem = f"cannot use namespace {namespace} as {name} ({exc.__class__.__name__})"
         if problem:
             pytest.fail(f"the local cluster is not ready: {problem}; {UP}", pytrace=False)
     yield opened
@@ -155,6 +158,20 @@ def _build_pod(name: str, image: str, token: str) -> Any:
     return _toolbox_pod(CI_NS, name, build, [k8s.V1Volume(name="registry-auth", secret=auth)])
 
 
+def _restricted(pod: Any, run_as_user: int | None = None) -> Any:
+    """POD, made to meet Pod Security "restricted", which dev enforces (scripts/cluster/bootstrap)."""
+    from kubernetes.client import models as k8s
+
+    pod.security_context = k8s.V1PodSecurityContext(
+        run_as_non_root=True, run_as_user=run_as_user, seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")
+    )
+    for container in pod.containers:
+        container.security_context = k8s.V1SecurityContext(
+            allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"])
+        )
+    return pod
+
+
 def _deployment(name: str, image: str) -> Any:
     from kubernetes.client import models as k8s
 
@@ -166,19 +183,21 @@ def _deployment(name: str, image: str) -> Any:
             selector=k8s.V1LabelSelector(match_labels=labels),
             template=k8s.V1PodTemplateSpec(
                 metadata=k8s.V1ObjectMeta(labels=labels),
-                spec=k8s.V1PodSpec(
-                    termination_grace_period_seconds=0,
-                    image_pull_secrets=[k8s.V1LocalObjectReference(name=PULL_SECRET)],
-                    containers=[
-                        k8s.V1Container(
-                            name="web",
-                            image=image,
-                            ports=[k8s.V1ContainerPort(container_port=8080)],
-                            readiness_probe=k8s.V1Probe(
-                                http_get=k8s.V1HTTPGetAction(path="/", port=8080), period_seconds=1
-                            ),
-                        )
-                    ],
+                spec=_restricted(
+                    k8s.V1PodSpec(
+                        termination_grace_period_seconds=0,
+                        image_pull_secrets=[k8s.V1LocalObjectReference(name=PULL_SECRET)],
+                        containers=[
+                            k8s.V1Container(
+                                name="web",
+                                image=image,
+                                ports=[k8s.V1ContainerPort(container_port=8080)],
+                                readiness_probe=k8s.V1Probe(
+                                    http_get=k8s.V1HTTPGetAction(path="/", port=8080), period_seconds=1
+                                ),
+                            )
+                        ],
+                    )
                 ),
             ),
         ),
@@ -201,7 +220,9 @@ def _client_pod(name: str, url: str) -> Any:
 
     # kube-proxy may take a moment to program a new Service: curl retries until it answers
     curl = ["curl", "-fsS", "--max-time", "5", "--retry", "30", "--retry-delay", "1", "--retry-all-errors", url]
-    return _toolbox_pod(DEV_NS, name, k8s.V1Container(name="curl", command=curl))
+    pod = _toolbox_pod(DEV_NS, name, k8s.V1Container(name="curl", command=curl))
+    _restricted(pod.spec, run_as_user=10001)  # the toolbox image runs as root by default
+    return pod
 
 
 def _delete_from_registry(repository: str, digest: str) -> None:

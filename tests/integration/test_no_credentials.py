@@ -330,7 +330,6 @@ def _run_values(run: str, commit: str) -> Any:
         "digest": "",
         "registry": _pins()["registry"],
         "registry_tls_verify": "false",
-        "manifests_template": "",
     }
     known = set(RunValues.__dataclass_fields__)
     return RunValues(**{k: v for k, v in fields.items() if k in known})

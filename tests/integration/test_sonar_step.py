@@ -154,7 +154,6 @@ def _run_values(run: str, commit: str) -> Any:
         digest="",
         registry="10.88.0.1:5000",
         registry_tls_verify="false",
-        manifests_template="",
     )
 
 

@@ -40,11 +40,16 @@ from conveyor.steps.common import (
 RUNTIME_IMAGE = {Language.PYTHON: "python-runtime", Language.JAVA: "java-runtime"}
 DEFAULT_CMD = {Language.PYTHON: ["python3", "app.py"], Language.JAVA: ["sh", "-c", "exec java -jar /app/*.jar"]}
 
-# buildah needs these to build unprivileged in a pod (privileged pods are not required).
+# The least privilege buildah builds with here (docs/cluster.md, "Least privilege for builds"): root in
+# the container only to map a user namespace of its own (SETUID, SETGID, SETFCAP), no SYS_ADMIN, and a
+# seccomp profile that adds to the runtime's default only unshare, mount, umount2 and chroot. Meets Pod
+# Security "baseline", which the CI namespace enforces. Rootless builds (pod user namespaces) need
+# containerd >= 2.0; Debian 12 ships 1.6.
 BUILD_SECURITY = k8s.V1SecurityContext(
-    capabilities=k8s.V1Capabilities(add=["SYS_ADMIN", "SETUID", "SETGID", "MKNOD"]),
-    seccomp_profile=k8s.V1SeccompProfile(type="Unconfined"),
-    app_armor_profile=k8s.V1AppArmorProfile(type="Unconfined"),
+    run_as_user=0,
+    allow_privilege_escalation=False,
+    capabilities=k8s.V1Capabilities(drop=["ALL"], add=["SETUID", "SETGID", "SETFCAP"]),
+    seccomp_profile=k8s.V1SeccompProfile(type="Localhost", localhost_profile="conveyor/buildah.json"),
 )
 
 
