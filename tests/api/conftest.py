@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,16 +41,13 @@ def _use_wal(database: Path) -> None:
 _running: list[str] = []
 
 
-@pytest.fixture(scope="session")
-def api_server(airflow_db: Path) -> Iterator[str]:
-    """A real ``airflow api-server`` (Airflow's app with the Conveyor plugin mounted); its base URL."""
-    if _running:
-        yield _running[0]
-        return
+@contextmanager
+def airflow_api_server(name: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start an ``airflow api-server`` process on a free port with the tests' settings (and ``env``)."""
     _use_wal(AIRFLOW_HOME / "airflow.db")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = AIRFLOW_HOME / "api-server.log"
+    log = AIRFLOW_HOME / f"{name}.log"
     with pytest.MonkeyPatch.context() as mp, log.open("w") as out:
         # Links the plugin builds (and Airflow's login redirects) point at this server.
         mp.setenv("AIRFLOW__API__BASE_URL", url)
@@ -57,20 +55,32 @@ def api_server(airflow_db: Path) -> Iterator[str]:
             [sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(port), "-w", "1"],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=os.environ.copy(),
+            env={**os.environ, **(env or {})},
         )
         try:
             _wait_until_healthy(server, url, log)
-            _running.append(url)
             yield url
         finally:
-            _running.clear()
             server.terminate()
             try:
                 server.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+
+
+@pytest.fixture(scope="session")
+def api_server(airflow_db: Path) -> Iterator[str]:
+    """A real ``airflow api-server`` (Airflow's app with the Conveyor plugin mounted); its base URL."""
+    if _running:
+        yield _running[0]
+        return
+    with airflow_api_server("api-server") as url:
+        _running.append(url)
+        try:
+            yield url
+        finally:
+            _running.clear()
 
 
 def _wait_until_healthy(server: subprocess.Popen, url: str, log: Path) -> None:
