@@ -21,6 +21,8 @@ import pytest
 import requests
 import yaml
 
+from conveyor.steps.build import BUILD_SECURITY
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,12 +150,8 @@ def _build_pod(name: str, image: str, token: str) -> Any:
             k8s.V1EnvVar(name="REGISTRY_AUTH_FILE", value="/auth/auth.json"),
         ],
         volume_mounts=[k8s.V1VolumeMount(name="registry-auth", mount_path="/auth", read_only=True)],
-        # what buildah needs to build in an unprivileged pod (as plugins/conveyor/steps/build.py asks)
-        security_context=k8s.V1SecurityContext(
-            capabilities=k8s.V1Capabilities(add=["SYS_ADMIN", "SETUID", "SETGID", "MKNOD"]),
-            seccomp_profile=k8s.V1SeccompProfile(type="Unconfined"),
-            app_armor_profile=k8s.V1AppArmorProfile(type="Unconfined"),
-        ),
+        # the least privilege buildah builds with, exactly as the build step asks for it
+        security_context=BUILD_SECURITY,
     )
     return _toolbox_pod(CI_NS, name, build, [k8s.V1Volume(name="registry-auth", secret=auth)])
 

@@ -3,10 +3,11 @@
 usage: python run_dag_test.py DAG_ID CONF_JSON
 
 Every task runs for real — Conveyor's operators keep their records, the approval sensor waits
-for decisions, the deploy steps check the release — except the pods themselves: there is no
-cluster in these tests (pods run for real in tests/integration and tests/e2e). Where a pod
-would start, the pod Conveyor built is written to $CONVEYOR_TEST_POD_DIR/<task>.json and the
-step hands on what its script would: $CONVEYOR_TEST_PODS is a JSON object of task id -> result.
+for decisions, the deploy steps check the release — and so do the pods, on the cluster the
+connections name (tests/integration/test_airflow_pod.py). Without a cluster (tests/api), set
+$CONVEYOR_TEST_PODS, a JSON object of task id -> result: then a stand-in replaces each pod,
+writes the pod Conveyor built to $CONVEYOR_TEST_POD_DIR/<task>.json and hands on what the
+step's script would.
 A task named in $CONVEYOR_TEST_POD_BLOCK (task id -> file) waits until that file exists, so a
 test can act while the step "runs".
 """
@@ -48,9 +49,10 @@ def pod_stand_in(self: KubernetesPodOperator, context: Any) -> Any:
 
 def main() -> None:
     dag_id, conf = sys.argv[1], json.loads(sys.argv[2])
-    KubernetesPodOperator.execute = pod_stand_in  # type: ignore[method-assign]
-    # No cluster to hold the step's Secrets either (tests/integration makes and deletes real ones).
-    ConveyorPodOperator._sync_secrets = lambda self, run_id: []  # type: ignore[method-assign]
+    if "CONVEYOR_TEST_PODS" in os.environ:
+        KubernetesPodOperator.execute = pod_stand_in  # type: ignore[method-assign]
+        # No cluster to hold the step's Secrets either (tests/integration makes and deletes real ones).
+        ConveyorPodOperator._sync_secrets = lambda self, run_id: []  # type: ignore[method-assign]
     bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     if bag.import_errors:
         raise SystemExit(f"import errors: {bag.import_errors}")

@@ -182,7 +182,7 @@
   function policyText(gate) {
     const p = gate.policy;
     const who = [...p.users.map((u) => `user ${u}`), ...p.roles.map((r) => `role ${r}`)].join(", ") || "nobody";
-    const self = p.allow_self_approval ? "" : "; not the person who triggered the run or wrote the commit";
+    const self = p.allow_self_approval ? "" : "; nobody who triggered, pushed or wrote this change";
     return `${p.required} of: ${who}${self}`;
   }
 
@@ -198,6 +198,7 @@
         "Commit",
         b.commit
           ? [mono(b.commit.slice(0, 12), b.commit), b.author ? [" by ", el("span", { className: "author" }, b.author)] : "",
+             b.pusher ? [", pushed by ", el("span", { className: "pusher" }, b.pusher)] : "",
              b.message ? el("p", { className: "commit-message" }, b.message) : ""]
           : "not known yet",
       ],
@@ -212,7 +213,7 @@
           ? el("a", { href: `${root}/gates/${gatePath(gate.app, gate.superseded_by, gate.gate)}` }, gate.superseded_by)
           : null,
       ],
-      ["Approvers", policyText(gate)],
+      ["Approvers", [policyText(gate), el("span", { className: "muted" }, " · the policy this run started with")]],
       [
         "Approved so far",
         `${gate.approvals.length} of ${gate.required}${gate.approvals.length ? `: ${gate.approvals.join(", ")}` : ""}`,
