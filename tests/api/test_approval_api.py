@@ -161,3 +161,13 @@ def test_audit_survives_deleting_the_run(api: Any, auth: Any, waiting_gate: Call
     events = api.get("/conveyor/api/v1/audit", params={"app": "appointments"}, headers=auth("alice")).json()["events"]
     assert any(e["run_id"] == run.run_id and e["outcome"] == "recorded" for e in events)
     assert api.get("/conveyor/api/v1/audit", params={"app": "nope"}, headers=auth("alice")).status_code == 404
+
+
+def test_a_tag_name_with_a_trailing_newline_cannot_even_trigger_a_run(api: Any, auth: Any) -> None:
+    response = api.post(
+        "/api/v2/dags/appointments/dagRuns",
+        headers=auth("dave"),
+        json={"logical_date": None, "conf": {"tag_name": "v1.2.3\n"}},
+    )
+    assert response.status_code == 400, response.text
+    assert "tag_name" in response.text

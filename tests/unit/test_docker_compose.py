@@ -41,11 +41,12 @@ def test_compose_file_is_valid_and_complete() -> None:
     for name in ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
         service = services[name]
         mounts = {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in service["volumes"]}
-        assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include"} <= mounts
+        assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include", "/opt/airflow/config"} <= mounts
         assert service["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
         env = service["environment"]
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
         assert env["AIRFLOW__CONVEYOR__APPROVAL_SIGNING_KEY"] == "k" * 32
+        assert env["AIRFLOW__CONVEYOR__SQL_ALCHEMY_CONN"].startswith("postgresql")  # every worker reaches the records
     assert services["airflow-api-server"]["ports"][0]["published"] in (8080, "8080")
 
 
