@@ -23,10 +23,15 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
         return
     url = request.getfixturevalue("postgres_url")
     book = Ledger(url, KEY)
+
+    def empty() -> None:  # one server for the whole session: start and leave it empty
+        with book.engine.begin() as conn:
+            conn.execute(entries_table.delete())
+            conn.execute(heads_table.delete())
+
+    empty()
     yield book
-    with book.engine.begin() as conn:  # one server for the session: leave it empty
-        conn.execute(entries_table.delete())
-        conn.execute(heads_table.delete())
+    empty()
 
 
 def fill(ledger: Ledger, app: str = "web", n: int = 3) -> None:
