@@ -171,3 +171,35 @@ def test_a_tag_name_with_a_trailing_newline_cannot_even_trigger_a_run(api: Any, 
     )
     assert response.status_code == 400, response.text
     assert "tag_name" in response.text
+
+
+def test_a_record_edited_in_the_database_is_noticed_and_refused(
+    api: Any, auth: Any, waiting_gate: Callable[..., Run]
+) -> None:
+    """Someone with write access to Conveyor's database turns bob's reject into an approval."""
+    import sqlalchemy as sa
+
+    from conveyor import ledger, records, settings
+
+    run = waiting_gate()
+    assert decide(api, auth("bob"), run, "reject", reason="not this build").status_code == 201
+    table = ledger.entries_table
+    engine = ledger.Ledger(
+        settings.records_database_url(records.default_database_url()), settings.approval_signing_key()
+    ).engine
+    where = sa.and_(table.c.app == run.dag_id, table.c.run_id == run.run_id, table.c.kind == "decision")
+    with engine.begin() as conn:
+        seq, body = conn.execute(sa.select(table.c.seq, table.c.body).where(where)).one()
+        conn.execute(table.update().where(where).values(body=body.replace('"reject"', '"approve"')))
+    try:
+        gate = api.get(run.gate_url(), headers=auth("alice"))
+        assert gate.status_code == 409, gate.text
+        assert (
+            f"records of appointments were changed outside Conveyor: record {seq} (decision, run {run.run_id})"
+            in (gate.json()["detail"])
+        )
+        assert decide(api, auth("alice"), run, "approve").status_code == 409
+    finally:
+        with engine.begin() as conn:  # put it back, or every later test of the app would be refused too
+            conn.execute(table.update().where(where).values(body=body))
+    assert api.get(run.gate_url(), headers=auth("alice")).json()["status"] == "rejected"

@@ -155,3 +155,78 @@ def test_a_run_keeps_the_approvers_it_started_with(
     output = run.finish()
     assert f"DAG RUN FINISHED {waiting.run_id} success" in output, output[-4000:]
     assert "Approved by bob" in output
+
+
+class _TaskInstance:
+    """What the deploy step's check reads from its task instance (the run's XComs and its gate's state)."""
+
+    def __init__(self, xcoms: dict[str, Any], gate_state: str) -> None:
+        self.xcoms = xcoms
+        self.gate_state = gate_state
+
+    def xcom_pull(self, task_ids: str) -> Any:
+        return self.xcoms.get(task_ids)
+
+    def get_task_states(self, dag_id: str, task_ids: list[str], run_ids: list[str]) -> dict[str, Any]:
+        return {run_ids[0]: {task_ids[0]: self.gate_state}}
+
+
+def deploy_check(dag_id: str, task_id: str, run: Any) -> str:
+    """The deploy step's release check, as it runs right before a rerun of the step would apply anything."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tests.api.dag_runs import pod_results
+
+    task = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags")).dags[dag_id].get_task(task_id)
+    results = pod_results(dag_id, commit=run.commit, digest=run.digest)
+    context = {"run_id": run.run_id, "ti": _TaskInstance(results, "success")}
+    with pytest.raises(AirflowFailException) as refused:
+        task._verify_release(context)
+    return str(refused.value)
+
+
+def test_rerunning_the_deploy_of_an_older_build_is_refused(
+    dag_test: Callable[..., DagTest], api: Any, auth: Any
+) -> None:
+    from tests.api.dag_runs import pod_results
+
+    runs = []
+    for commit in ("1" * 40, "2" * 40):
+        run = dag_test("appointments", {}, pods=pod_results("appointments", commit=commit))
+        waiting = run.wait_at_gate(commit=commit)
+        assert api.post(f"{waiting.gate_url()}/approve", headers=auth("alice"), json=waiting.build()).status_code == 201
+        assert f"DAG RUN FINISHED {waiting.run_id} success" in run.finish()
+        runs.append(waiting)
+    older, newer = runs
+    message = deploy_check("appointments", "deploy_dev", older)
+    assert "dev already runs a newer build (build #" in message and f"deployed by run {newer.run_id}" in message
+    assert (
+        "rerunning an older deploy would roll it back without approval" in message and "Nothing was applied." in message
+    )
+
+
+def test_a_run_deploys_where_it_started_to_even_if_the_spec_changes(
+    dag_test: Callable[..., DagTest],
+    api: Any,
+    auth: Any,
+    edit_file: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import yaml
+
+    run = dag_test("appointments", {})
+    waiting = run.wait_at_gate()
+    assert api.post(f"{waiting.gate_url()}/approve", headers=auth("alice"), json=waiting.build()).status_code == 201
+    assert f"DAG RUN FINISHED {waiting.run_id} success" in run.finish()
+    # Later the spec points dev at another namespace the team may use; the DAG is parsed anew, and
+    # deploy_dev of the finished run is rerun.
+    platform = yaml.safe_load((Path(__file__).resolve().parents[2] / "config" / "platform.yaml").read_text())
+    platform["teams"]["clinic"]["clusters"]["dev"][0]["namespaces"] = ["dev", "staging"]
+    (tmp_path / "platform.yaml").write_text(yaml.safe_dump(platform))
+    monkeypatch.setenv("AIRFLOW__CONVEYOR__PLATFORM_FILE", str(tmp_path / "platform.yaml"))
+    edit_file(APPS / "appointments.yaml", lambda text: text.replace("namespace: dev\n", "namespace: staging\n", 1))
+    message = deploy_check("appointments", "deploy_dev", waiting)
+    assert "this task deploys to staging through 'k8s_dev'" in message
+    assert "started when dev was dev through 'k8s_dev'" in message and "A run keeps the spec it started with" in message
