@@ -163,30 +163,21 @@ def _checks(session: Any, gate: Gate) -> list[CheckResult]:
 
 
 def _build_info(gate: Gate) -> BuildInfo:
-    shown = gate.shown
-    if shown is not None:
-        return BuildInfo(
-            commit=shown.commit,
-            digest=shown.digest,
-            branch=shown.branch,
-            build_number=shown.build_number,
-            release_tag=shown.release_tag or None,
-            message=shown.message,
-            author=shown.author,
-            pusher=shown.pusher or None,
-            manifests=shown.manifests_hash,
-        )
-    checkout = gate.run.run.checked_out
-    built = gate.run.run.built
+    """The build the gate shows; before it shows one, what the run's checkout and build recorded so far."""
+    shown, built = gate.shown, gate.run.run.built
+    source = shown or gate.run.run.checked_out  # both carry the checkout's facts under the same names
+    if source is None:
+        return BuildInfo(build_number=gate.run.started.build_number)
     return BuildInfo(
-        commit=checkout.commit if checkout else None,
-        digest=built.digest if built else None,
-        branch=checkout.branch if checkout else None,
-        build_number=gate.run.started.build_number,
-        release_tag=(checkout.release_tag or None) if checkout else None,
-        message=checkout.message if checkout else None,
-        author=checkout.author if checkout else None,
-        pusher=(checkout.pusher or None) if checkout else None,
+        commit=source.commit,
+        digest=shown.digest if shown else (built.digest if built else None),
+        branch=source.branch,
+        build_number=source.build_number,
+        release_tag=source.release_tag or None,
+        message=source.message,
+        author=source.author,
+        pusher=source.pusher or None,
+        manifests=shown.manifests_hash if shown else None,
     )
 
 
