@@ -123,57 +123,115 @@ class ImagePolicy:
 
 
 def _image_scalars(text: str) -> Iterator[yaml.ScalarNode]:
-    """The ``image:`` values of every container in a YAML stream, as nodes (with their place in the text)."""
+    """The images of every container and image volume in a YAML stream, as nodes (with their place in the text)."""
 
-    def walk(node: yaml.Node) -> Iterator[yaml.ScalarNode]:
+    def entries(node: yaml.Node) -> Iterator[tuple[str, yaml.Node]]:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
-                if (
-                    isinstance(key, yaml.ScalarNode)
-                    and key.value in CONTAINER_LISTS
-                    and isinstance(value, yaml.SequenceNode)
-                ):
-                    for item in value.value:
-                        if isinstance(item, yaml.MappingNode):
-                            for k, v in item.value:
-                                if (
-                                    isinstance(k, yaml.ScalarNode)
-                                    and k.value == "image"
-                                    and isinstance(v, yaml.ScalarNode)
-                                ):
-                                    yield v
-                yield from walk(value)
-        elif isinstance(node, yaml.SequenceNode):
-            for item in node.value:
-                yield from walk(item)
+                if isinstance(key, yaml.ScalarNode):
+                    yield str(key.value), value
+
+    def walk(node: yaml.Node) -> Iterator[yaml.ScalarNode]:
+        for key, value in entries(node):
+            if key in CONTAINER_LISTS + ("volumes",) and isinstance(value, yaml.SequenceNode):
+                for item in value.value:
+                    for k, v in entries(item):
+                        if k == "image" and isinstance(v, yaml.ScalarNode):  # a container
+                            yield v
+                        elif k == "image" and key == "volumes":  # an image volume: {reference: ...}
+                            yield from (
+                                r for name, r in entries(v) if name == "reference" and isinstance(r, yaml.ScalarNode)
+                            )
+        children = (
+            [v for _, v in entries(node)]
+            if isinstance(node, yaml.MappingNode)
+            else (list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        )
+        for child in children:
+            yield from walk(child)
 
     for document in yaml.compose_all(text, Loader=yaml.SafeLoader):
         if document is not None:
             yield from walk(document)
 
 
+def _indirections(text: str, file: str) -> list[str]:
+    """Anchors, aliases and merge keys: with them a value can reach kubectl from somewhere Conveyor does not
+    look, so manifests may not use them."""
+    problems = []
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1 if event.start_mark is not None else 0
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            problems.append(
+                f"{file}:{line}: YAML anchors and aliases (&, *) are not allowed in manifests; write the value out"
+            )
+        elif isinstance(event, yaml.ScalarEvent) and event.value == "<<" and event.style is None:
+            problems.append(f"{file}:{line}: YAML merge keys (<<) are not allowed in manifests; write the keys out")
+    return problems
+
+
+def _resolved_images(text: str) -> Iterator[str]:
+    """The images kubectl would see: from the parsed documents, not the text."""
+
+    def walk(value: object) -> Iterator[str]:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in CONTAINER_LISTS + ("volumes",) and isinstance(item, list):
+                    for entry in item:
+                        image = entry.get("image") if isinstance(entry, dict) else None
+                        if isinstance(image, dict):
+                            image = image.get("reference")
+                        if image is not None:
+                            yield str(image)
+                yield from walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from walk(item)
+
+    for document in yaml.safe_load_all(text):
+        yield from walk(document)
+
+
+def _image_problem(image: str, policy: ImagePolicy) -> str | None:
+    repository, digest = split_image(image)
+    if repository == policy.own_repository:
+        if digest and digest != f"@{policy.digest}":
+            return (
+                f"image '{image}' names the app's own image at another digest than this build's ({policy.digest}); "
+                "write $IMAGE or the image by tag, and Conveyor pins it to the build"
+            )
+        return None
+    if DIGEST.search(image) or policy.allowed(image):
+        return None
+    return (
+        f"image '{image}' is neither pinned by digest (name@sha256:...) nor allowed by the platform "
+        "(images.allowed in the platform file); pin it by digest, or ask the platform team to allow it"
+    )
+
+
 def bind_images(text: str, policy: ImagePolicy, file: str) -> tuple[str, list[str]]:
     """The manifest with the app's own image pinned to the build's digest, and the problems of the other images."""
-    problems: list[str] = []
+    problems = _indirections(text, file)
+    if problems:
+        return text, problems
     replacements: list[tuple[int, int, str]] = []
     for node in _image_scalars(text):
         image = str(node.value)
-        line = node.start_mark.line + 1
-        repository, digest = split_image(image)
+        problem = _image_problem(image, policy)
+        if problem:
+            problems.append(f"{file}:{node.start_mark.line + 1}: {problem}")
+        repository, _ = split_image(image)
         if repository == policy.own_repository:
-            if digest and digest != f"@{policy.digest}":
-                problems.append(
-                    f"{file}:{line}: image '{image}' names the app's own image at another digest than this build's "
-                    f"({policy.digest}); write $IMAGE or the image by tag, and Conveyor pins it to the build"
-                )
             replacements.append((node.start_mark.index, node.end_mark.index, f"{repository}@{policy.digest}"))
-        elif not DIGEST.search(image) and not policy.allowed(image):
-            problems.append(
-                f"{file}:{line}: image '{image}' is neither pinned by digest (name@sha256:...) nor allowed by the "
-                "platform (images.allowed in the platform file); pin it by digest, or ask the platform team to allow it"
-            )
     for start, end, value in sorted(replacements, reverse=True):
         text = text[:start] + value + text[end:]
+    # What kubectl will read, checked once more from the parsed documents (whatever way it was written).
+    own = f"{policy.own_repository}@{policy.digest}"
+    for image in _resolved_images(text):
+        if (split_image(image)[0] == policy.own_repository and image != own) or _image_problem(image, policy):
+            problem = f"{file}: image '{image}' would reach the cluster unpinned; write it as a plain 'image:' value"
+            if problem not in problems and not any(f"'{image}'" in p for p in problems):
+                problems.append(problem)
     return text, problems
 
 

@@ -175,3 +175,28 @@ def test_connections_must_be_of_the_type_their_use_needs() -> None:
         "of: kubernetes. Fix the connection's type, or the spec."
     )
     assert connection_type_problem("registry", "git_default", "http") is not None
+
+
+def test_anchors_aliases_and_merge_keys_cannot_smuggle_an_image() -> None:
+    """A merge key puts an image where a text-level check would not look; kubectl honours it."""
+    merged = (
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers:\n"
+        '    - <<: {image: "harbor.example.com/ks-devops/boot-preject:latest"}\n      name: app\n'
+    )
+    _, found = bind_images(merged, POLICY, "deploy.yml")
+    assert found == ["deploy.yml:6: YAML merge keys (<<) are not allowed in manifests; write the keys out"]
+    aliased = (
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers:\n"
+        "    - {name: a, image: &img 'nginx:1'}\n    - {name: b, image: *img}\n"
+    )
+    _, found = bind_images(aliased, POLICY, "deploy.yml")
+    assert found and all("anchors and aliases" in f for f in found)
+
+
+def test_image_volumes_are_images_too() -> None:
+    volume = (
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers: []\n  volumes:\n"
+        "    - name: data\n      image: {reference: 'evil.example.com/data:latest'}\n"
+    )
+    _, found = bind_images(volume, POLICY, "deploy.yml")
+    assert found and found[0].startswith("deploy.yml:8: image 'evil.example.com/data:latest' is neither pinned")
