@@ -57,6 +57,15 @@ class ClusterGrant(_Model):
     namespaces: list[str]
 
 
+class ApproverGrant(_Model):
+    """Who may release one environment of a team's apps, and the least an app's gate must ask for."""
+
+    users: list[str] = Field(default_factory=list, description="the users a gate may name")
+    roles: list[str] = Field(default_factory=list, description="the roles a gate may name")
+    min_required: int = Field(default=1, ge=1, le=20, description="the fewest distinct approvals a gate may ask for")
+    allow_self_approval: bool = Field(default=False, description="may a gate let people approve their own change")
+
+
 class Team(_Model):
     """What one team's apps may use."""
 
@@ -65,10 +74,13 @@ class Team(_Model):
     clusters: dict[str, list[ClusterGrant]] = Field(default_factory=dict, description="environment -> clusters")
     sonar: list[str] = Field(default_factory=list)
     webhooks: list[str] = Field(default_factory=list)
+    approvers: dict[str, ApproverGrant] = Field(
+        default_factory=dict, description="environment -> who may approve releases there (the floor of every gate)"
+    )
 
-    @field_validator("clusters")
+    @field_validator("clusters", "approvers")
     @classmethod
-    def _environments(cls, v: dict[str, list[ClusterGrant]]) -> dict[str, list[ClusterGrant]]:
+    def _environments(cls, v: dict[str, Any]) -> dict[str, Any]:
         for env in v:
             if env not in ("dev", "prod"):
                 raise ValueError(f"'{env}' is not an environment; use dev and prod")
@@ -241,6 +253,7 @@ def spec_problems(spec: AppSpec, platform: Platform) -> list[GrantProblem]:
                 f"'{spec.sonar.connection}' (granted: {', '.join(team.sonar) or 'none'})",
             )
         )
+    problems += approval_problems(spec, team)
     hooks = list(spec.notifications.webhooks)
     for gate in (spec.approvals.approve, spec.approvals.approve_prod):
         if gate is not None and gate.notify is not None:
@@ -254,6 +267,58 @@ def spec_problems(spec: AppSpec, platform: Platform) -> list[GrantProblem]:
                     f"'{hook}' (granted: {', '.join(team.webhooks) or 'none'})",
                 )
             )
+    return problems
+
+
+def approval_problems(spec: AppSpec, team: Team) -> list[GrantProblem]:
+    """Each gate's policy against the team's approvers of the environments it releases to: a spec cannot
+    name its own approvers, lower the quorum or allow self-approval beyond what the platform grants."""
+    from conveyor.pipeline import build_pipeline
+
+    problems: list[GrantProblem] = []
+    for gate in build_pipeline(spec).gates():
+        policy = gate.policy
+        assert policy is not None  # every gate carries its policy
+        where = f"approvals.{gate.id}"
+        for env in gate.releases_to:
+            grant = team.approvers.get(env)
+            if grant is None:
+                problems.append(
+                    GrantProblem(
+                        where,
+                        f"the platform file names no approvers for {env} of team "
+                        f"{spec.team}; ask the platform team to add them",
+                    )
+                )
+                continue
+            extra_users = sorted(set(policy.users) - set(grant.users))
+            extra_roles = sorted(set(policy.roles) - set(grant.roles))
+            if extra_users or extra_roles:
+                named = ", ".join([*(f"user {u}" for u in extra_users), *(f"role {r}" for r in extra_roles)])
+                allowed = ", ".join([*(f"user {u}" for u in grant.users), *(f"role {r}" for r in grant.roles)])
+                problems.append(
+                    GrantProblem(
+                        where,
+                        f"{named} may not approve releases to {env} of team {spec.team} "
+                        f"(the platform allows: {allowed or 'nobody'})",
+                    )
+                )
+            if policy.required < grant.min_required:
+                problems.append(
+                    GrantProblem(
+                        f"{where}.required",
+                        f"releases to {env} need at least "
+                        f"{grant.min_required} approvals; this gate asks for {policy.required}",
+                    )
+                )
+            if policy.allow_self_approval and not grant.allow_self_approval:
+                problems.append(
+                    GrantProblem(
+                        f"{where}.allow_self_approval",
+                        f"team {spec.team} may not let people "
+                        f"approve their own change to {env}; remove allow_self_approval",
+                    )
+                )
     return problems
 
 

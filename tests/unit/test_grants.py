@@ -200,3 +200,36 @@ def test_image_volumes_are_images_too() -> None:
     )
     _, found = bind_images(volume, POLICY, "deploy.yml")
     assert found and found[0].startswith("deploy.yml:8: image 'evil.example.com/data:latest' is neither pinned")
+
+
+def test_a_spec_cannot_name_its_own_approvers_lower_the_quorum_or_allow_self_approval() -> None:
+    """Else whoever may edit a spec could approve their own release to production."""
+    spec = spec_with(approvals={"approve": {"users": ["mallory"], "allow_self_approval": True}})
+    found = [(p.field, p.message.split(" (")[0]) for p in spec_problems(spec, PLATFORM)]
+    # approve covers dev and prod here (no approve_prod): both environments' approvers apply.
+    self_approval = "team clinic may not let people approve their own change to {}; remove allow_self_approval"
+    assert found == [
+        ("approvals.approve", "user mallory may not approve releases to dev of team clinic"),
+        ("approvals.approve.allow_self_approval", self_approval.format("dev")),
+        ("approvals.approve", "user mallory may not approve releases to prod of team clinic"),
+        ("approvals.approve.allow_self_approval", self_approval.format("prod")),
+    ]
+    viewers = problems(spec_with(approvals={"approve": {"roles": ["viewer"]}}))
+    assert "role viewer may not approve releases to" in viewers["approvals.approve"]
+
+    boot = yaml.safe_load((REPO / "include" / "apps" / "boot-preject.yaml").read_text())
+    boot["approvals"]["approve_prod"]["roles"] = ["admin", "op"]
+    found = {p.field: p.message for p in spec_problems(parse_spec(boot, "boot-preject.yaml"), PLATFORM)}
+    assert "role op may not approve releases to prod of team middleware" in found["approvals.approve_prod"]
+
+
+def test_the_platform_sets_the_least_quorum() -> None:
+    from conveyor.grants import Platform
+
+    data = PLATFORM.model_dump()
+    data["teams"]["clinic"]["approvers"]["prod"]["min_required"] = 3
+    found = {p.field: p.message for p in spec_problems(spec_with(), Platform.model_validate(data))}
+    # appointments' approve_prod asks for 2 of alice, bob and carol
+    assert found == {
+        "approvals.approve_prod.required": "releases to prod need at least 3 approvals; this gate asks for 2"
+    }
