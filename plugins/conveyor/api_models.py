@@ -90,10 +90,11 @@ class GateList(BaseModel):
 
 
 class DecisionRequest(BaseModel):
-    commit: str = Field(description="the commit SHA the decider was shown")
-    digest: str = Field(description="the image digest the decider was shown")
+    commit: str = Field(pattern=r"^[0-9a-f]{40}$", description="the commit SHA the decider was shown")
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$", description="the image digest the decider was shown")
     manifests: str | None = Field(
         default=None,
+        pattern=r"^sha256:[0-9a-f]{64}$",
         description="the manifests hash the decider was shown (GateInfo.build.manifests); checked when given",
     )
     reason: str = Field(default="", max_length=2000, description="why; required for a reject")

@@ -45,6 +45,19 @@ def release_tag(params: dict[str, Any], auto_tag: bool, auto_tag_prefix: str, bu
     return f"{auto_tag_prefix}.{build_number}" if auto_tag else ""
 
 
+def run_is_release(app: str, context: Any, auto_tag: bool) -> bool:
+    """Whether the run releases: what its checkout recorded (the release tag it computed when the run
+    started), not the DAG as it is parsed now, so a spec edited mid-run cannot turn a run into a release."""
+    run_id = context.get("run_id")
+    try:
+        checkout = records.load(app).run(run_id).checked_out if run_id else None
+    except ConveyorError:
+        checkout = None
+    if checkout is not None:
+        return bool(checkout.release_tag)
+    return is_release(context["params"], auto_tag)
+
+
 def params_problem(params: dict[str, Any]) -> str | None:
     """Why the run's params cannot be used, checked as whole strings (the UI's pattern check is not enough)."""
     branch = params.get("branch")
@@ -119,13 +132,13 @@ class ConveyorPodOperator(KubernetesPodOperator):
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         # A step that will skip (not a release) must not fail first on rendering values,
         # such as this run's image digest, that a non-release run may never produce.
-        if self.release_only and not is_release(context["params"], self.auto_tag):
+        if self.release_only and not run_is_release(self.app, context, self.auto_tag):
             return
         super().render_template_fields(context, jinja_env)
 
     def execute(self, context: Any) -> Any:
         params = context["params"]
-        if self.release_only and not is_release(params, self.auto_tag):
+        if self.release_only and not run_is_release(self.app, context, self.auto_tag):
             raise AirflowSkipException(NOT_A_RELEASE.format(step=self.task_id))
         problem = params_problem(params)
         if problem:
@@ -134,8 +147,11 @@ class ConveyorPodOperator(KubernetesPodOperator):
         before = _records(self.app).run(context["run_id"]) if self.step_kind == "build" else None
         deploy = None
         if self.step_kind == "deploy":
-            deploy = self._verify_release(context)
+            deploy = self._verify_release(context, str(self.environment), applying=True)
             self._release_manifests = deploy.manifests[str(self.environment)]
+        elif self.step_kind == "tag":
+            # A release tag names an approved build only: the gate before dev must approve this exact build.
+            self._verify_release(context, "dev", applying=False)
         made: list[str] = []
         self._killed_run_id = context["run_id"]  # on_kill gets no context: it deletes this run's Secrets
         try:
@@ -248,11 +264,13 @@ class ConveyorPodOperator(KubernetesPodOperator):
             return None
         return gate_rules.Build(str(checkout.get("commit") or ""), str(built.get("digest") or ""))
 
-    def _verify_release(self, context: Any) -> records.GateOpened:
-        """The build and manifests this deploy may apply, or AirflowFailException naming what is missing."""
+    def _verify_release(self, context: Any, env: str, *, applying: bool) -> records.GateOpened:
+        """The build and manifests this step may release to ``env``, or AirflowFailException naming what is
+        missing. ``applying``: a deploy, which must also deploy where the run started to, never over a newer
+        build, and records that it is applying before its pod starts (no record, no deploy)."""
         from airflow.sdk import BaseHook
 
-        run_id, env = context["run_id"], str(self.environment)
+        run_id = context["run_id"]
         history = _records(self.app)
         audit = {"action": self.task_id, "run_id": run_id, "app": self.app}
         try:
@@ -260,7 +278,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
         except ConveyorError as exc:
             self._refuse(audit, "", f"{self.task_id}: refused — {exc}")
         target = run.pipeline.environment(env)
-        if self.deploy_target and self.deploy_target != (target.cluster, target.namespace):
+        if applying and self.deploy_target and self.deploy_target != (target.cluster, target.namespace):
             self._refuse(
                 audit,
                 "",
@@ -273,7 +291,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
         assessment = gate_rules.assess(facts)
         shown = run.run.gate_shown(gate_step.id)
         rendered = run.render([env], BaseHook.get_connection)
-        newer = history.last_deployed(env)
+        newer = history.newer_deployment(env, run.started.run_after_at) if applying else None
         check = gate_rules.ReleaseCheck(
             step=self.task_id,
             environment=env,
@@ -284,21 +302,74 @@ class ConveyorPodOperator(KubernetesPodOperator):
             kept=shown.manifests.get(env) if shown else None,
             rendered_now=rendered.rendered.get(env) if rendered and not rendered.error else None,
             render_error=rendered.error if rendered else "this run has no complete checkout and build",
-            newer_deployed=newer.describe() if newer and newer.run_after_at > run.started.run_after_at else None,
+            newer_deployed=newer.describe() if newer else None,
             xcom_build=self._xcom_build(context),
         )
         problem = gate_rules.check_release(facts, assessment, check)
         if problem:
             self._refuse(audit, gate_step.id, problem, shown)
         assert shown is not None  # check_release refuses without a shown build
-        self._audit(audit, gate_step.id, "verified", 200, "", shown)
+        if applying:
+            self._record_applying(context, audit, shown, env, run.started)
+        else:
+            self._audit(audit, gate_step.id, "verified", 200, "", shown)
         self.log.info(
-            "Release verified: %s, %s; applying exactly the manifests approved (%s).",
+            "Release verified: %s, %s; releasing exactly the build and manifests approved (%s).",
             gate_step.id,
             assessment.explain(),
             shown.manifests_hash,
         )
         return shown
+
+    def _record_applying(
+        self, context: Any, base: dict[str, str], shown: records.GateOpened, env: str, started: records.RunStarted
+    ) -> None:
+        """Record, before the pod starts, that this deploy is applying (with its verified audit event), in one
+        append that checks again that no newer build deployed meanwhile. No record, no deploy: a rerun of an
+        older build can never miss this deploy."""
+        at = records.now_iso()
+        applying = self._deployment(context, shown, env, started, "applying", at)
+        event = self._audit_event(base, shown.gate, "verified", 200, "", shown, at)
+
+        def compute(history: records.AppRecords) -> list[Any]:
+            newer = history.newer_deployment(env, started.run_after_at)
+            if newer is not None:
+                raise ConveyorError(f"{env} already runs a newer build ({newer.describe()}) since the check")
+            return [
+                records.entry(records.Kind.AUDIT, event, gate=shown.gate),
+                records.entry(records.Kind.DEPLOYED, applying),
+            ]
+
+        try:
+            records.append(self.app, compute)
+        except Exception as exc:
+            self._refuse(base, shown.gate, f"{self.task_id}: refused — could not record that it applies: {exc}", shown)
+
+    def _deployment(
+        self,
+        context: Any,
+        shown: records.GateOpened,
+        env: str,
+        started: records.RunStarted | None,
+        result: str,
+        at: str | None = None,
+    ) -> records.Deployed:
+        run = _records(self.app).run(context["run_id"]) if result != "applying" else None
+        decisions = run.decisions.get(shown.gate, []) if run else []
+        return records.Deployed(
+            run_id=context["run_id"],
+            environment=env,
+            commit=shown.commit,
+            digest=shown.digest,
+            manifests=shown.manifests[env],
+            manifests_hash=shown.manifests_hash,
+            result=result,
+            at=at or records.now_iso(),
+            run_after=started.run_after if started else shown.run_after,
+            build_number=shown.build_number,
+            tag=shown.release_tag if env == "prod" else "",
+            approvers=list(dict.fromkeys(d.user for d in decisions if d.decision == gate_rules.APPROVE)),
+        )
 
     def _audit(
         self,
@@ -309,8 +380,24 @@ class ConveyorPodOperator(KubernetesPodOperator):
         why: str,
         shown: records.GateOpened | None = None,
     ) -> None:
-        event = records.AuditEvent(
-            at=records.now_iso(),
+        event = self._audit_event(base, gate, outcome, code, why, shown)
+        try:
+            records.record(self.app, records.Kind.AUDIT, event)
+        except Exception as exc:  # the refusal stands even when it cannot be recorded
+            self.log.error("Could not record the audit event (%s): %s", outcome, exc)
+
+    @staticmethod
+    def _audit_event(
+        base: dict[str, str],
+        gate: str,
+        outcome: str,
+        code: int,
+        why: str,
+        shown: records.GateOpened | None,
+        at: str | None = None,
+    ) -> records.AuditEvent:
+        return records.AuditEvent(
+            at=at or records.now_iso(),
             app=base["app"],
             run_id=base["run_id"],
             gate=gate,
@@ -323,10 +410,6 @@ class ConveyorPodOperator(KubernetesPodOperator):
             digest=shown.digest if shown else "",
             manifests=shown.manifests_hash if shown else "",
         )
-        try:
-            records.record(self.app, records.Kind.AUDIT, event)
-        except Exception as exc:  # the refusal stands even when it cannot be recorded
-            self.log.error("Could not record the audit event (%s): %s", outcome, exc)
 
     def _refuse(
         self, base: dict[str, str], gate: str, message: str, shown: records.GateOpened | None = None
@@ -352,29 +435,13 @@ class ConveyorPodOperator(KubernetesPodOperator):
         return pod
 
     def _record_deployed(self, context: Any, shown: records.GateOpened, result: str) -> None:
-        """Keep the deployment: the next gate diffs against it, and it is the environment's history."""
-        run = _records(self.app).run(context["run_id"])
-        started = run.started
-        facts_gate = shown.gate
-        decisions = [d.user for d in run.decisions.get(facts_gate, []) if d.decision == gate_rules.APPROVE]
-        deployed = records.Deployed(
-            run_id=context["run_id"],
-            environment=str(self.environment),
-            commit=shown.commit,
-            digest=shown.digest,
-            manifests=shown.manifests[str(self.environment)],
-            manifests_hash=shown.manifests_hash,
-            result=result,
-            at=records.now_iso(),
-            run_after=started.run_after if started else shown.run_after,
-            build_number=shown.build_number,
-            tag=shown.release_tag if self.environment == "prod" else "",
-            approvers=list(dict.fromkeys(decisions)),
-        )
+        """Keep how the deployment ended: the next gate diffs against it, and it is the environment's history."""
+        env = str(self.environment)
+        started = _records(self.app).run(context["run_id"]).started
         try:
-            records.record(self.app, records.Kind.DEPLOYED, deployed)
-        except Exception as exc:
-            self.log.warning("Could not keep the deployment record (%s): %s", result, exc)
+            records.record(self.app, records.Kind.DEPLOYED, self._deployment(context, shown, env, started, result))
+        except Exception as exc:  # the pod has run; its "applying" record already stands for it
+            self.log.error("Could not keep the deployment record (%s): %s", result, exc)
 
     # --- credentials: Secrets of this step of this run, only while its pod runs ------------
 
@@ -424,7 +491,10 @@ class ConveyorPodOperator(KubernetesPodOperator):
         except Exception as exc:  # the step's own outcome stands; say what is left behind
             self.log.error(
                 "Could not delete the step's Secrets %s (%s): delete them with kubectl delete secret -n %s %s",
-                ", ".join(names), exc, self._secrets_namespace(), " ".join(names),
+                ", ".join(names),
+                exc,
+                self._secrets_namespace(),
+                " ".join(names),
             )
 
 
@@ -475,7 +545,7 @@ class ApprovalSensor(BaseSensorOperator):
         self.auto_tag = auto_tag
 
     def execute(self, context: Any) -> Any:
-        if self.release_only and not is_release(context["params"], self.auto_tag):
+        if self.release_only and not run_is_release(self.app, context, self.auto_tag):
             raise AirflowSkipException(NOT_A_RELEASE.format(step=self.task_id))
         try:
             return super().execute(context)
@@ -513,7 +583,10 @@ class ApprovalSensor(BaseSensorOperator):
             self.log.info(
                 "Showing approvers build #%s: commit %s, image %s, manifests %s (kept: these bytes are what the "
                 "deploy applies).",
-                shown.build_number, shown.commit, shown.digest, shown.manifests_hash,
+                shown.build_number,
+                shown.commit,
+                shown.digest,
+                shown.manifests_hash,
             )
         assessment = gate_rules.assess(run.facts(self.task_id, now=datetime.now(UTC), task_state=None))
         for line in assessment.not_counted:

@@ -154,7 +154,7 @@ class Deployed:
     digest: str
     manifests: str
     manifests_hash: str
-    result: str  # succeeded | failed
+    result: str  # applying (written before the pod starts) | succeeded | failed
     at: str
     run_after: str
     build_number: int = 0
@@ -256,6 +256,12 @@ class AppRecords:
         shown = [r.gate_shown(gate) for r in self.runs.values()]
         candidates = [s for s in shown if s is not None]
         return max(candidates, key=lambda s: s.run_after_at) if candidates else None
+
+    def newer_deployment(self, environment: str, run_after: datetime) -> Deployed | None:
+        """A deployment to an environment, in any state (applying, succeeded, failed), by a run newer than
+        ``run_after``: an older build must not be applied over it."""
+        newer = [d for d in self.deployments if d.environment == environment and d.run_after_at > run_after]
+        return newer[-1] if newer else None
 
     def last_deployed(self, environment: str) -> Deployed | None:
         """What Conveyor last deployed successfully to an environment."""

@@ -76,14 +76,27 @@ def test_a_gate_marked_skipped_by_hand_releases_nothing(dag_test: Callable[..., 
     run = dag_test("appointments", {"tag_name": "v1.1.1"})
     waiting = run.wait_at_gate()
     set_state(api, auth("bob"), waiting, "approve", "skipped")
-    # deploy_dev is skipped with its gate; the release goes on to the production gate: skip that too.
-    run.wait_at_gate("approve_prod")
-    set_state(api, auth("dave"), waiting, "approve_prod", "skipped")
-
+    # deploy_dev is skipped with its gate; tag (which runs after skipped steps) refuses to tag an unapproved build.
     output = run.finish()
     assert run.state(waiting.run_id, "deploy_dev") == "skipped"
-    assert run.state(waiting.run_id, "deploy_prod") == "failed"
-    assert run.pod("deploy_dev") is None and run.pod("deploy_prod") is None
+    assert run.state(waiting.run_id, "tag") == "failed" and run.pod("tag") is None  # no git or image tag pushed
+    assert "tag: no valid approval of build" in output and "approve is skipped without a decision" in output
+    assert run.state(waiting.run_id, "deploy_prod") == "upstream_failed" and run.pod("deploy_prod") is None
+    assert [e["action"] for e in refusals(api, auth, waiting)] == ["tag"]
+
+
+def test_a_production_gate_marked_skipped_by_hand_releases_nothing(
+    dag_test: Callable[..., DagTest], api: Any, auth: Any
+) -> None:
+    run = dag_test("appointments", {"tag_name": "v1.1.2"})
+    waiting = run.wait_at_gate()
+    assert api.post(f"{waiting.gate_url()}/approve", headers=auth("alice"), json=waiting.build()).status_code == 201
+    run.wait_at_gate("approve_prod")
+    set_state(api, auth("dave"), waiting, "approve_prod", "skipped")  # dave has the Op role
+
+    output = run.finish()
+    assert run.state(waiting.run_id, "deploy_dev") == "success" and run.state(waiting.run_id, "tag") == "success"
+    assert run.state(waiting.run_id, "deploy_prod") == "failed" and run.pod("deploy_prod") is None
     assert "deploy_prod: no valid approval of build" in output
     assert "approve_prod is skipped without a decision; the gate has 0 of the 2 approval(s) it needs" in output
     assert [e["action"] for e in refusals(api, auth, waiting)] == ["deploy_prod"]
@@ -182,7 +195,7 @@ def deploy_check(dag_id: str, task_id: str, run: Any) -> str:
     results = pod_results(dag_id, commit=run.commit, digest=run.digest)
     context = {"run_id": run.run_id, "ti": _TaskInstance(results, "success")}
     with pytest.raises(AirflowFailException) as refused:
-        task._verify_release(context)
+        task._verify_release(context, task.environment, applying=True)
     return str(refused.value)
 
 
