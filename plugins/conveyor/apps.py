@@ -81,7 +81,14 @@ def load_apps(folder: Path | None = None) -> tuple[list[AppSpec], list[SpecError
         platform_error = ""
     except ConfigurationError as exc:
         platform, platform_error = None, str(exc)
-    for path in spec_files(folder):
+    paths = spec_files(folder)
+    stems = [p.stem for p in paths]
+    for path in paths:
+        if stems.count(path.stem) > 1:
+            others = ", ".join(p.name for p in paths if p.stem == path.stem)
+            problem = f"two spec files for app '{path.stem}' ({others}); keep one"
+            errors.append(SpecError(str(path), [SpecProblem(str(path), "name", problem)]))
+            continue
         try:
             spec = load_spec(path, manifests)
             if platform is None:
@@ -95,12 +102,9 @@ def load_apps(folder: Path | None = None) -> tuple[list[AppSpec], list[SpecError
 
 
 def spec_path(app: str) -> Path | None:
-    """The spec file of an app in the apps folder, or None."""
-    for suffix in (".yaml", ".yml"):
-        path = settings.apps_folder() / f"{app}{suffix}"
-        if path.is_file():
-            return path
-    return None
+    """The spec file of an app in the apps folder, or None (also when there are two: load_apps refuses both)."""
+    found = [p for p in (settings.apps_folder() / f"{app}{suffix}" for suffix in (".yaml", ".yml")) if p.is_file()]
+    return found[0] if len(found) == 1 else None
 
 
 def load_app(app: str) -> AppSpec:

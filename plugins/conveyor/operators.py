@@ -144,7 +144,9 @@ class ConveyorPodOperator(KubernetesPodOperator):
         if problem:
             raise _fail(problem)
         started = self._start_run(context) if self.step_kind == "checkout" else None
-        before = _records(self.app).run(context["run_id"]) if self.step_kind == "build" else None
+        before = (
+            _records(self.app).run(context["run_id"]) if self.step_kind in ("build", "unit_test", "sonar") else None
+        )
         deploy = None
         if self.step_kind == "deploy":
             deploy = self._verify_release(context, str(self.environment), applying=True)
@@ -167,6 +169,8 @@ class ConveyorPodOperator(KubernetesPodOperator):
             result = self._record_checkout(params, started, result)
         if self.step_kind == "build" and before is not None:
             self._record_build(context, before, result)
+        if self.step_kind in ("unit_test", "sonar"):
+            self._record_passed(context, before)
         if deploy is not None:
             self._record_deployed(context, deploy, "succeeded")
         return result
@@ -241,6 +245,12 @@ class ConveyorPodOperator(KubernetesPodOperator):
             repository=str((result or {}).get("repository") or ""),
         )
         records.record(self.app, records.Kind.BUILT, built)
+
+    def _record_passed(self, context: Any, before: records.RunRecords | None) -> None:
+        checkout = before.checked_out if before else None
+        if checkout is None:
+            raise _fail(f"{self.task_id} passed, but the run has no recorded checkout; rerun from checkout.")
+        records.record(self.app, records.Kind.PASSED, records.Passed(context["run_id"], self.task_id, checkout.commit))
 
     # --- deploy: the release check, right before anything is applied ---------------------
 
@@ -571,10 +581,7 @@ class ApprovalSensor(BaseSensorOperator):
         except (ConveyorError, KeyError) as exc:
             raise _fail(f"This gate cannot check the build: {str(exc).strip(chr(34))}") from None
         if outcome.error:
-            raise _fail(
-                f"The manifests this gate would release to {', '.join(step.releases_to)} cannot be rendered, "
-                f"so there is nothing to approve: {outcome.error}"
-            )
+            raise _fail(f"Nothing to approve: {outcome.error}")
         shown, new = outcome.build, outcome.new
         if shown is None:
             self.log.info("Waiting: %s.", outcome.waiting_for)

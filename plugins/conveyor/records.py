@@ -31,6 +31,7 @@ class Kind(StrEnum):
     RUN_STARTED = "run_started"
     CHECKED_OUT = "checked_out"
     BUILT = "built"
+    PASSED = "passed"
     GATE_OPENED = "gate_opened"
     DECISION = "decision"
     AUDIT = "audit"
@@ -91,6 +92,16 @@ class Built:
     commit: str
     digest: str
     repository: str = ""
+
+
+@dataclass(frozen=True)
+class Passed:
+    """A test or quality step (unit_test, sonar) whose pod succeeded on a commit: the only result the gate
+    believes (a task state can be set by hand)."""
+
+    run_id: str
+    step: str
+    commit: str
 
 
 @dataclass(frozen=True)
@@ -178,6 +189,7 @@ class RunRecords:
     started: RunStarted | None = None
     checkouts: list[CheckedOut] = field(default_factory=list)
     builds: list[Built] = field(default_factory=list)
+    passed: list[Passed] = field(default_factory=list)
     opened: dict[str, list[GateOpened]] = field(default_factory=dict)
     decisions: dict[str, list[Decision]] = field(default_factory=dict)
 
@@ -192,6 +204,11 @@ class RunRecords:
         if checkout is None or not self.builds or self.builds[-1].commit != checkout.commit:
             return None
         return self.builds[-1]
+
+    def has_passed(self, step: str) -> bool:
+        """Whether ``step``'s pod succeeded on the commit this run checked out (last)."""
+        checkout = self.checked_out
+        return checkout is not None and any(p.step == step and p.commit == checkout.commit for p in self.passed)
 
     def current_build(self) -> Build | None:
         """The commit and digest this run has now (no manifests hash: that is the gate's)."""
@@ -236,6 +253,8 @@ class AppRecords:
             self._run(e.run_id).checkouts.append(_from_body(CheckedOut, body))
         elif kind == Kind.BUILT:
             self._run(e.run_id).builds.append(_from_body(Built, body))
+        elif kind == Kind.PASSED:
+            self._run(e.run_id).passed.append(_from_body(Passed, body))
         elif kind == Kind.GATE_OPENED:
             run = self._run(e.run_id)
             run.opened.setdefault(e.gate, []).append(_from_body(GateOpened, body))

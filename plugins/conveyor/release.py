@@ -127,6 +127,14 @@ class RunRelease:
             raise ConveyorError(f"No gate of {self.spec.name} releases to {environment}.")
         return gates[-1]
 
+    def checks(self) -> list[str]:
+        """The test and quality steps of this run's pipeline, whose pods must have passed before a gate opens."""
+        return [step for step in ("unit_test", "sonar") if step in self.pipeline.step_ids]
+
+    def missing_checks(self) -> list[str]:
+        """The checks with no recorded pass on this run's commit (e.g. a failed step marked success by hand)."""
+        return [step for step in self.checks() if not self.run.has_passed(step)]
+
     def render(self, environments: Iterable[str], get_connection: Callable[[str], Any]) -> ReleaseManifests | None:
         """The manifests of these environments rendered now with this run's build (None before the build)."""
         checkout, built = self.run.checked_out, self.run.built
@@ -211,8 +219,21 @@ def show_build(
     manifests = run.render(step.releases_to, get_connection)
     if manifests is None:
         return Shown(None, waiting_for="this run's commit and image digest are not recorded yet (checkout, build)")
+    missing = run.missing_checks()
+    if missing:
+        checkout = run.run.checked_out
+        commit = checkout.commit[:12] if checkout else "?"
+        return Shown(
+            None,
+            error=f"{', '.join(missing)} has no recorded pass on commit {commit} (its pod did not succeed here: a task "
+            "state set by hand, or a run from before Conveyor kept results); start a new run",
+        )
     if manifests.error:
-        return Shown(None, error=manifests.error)
+        return Shown(
+            None,
+            error=f"the manifests this gate releases to {', '.join(step.releases_to)} cannot be rendered: "
+            f"{manifests.error}",
+        )
     candidate = run.shown_build(gate_id, manifests)
     assert candidate is not None  # rendered, so the checkout and the build are recorded
     shown, new = records.open_gate(app, candidate, at=at)

@@ -97,3 +97,21 @@ def test_an_expired_gate_refuses_decisions_and_says_when_it_expired(
     assert gate["expires_at"] and gate["why_not"].startswith(f"Expired at {gate['expires_at']} (after 24h)")
     response = decide(api, auth("alice"), run, "approve")
     assert response.status_code == 409 and "the gate counts as rejected" in response.json()["detail"]
+
+
+def test_a_test_step_marked_success_by_hand_leaves_nothing_to_approve(api: Any, auth: Any) -> None:
+    """A failed unit_test marked success lets the build run, but no pod ever passed on that commit."""
+    from airflow.sdk import BaseHook
+
+    from conveyor import release
+    from tests.api.conftest import set_build_results
+
+    response = api.post(
+        "/api/v2/dags/appointments/dagRuns", headers=auth("dave"), json={"logical_date": None, "conf": PROD}
+    )
+    assert response.status_code == 200, response.text
+    run_id = response.json()["dag_run_id"]
+    set_build_results("appointments", run_id, passed=())
+    shown = release.show_build("appointments", run_id, "approve", BaseHook.get_connection)
+    assert shown.build is None
+    assert shown.error.startswith("unit_test has no recorded pass on commit 3f2c00000000")

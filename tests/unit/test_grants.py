@@ -233,3 +233,14 @@ def test_the_platform_sets_the_least_quorum() -> None:
     assert found == {
         "approvals.approve_prod.required": "releases to prod need at least 3 approvals; this gate asks for 2"
     }
+
+
+def test_two_spec_files_for_one_app_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Else the DAG could be built from one file and the run read the other."""
+    for name in ("appointments.yaml", "appointments.yml"):
+        (tmp_path / name).write_text((REPO / "include" / "apps" / "appointments.yaml").read_text())
+    monkeypatch.setenv("AIRFLOW__CONVEYOR__APPS_FOLDER", str(tmp_path))
+    specs, errors = apps.load_apps(tmp_path)
+    assert specs == [] and len(errors) == 2
+    assert "two spec files for app 'appointments' (appointments.yaml, appointments.yml); keep one" in str(errors[0])
+    assert apps.spec_path("appointments") is None
