@@ -62,9 +62,23 @@ def manifest_problems(spec: AppSpec, file: str, platform: Platform, manifests_ro
     return problems
 
 
+def _known_image(image: str, platform: Platform) -> bool:
+    """An image Conveyor builds itself (a name of images/images.yaml) or one the platform allows."""
+    return image in settings.load_step_images().refs or platform.image_allowed(image, "")
+
+
 def check_app(spec: AppSpec, file: str, platform: Platform, manifests_root: Path) -> None:
     """Raise SpecError listing what the spec oversteps (grants) and what its manifests get wrong."""
     problems = [SpecProblem(file, p.field, p.message) for p in spec_problems(spec, platform)]
+    if spec.sonar.enabled and not _known_image(spec.sonar.image, platform):
+        problems.append(
+            SpecProblem(
+                file,
+                "sonar.image",
+                f"'{spec.sonar.image}' is not a step image of images/images.yaml nor allowed by the platform "
+                "(images.allowed): the Sonar step hands its image the Sonar token; use 'sonar-scanner'",
+            )
+        )
     problems += manifest_problems(spec, file, platform, manifests_root)
     if problems:
         raise SpecError(file, problems)
