@@ -79,30 +79,30 @@ class ChangeOwners:
         if self.triggered_by and user == self.triggered_by:
             return f"{user} triggered this run"
         if user in self.pushed_by:
-            return f"{user} pushed the commit this run builds"
+            return f"{user} pushed a commit this run releases"
         if user in self.wrote:
-            return f"{user} wrote the commit this run builds (its e-mail is mapped to {user})"
+            return f"{user} wrote a commit this run releases (its e-mail is mapped to {user})"
         return None
 
 
 def change_owners(
     *,
     triggered_by: str | None,
-    pusher: str,
+    pushers: Collection[str],
     emails: Collection[str],
     people: Mapping[str, Collection[str]],
     git_users: Mapping[str, str] | None = None,
 ) -> ChangeOwners:
     """The verified owners of a change.
 
-    :param pusher: the Git server's authenticated user who pushed the commit ("" if unknown)
-    :param emails: the commit's author and committer e-mails (free text in git: only a mapping counts)
+    :param pushers: the Git server's authenticated users who pushed the commits the run brings (none if unknown)
+    :param emails: those commits' author and committer e-mails (free text in git: only a mapping counts)
     :param people: Airflow user → the git e-mails the platform verified as theirs
     :param git_users: Git server user → Airflow user, where the names differ (else the same name)
     """
     lowered = {e.strip().lower() for e in emails if e and e.strip()}
     wrote = frozenset(user for user, mails in people.items() if lowered & {m.strip().lower() for m in mails})
-    pushed = frozenset({(git_users or {}).get(pusher, pusher)}) if pusher else frozenset()
+    pushed = frozenset((git_users or {}).get(p, p) for p in pushers if p)
     return ChangeOwners(triggered_by=triggered_by or None, pushed_by=pushed, wrote=wrote)
 
 

@@ -33,6 +33,7 @@ NOT_A_RELEASE = (
 )
 MANIFESTS_ENV = "CONVEYOR_MANIFESTS"
 MANIFESTS_SHA_ENV = "CONVEYOR_MANIFESTS_SHA256"
+BASE_COMMITS_ENV = "CONVEYOR_BASE_COMMITS"
 
 
 def is_release(params: dict[str, Any], auto_tag: bool) -> bool:
@@ -75,6 +76,10 @@ def params_problem(params: dict[str, Any]) -> str | None:
             f"The tag_name {tag!r} is not a release tag; use the form v1.2.3 or v1.2.3-rc.1 (nothing before or after)."
         )
     return None
+
+
+def _strings(value: Any) -> list[str]:
+    return [str(v) for v in value if v] if isinstance(value, list) else []
 
 
 def _fail(message: str) -> AirflowFailException:
@@ -127,6 +132,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
         self.auto_tag_prefix = auto_tag_prefix
         self.secret_refs = [tuple(r) for r in secret_refs]
         self._release_manifests: str | None = None
+        self._base_commits: list[str] = []
         self._killed_run_id: str | None = None
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
@@ -144,6 +150,9 @@ class ConveyorPodOperator(KubernetesPodOperator):
         if problem:
             raise _fail(problem)
         started = self._start_run(context) if self.step_kind == "checkout" else None
+        if started is not None:
+            # What earlier deployments already carried: the change this run brings is measured from there.
+            self._base_commits = _records(self.app).deployed_commits()
         before = (
             _records(self.app).run(context["run_id"]) if self.step_kind in ("build", "unit_test", "sonar") else None
         )
@@ -221,6 +230,10 @@ class ConveyorPodOperator(KubernetesPodOperator):
             author_email=str(result.get("author_email") or ""),
             committer_email=str(result.get("committer_email") or ""),
             pusher=str(result.get("pusher") or "") if trusted else "",
+            change_emails=_strings(result.get("change_emails")),
+            change_pushers=_strings(result.get("change_pushers")) if trusted else [],
+            change_commits=int(result.get("change_commits") or 1),
+            change_truncated=bool(result.get("change_truncated")),
         )
         records.record(self.app, records.Kind.CHECKED_OUT, checkout)
         result.update(build_number=started.build_number, release_tag=tag)
@@ -432,6 +445,13 @@ class ConveyorPodOperator(KubernetesPodOperator):
         pod = super().build_pod_request_obj(context, dry_run=dry_run)
         if context is not None:  # the Secrets of this step of this run, not the names the pod was built with
             bind_pod_secrets(pod, self._step_secrets(context["run_id"]))
+        if self._base_commits:
+            for container in pod.spec.containers:
+                if container.name == "base":
+                    container.env = [
+                        *(container.env or []),
+                        k8s.V1EnvVar(name=BASE_COMMITS_ENV, value=" ".join(self._base_commits)),
+                    ]
         if self._release_manifests is not None:
             # The approved bytes and their hash: the step script checks one against the other before applying.
             digest = hashlib.sha256(self._release_manifests.encode()).hexdigest()

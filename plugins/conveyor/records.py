@@ -82,6 +82,11 @@ class CheckedOut:
     author_email: str = ""
     committer_email: str = ""
     pusher: str = ""
+    # Everyone whose commits this run brings that no earlier deployment carried (see checkout.sh).
+    change_emails: list[str] = field(default_factory=list)
+    change_pushers: list[str] = field(default_factory=list)
+    change_commits: int = 1
+    change_truncated: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,10 @@ class GateOpened:
     author_email: str = ""
     committer_email: str = ""
     pusher: str = ""
+    change_emails: list[str] = field(default_factory=list)
+    change_pushers: list[str] = field(default_factory=list)
+    change_commits: int = 1
+    change_truncated: bool = False
 
     @property
     def build(self) -> Build:
@@ -281,6 +290,12 @@ class AppRecords:
         ``run_after``: an older build must not be applied over it."""
         newer = [d for d in self.deployments if d.environment == environment and d.run_after_at > run_after]
         return newer[-1] if newer else None
+
+    def deployed_commits(self, most: int = 20) -> list[str]:
+        """The commits Conveyor deployed (or is deploying) to any environment of the app, newest first: what a
+        new run's change is measured from."""
+        commits = [d.commit for d in reversed(self.deployments) if d.result in ("applying", "succeeded")]
+        return list(dict.fromkeys(commits))[:most]
 
     def last_deployed(self, environment: str) -> Deployed | None:
         """What Conveyor last deployed successfully to an environment."""

@@ -163,6 +163,10 @@ class RunRelease:
             author_email=checkout.author_email,
             committer_email=checkout.committer_email,
             pusher=checkout.pusher,
+            change_emails=list(checkout.change_emails),
+            change_pushers=list(checkout.change_pushers),
+            change_commits=checkout.change_commits,
+            change_truncated=checkout.change_truncated,
         )
 
     def facts(self, gate_id: str, *, now: datetime, task_state: str | None) -> GateFacts:
@@ -176,8 +180,8 @@ class RunRelease:
         people = grants.load_platform().people
         owners = change_owners(
             triggered_by=self.started.triggered_by,
-            pusher=shown.pusher if shown else "",
-            emails=[shown.author_email, shown.committer_email] if shown else [],
+            pushers=[shown.pusher, *shown.change_pushers] if shown else [],
+            emails=[shown.author_email, shown.committer_email, *shown.change_emails] if shown else [],
             people={user: p.emails for user, p in people.items()},
             git_users={p.git_user: user for user, p in people.items() if p.git_user},
         )

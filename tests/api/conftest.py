@@ -146,6 +146,8 @@ def set_build_results(
     pusher: str = "",
     opened_hours_ago: float = 0,
     passed: tuple[str, ...] = ("unit_test", "sonar"),
+    change_pushers: tuple[str, ...] = (),
+    change_emails: tuple[str, ...] = (),
 ) -> None:
     """What the checkout and build steps record (their pods are not run here), then the gate showing
     that build, as the approval sensor's first look does."""
@@ -182,6 +184,8 @@ def set_build_results(
         author_email=author_email,
         committer_email=author_email,
         pusher=pusher,
+        change_pushers=list(change_pushers),
+        change_emails=list(change_emails),
     )
     records.record(dag_id, records.Kind.CHECKED_OUT, checkout)
     for step in passed:  # what their pods' success records
@@ -211,6 +215,8 @@ def waiting_gate(api: Any, auth: Callable[[str], dict[str, str]]) -> Callable[..
         author_email: str = "dev@example.com",
         pusher: str = "",
         opened_hours_ago: float = 0,
+        change_pushers: tuple[str, ...] = (),
+        change_emails: tuple[str, ...] = (),
     ) -> Run:
         response = api.post(
             f"/api/v2/dags/{dag_id}/dagRuns",
@@ -227,7 +233,14 @@ def waiting_gate(api: Any, auth: Callable[[str], dict[str, str]]) -> Callable[..
             _set_state(dag_id, run_id, task_id, TaskInstanceState.SUCCESS)
         _set_state(dag_id, run_id, gate, TaskInstanceState.UP_FOR_RESCHEDULE)
         set_build_results(
-            dag_id, run_id, gate=gate, author_email=author_email, pusher=pusher, opened_hours_ago=opened_hours_ago
+            dag_id,
+            run_id,
+            gate=gate,
+            author_email=author_email,
+            pusher=pusher,
+            opened_hours_ago=opened_hours_ago,
+            change_pushers=change_pushers,
+            change_emails=change_emails,
         )
         return Run(dag_id, run_id)
 
@@ -264,8 +277,13 @@ def dag_test(airflow_db: Any, tmp_path: Path) -> Iterator[Callable[..., Any]]:
     ) -> DagTest:
         n = len(started)
         run = DagTest(
-            dag_id, conf, tmp_path / f"dag-test-{n}.log", pods=pods or pod_results(dag_id),
-            pod_dir=tmp_path / f"pods-{n}", block=block, env=env,
+            dag_id,
+            conf,
+            tmp_path / f"dag-test-{n}.log",
+            pods=pods or pod_results(dag_id),
+            pod_dir=tmp_path / f"pods-{n}",
+            block=block,
+            env=env,
         )
         started.append(run)
         return run

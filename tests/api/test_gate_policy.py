@@ -43,10 +43,10 @@ def test_the_commit_author_may_not_approve_their_own_change(
     # bob's verified e-mail (config/platform.yaml, people) is the commit's author e-mail
     run = waiting_gate(author_email="bob@clinic.example")
     gate = api.get(run.gate_url(), headers=auth("bob")).json()
-    assert gate["can_decide"] is False and "wrote the commit" in gate["why_not"]
+    assert gate["can_decide"] is False and "wrote a commit" in gate["why_not"]
     response = decide(api, auth("bob"), run, "approve")
     assert response.status_code == 403, response.text
-    assert "bob wrote the commit this run builds (its e-mail is mapped to bob)" in response.json()["detail"]
+    assert "bob wrote a commit this run releases (its e-mail is mapped to bob)" in response.json()["detail"]
     assert decide(api, auth("alice"), run, "approve").status_code == 201  # someone else may
 
 
@@ -56,7 +56,7 @@ def test_the_verified_pusher_may_not_approve_what_they_pushed_whatever_the_autho
     run = waiting_gate(author_email="someone-else@example.com", pusher="bob")
     response = decide(api, auth("bob"), run, "approve")
     assert response.status_code == 403, response.text
-    assert "bob pushed the commit this run builds" in response.json()["detail"]
+    assert "bob pushed a commit this run releases" in response.json()["detail"]
     # An author name or e-mail nobody verified counts for nobody: alice is not blocked by it.
     assert decide(api, auth("alice"), run, "approve").status_code == 201
 
@@ -115,3 +115,24 @@ def test_a_test_step_marked_success_by_hand_leaves_nothing_to_approve(api: Any, 
     shown = release.show_build("appointments", run_id, "approve", BaseHook.get_connection)
     assert shown.build is None
     assert shown.error.startswith("unit_test has no recorded pass on commit 3f2c00000000")
+
+
+def test_whoever_pushed_or_wrote_any_commit_of_the_release_may_not_approve_it(
+    api: Any, auth: Any, waiting_gate: Callable[..., Run]
+) -> None:
+    """bob pushes a change, carol's commit comes with it, alice pushes on top: the release brings all three."""
+    run = waiting_gate(
+        gate="approve_prod",
+        conf=PROD,
+        pusher="alice",
+        change_pushers=("alice", "bob"),
+        change_emails=("carol@clinic.example", "dev@example.com"),
+    )
+    expected = {
+        "alice": "alice pushed a commit this run releases",
+        "bob": "bob pushed a commit this run releases",
+        "carol": "carol wrote a commit this run releases (its e-mail is mapped to carol)",
+    }
+    for user, why in expected.items():
+        refused = decide(api, auth(user), run, "approve", gate="approve_prod")
+        assert refused.status_code == 403 and why in refused.json()["detail"], refused.text

@@ -263,7 +263,7 @@ def ci() -> Iterator[Any]:
     api.rest_client.pool_manager.clear()
 
 
-def _run_checkout_pod(ci: Any, name: str, secret: str, pairs: list[str]) -> str:
+def _run_checkout_pod(ci: Any, name: str, secret: str, pairs: list[str], base_commits: str = "") -> str:
     from kubernetes.client import models as k8s
 
     from conveyor.steps.common import script
@@ -283,7 +283,11 @@ def _run_checkout_pod(ci: Any, name: str, secret: str, pairs: list[str]) -> str:
                 name="base",
                 image=_toolbox(),
                 command=["bash", "-c", CHECKOUT_TWICE, "conveyor-test", script("checkout"), *pairs],
-                env=[from_secret("GIT_USERNAME", "username"), from_secret("GIT_PASSWORD", "password")],
+                env=[
+                    from_secret("GIT_USERNAME", "username"),
+                    from_secret("GIT_PASSWORD", "password"),
+                    *([k8s.V1EnvVar(name="CONVEYOR_BASE_COMMITS", value=base_commits)] if base_commits else []),
+                ],
             )],
         ),
     )
@@ -334,7 +338,47 @@ def test_checkout_step_hands_on_the_recorded_pusher(
         "author_email": "bob@example.com",
         "committer_email": "carol@example.com",
         "pusher": "alice",
+        # with no earlier deployment to measure from, the change is the newest commit alone
+        "change_commits": 1,
+        "change_truncated": False,
+        "change_emails": ["bob@example.com", "carol@example.com"],
+        "change_pushers": ["alice"],
     }
     assert "pushed by alice (recorded by the Git server)" in log
     assert (xcoms[1]["commit"], xcoms[1]["pusher"], xcoms[1]["author_email"]) == (unrecorded, "", "bob@example.com")
     assert f"no pusher recorded for {unrecorded}" in log
+
+
+def test_checkout_step_names_everyone_behind_the_commits_a_release_brings(
+    passwords: dict[str, str], server_repo: tuple[str, Path], work: Path, ci: Any,
+    cleanup: list[Callable[[], object]],
+) -> None:
+    """bob's commit, then alice's on top: measured from what was deployed before, the release brings both."""
+    from kubernetes.client import models as k8s
+
+    url, _ = server_repo
+    deployed = commit(work, "deployed before")
+    ok(git(["push", url, "main"], work, ("conveyor", passwords["conveyor"])))
+    commit(work, "bob's change", {"GIT_COMMITTER_EMAIL": "bob@example.com"})
+    ok(git(["push", url, "main"], work, ("bob", passwords["bob"])))
+    tip = commit(work, "alice's change on top", {"GIT_AUTHOR_EMAIL": "alice@example.com"})
+    ok(git(["push", url, "main"], work, ("alice", passwords["alice"])))
+
+    token = uuid.uuid4().hex[:8]
+    secret = f"zz-test-pushers-{token}"
+    ci.create_namespaced_secret(CI_NS, k8s.V1Secret(
+        metadata=k8s.V1ObjectMeta(name=secret, labels={"app.kubernetes.io/part-of": "conveyor-tests"}),
+        string_data={"username": "conveyor", "password": passwords["conveyor"]},
+    ))
+    cleanup.append(lambda: ci.delete_namespaced_secret(secret, CI_NS))
+    pod = f"checkout-range-{token}"
+    cleanup.append(lambda: ci.delete_namespaced_pod(pod, CI_NS, grace_period_seconds=0))
+    pod_url = url.replace(GIT, GIT_FROM_PODS, 1)
+    log = _run_checkout_pod(ci, pod, secret, [pod_url, "main"], base_commits=f"{deployed} {'f' * 40}")
+
+    (xcom,) = [json.loads(line[5:]) for line in log.splitlines() if line.startswith("XCOM ")]
+    assert xcom["commit"] == tip and xcom["pusher"] == "alice"
+    assert (xcom["change_commits"], xcom["change_truncated"]) == (2, False)
+    assert xcom["change_pushers"] == ["alice", "bob"]
+    assert xcom["change_emails"] == ["alice@example.com", "bob@example.com", "test@conveyor.invalid"]
+    assert "this release brings 2 commit(s) not deployed before" in log

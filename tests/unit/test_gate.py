@@ -123,18 +123,18 @@ def test_owners_of_the_change_cannot_approve_it_unless_allowed() -> None:
 def test_owners_are_the_verified_pusher_and_mapped_emails_never_free_text() -> None:
     people = {"alice": ["alice@clinic.example"], "bob": ["Bob@Clinic.example"]}
     owners = gate.change_owners(
-        triggered_by="dave", pusher="alice", emails=["bob@clinic.example", "x@y"], people=people
+        triggered_by="dave", pushers=["alice"], emails=["bob@clinic.example", "x@y"], people=people
     )
     assert owners.why_own("dave") == "dave triggered this run"
-    assert owners.why_own("alice") == "alice pushed the commit this run builds"
-    assert owners.why_own("bob") is not None and "wrote the commit" in owners.why_own("bob")  # type: ignore[operator]
+    assert owners.why_own("alice") == "alice pushed a commit this run releases"
+    assert owners.why_own("bob") is not None and "wrote a commit" in owners.why_own("bob")  # type: ignore[operator]
     assert owners.why_own("carol") is None
     # The author's *name* is free text and counts for nobody; an unmapped e-mail maps to nobody.
-    unmapped = gate.change_owners(triggered_by=None, pusher="", emails=["carol@elsewhere"], people=people)
+    unmapped = gate.change_owners(triggered_by=None, pushers=[], emails=["carol@elsewhere"], people=people)
     assert unmapped == gate.ChangeOwners()
     # A Git server user with another name maps to their Airflow user.
     mapped = gate.change_owners(
-        triggered_by=None, pusher="a.smith", emails=[], people={}, git_users={"a.smith": "alice"}
+        triggered_by=None, pushers=["a.smith", ""], emails=[], people={}, git_users={"a.smith": "alice"}
     )
     assert mapped.pushed_by == frozenset({"alice"})
 
@@ -187,7 +187,7 @@ def test_who_may_decide_and_when() -> None:
     own = facts([], owners=gate.ChangeOwners(pushed_by=frozenset({"alice"})), task_state="up_for_reschedule")
     assert (
         refuse(own, "alice")
-        == "403 alice pushed the commit this run builds; this gate does not allow approving your own change."
+        == "403 alice pushed a commit this run releases; this gate does not allow approving your own change."
     )
     other = gate.Build(BUILD.commit, "sha256:" + "e" * 64, BUILD.manifests)
     assert refuse(waiting, "alice", shown=other).startswith("409 This decision names")  # type: ignore[union-attr]

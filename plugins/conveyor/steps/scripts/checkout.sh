@@ -27,11 +27,40 @@ author_email="$(git -C /workspace/src log -1 --format=%ae)"
 committer_email="$(git -C /workspace/src log -1 --format=%ce)"
 say "commit: $subject ($author)"
 
-# Who pushed the commit: Conveyor's Git server notes the authenticated pusher of every commit
-# under a ref only the server writes (clients are refused). Author and committer are whatever
-# the pusher typed; this is not. Read-only: fetched into this pod's throwaway workspace.
+# Who brought the change: the commits this run releases that no earlier deployment of the app
+# already carried (from $CONVEYOR_BASE_COMMITS, the commits Conveyor deployed before; without
+# any, the newest commit alone), each with its author and committer e-mails and the user who
+# pushed it. Conveyor's Git server notes the authenticated pusher of every commit under a ref
+# only the server writes (clients are refused): unlike author and committer, not free text.
 notes_ref=refs/notes/conveyor-pushed-by
+max_commits=1000
+bases=()
+for base in ${CONVEYOR_BASE_COMMITS:-}; do
+  [[ "$base" =~ ^[0-9a-f]{40}$ ]] || fail "'$base' in CONVEYOR_BASE_COMMITS is not a commit SHA; rerun checkout."
+  bases+=("$base")
+done
+change=("$commit")
+truncated=false
+if ((${#bases[@]})); then
+  git_ "$url" -C /workspace/src fetch -q --unshallow origin 2>/tmp/history.err \
+    || git_ "$url" -C /workspace/src fetch -q origin '+refs/heads/*:refs/remotes/origin/*' 2>>/tmp/history.err \
+    || fail "cannot fetch the history of $url: $(tail -n 3 /tmp/history.err | tr '\n' ' '). Rerun checkout."
+  nots=()
+  for base in "${bases[@]}"; do
+    if git -C /workspace/src cat-file -e "$base^{commit}" 2>/dev/null; then nots+=("^$base"); fi
+  done
+  mapfile -t change < <(git -C /workspace/src rev-list --max-count=$((max_commits + 1)) "$commit" "${nots[@]}")
+  if ((${#change[@]} > max_commits)); then
+    truncated=true
+    change=("${change[@]:0:max_commits}")
+  fi
+  ((${#change[@]})) || change=("$commit")
+  say "this release brings ${#change[@]} commit(s) not deployed before$([[ $truncated == true ]] && echo " (the newest $max_commits checked)")"
+fi
+mapfile -t emails < <(git -C /workspace/src log --no-walk=unsorted --format='%ae%n%ce' "${change[@]}" | sort -u)
+
 pusher=""
+pushers=()
 set +e
 notes_tip="$(git_ "$url" ls-remote "$url" "$notes_ref" 2>/tmp/notes.err)"
 rc=$?
@@ -42,20 +71,31 @@ if [[ -z "$notes_tip" ]]; then
 else
   git_ "$url" -C /workspace/src fetch -q --depth 1 origin "+$notes_ref:$notes_ref" 2>/tmp/notes.err \
     || fail "cannot fetch $notes_ref from $url: $(tail -n 3 /tmp/notes.err | tr '\n' ' '). Check the Git server, then rerun checkout."
-  record="$(git -C /workspace/src notes --ref="$notes_ref" show "$commit" 2>/dev/null || true)"
-  while IFS= read -r line; do
-    if [[ "$line" == "Pushed-by: "* ]]; then pusher="${line#Pushed-by: }"; break; fi
-  done <<<"$record"
+  for one in "${change[@]}"; do
+    record="$(git -C /workspace/src notes --ref="$notes_ref" show "$one" 2>/dev/null || true)"
+    who=""
+    while IFS= read -r line; do
+      if [[ "$line" == "Pushed-by: "* ]]; then who="${line#Pushed-by: }"; break; fi
+    done <<<"$record"
+    if [[ -n "$who" && ! "$who" =~ ^[a-z][a-z0-9._-]{0,63}$ ]]; then
+      say "ignoring the pusher record of $one: it is not a Git server user name"
+      who=""
+    fi
+    [[ "$one" == "$commit" ]] && pusher="$who"
+    [[ -n "$who" ]] && pushers+=("$who")
+  done
   if [[ -z "$pusher" ]]; then
     say "no pusher recorded for $commit (pushed before $url kept the record)"
-  elif [[ ! "$pusher" =~ ^[a-z][a-z0-9._-]{0,63}$ ]]; then
-    say "ignoring the pusher record of $commit: it is not a Git server user name"
-    pusher=""
   else
     say "pushed by $pusher (recorded by the Git server)"
   fi
 fi
 jq -n --arg commit "$commit" --arg branch "$branch" --arg message "$subject" --arg author "$author" \
   --arg author_email "$author_email" --arg committer_email "$committer_email" --arg pusher "$pusher" \
-  '{commit: $commit, branch: $branch, message: $message, author: $author,
-    author_email: $author_email, committer_email: $committer_email, pusher: $pusher}' | xcom
+  --argjson change_commits "${#change[@]}" --argjson change_truncated "$truncated" \
+  --args '{commit: $commit, branch: $branch, message: $message, author: $author,
+    author_email: $author_email, committer_email: $committer_email, pusher: $pusher,
+    change_commits: $change_commits, change_truncated: $change_truncated,
+    change_emails: ($ARGS.positional | map(select(startswith("email:"))) | map(ltrimstr("email:"))),
+    change_pushers: ($ARGS.positional | map(select(startswith("pusher:"))) | map(ltrimstr("pusher:")) | unique)}' \
+  "${emails[@]/#/email:}" "${pushers[@]/#/pusher:}" | xcom
