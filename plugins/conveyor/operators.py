@@ -78,6 +78,12 @@ def params_problem(params: dict[str, Any]) -> str | None:
     return None
 
 
+def env_literal(value: str) -> str:
+    """``value`` as a container environment variable that reaches the process unchanged: Kubernetes expands
+    ``$(NAME)`` in env values and turns ``$$`` into ``$``, so every ``$`` is written twice."""
+    return value.replace("$", "$$")
+
+
 def _strings(value: Any) -> list[str]:
     return [str(v) for v in value if v] if isinstance(value, list) else []
 
@@ -459,7 +465,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
                 if container.name == "base":
                     container.env = [e for e in container.env or [] if e.name not in (MANIFESTS_ENV, MANIFESTS_SHA_ENV)]
                     container.env += [
-                        k8s.V1EnvVar(name=MANIFESTS_ENV, value=self._release_manifests),
+                        k8s.V1EnvVar(name=MANIFESTS_ENV, value=env_literal(self._release_manifests)),
                         k8s.V1EnvVar(name=MANIFESTS_SHA_ENV, value=digest),
                     ]
         return pod

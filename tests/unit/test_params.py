@@ -39,3 +39,11 @@ def test_a_branch_with_a_newline_or_a_bad_name_is_refused(branch: str) -> None:
 def test_good_branches_pass() -> None:
     for branch in ("main", "feature/login", "release/2.x"):
         assert re.search(BRANCH_PATTERN, branch) and params_problem({"branch": branch}) is None
+
+
+def test_every_dollar_of_the_approved_manifests_is_escaped_for_kubernetes() -> None:
+    """Kubernetes expands $(NAME) and $$ in env values (tests/integration/test_deploy_bytes.py runs it for real)."""
+    from conveyor.operators import env_literal
+
+    assert env_literal("a: $(date) $$ ${X}\n") == "a: $$(date) $$$$ $${X}\n"
+    assert env_literal("no dollars\n") == "no dollars\n"
