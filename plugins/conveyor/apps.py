@@ -11,9 +11,10 @@ from pathlib import Path
 
 from conveyor import settings
 from conveyor.exceptions import ConfigurationError, ConveyorError, RenderError, SpecError, SpecProblem
-from conveyor.grants import Platform, load_platform, spec_problems
+from conveyor.grants import spec_problems
 from conveyor.render import ImagePolicy, manifest_variables, render_folder
 from conveyor.spec import AppSpec, load_spec, spec_files
+from conveyor.teams import Platform, load_platform
 
 # What manifests are checked with before any build exists: a stand-in registry and digest.
 PLACEHOLDER_REGISTRY = "registry.conveyor.invalid"

@@ -10,10 +10,10 @@ import yaml
 
 from conveyor import apps, settings
 from conveyor.exceptions import ConveyorError, SpecError
-from conveyor.grants import load_platform
 from conveyor.pipeline import RunValues, build_pipeline
 from conveyor.render import manifest_variables, render_folder
 from conveyor.spec import AppSpec, load_spec, spec_files
+from conveyor.teams import load_platform, team_ci
 
 app = typer.Typer(
     add_completion=False,
@@ -167,7 +167,9 @@ def show(
     try:
         spec = _find_spec(name)
         pipeline = build_pipeline(spec)
-        ctx = PodContext(ci=settings.ci_cluster(), images=settings.load_step_images(), values=RunValues.airflow(spec))
+        ctx = PodContext(
+            ci=team_ci(load_platform(), spec.team), images=settings.load_step_images(), values=RunValues.airflow(spec)
+        )
         typer.echo(f"# {spec.name}: " + " → ".join(pipeline.step_ids))
         for s in pipeline.steps:
             if step and s.id != step:
@@ -182,6 +184,76 @@ def show(
             _fail(f"{spec.name} has no step {step!r}; its steps are {', '.join(pipeline.step_ids)}")
     except ConveyorError as exc:
         _fail(str(exc))
+
+
+teams_app = typer.Typer(
+    no_args_is_help=True,
+    help="The teams of the platform file in Airflow's multi-team mode (run by the platform's start-up).",
+)
+app.add_typer(teams_app, name="teams")
+
+
+def _platform() -> Any:
+    try:
+        return load_platform()
+    except ConveyorError as exc:
+        _fail(str(exc))
+
+
+@teams_app.command("users")
+def teams_users() -> None:
+    """Print [core] simple_auth_manager_users: each admin and team member with their role and teams."""
+    from conveyor.teams import simple_auth_users
+
+    try:
+        typer.echo(simple_auth_users(_platform()))
+    except ConveyorError as exc:
+        _fail(str(exc))
+
+
+@teams_app.command("bundles")
+def teams_bundles(
+    root: Annotated[Path, typer.Argument(help="the folder that gets a Dag bundle folder per team")],
+) -> None:
+    """Write each team's Dag bundle folder under ROOT; print [dag_processor] dag_bundle_config_list."""
+    import json
+
+    from conveyor.team_setup import write_bundles
+
+    typer.echo(json.dumps(write_bundles(_platform(), root)))
+
+
+@teams_app.command("sync")
+def teams_sync(
+    connections: Annotated[
+        Path | None, typer.Option(help="a folder of <conn_id>.json connections to store, team-scoped")
+    ] = None,
+) -> None:
+    """Create the platform file's teams in Airflow's database and store the connections with their team."""
+    from conveyor.team_setup import sync_airflow
+
+    try:
+        for line in sync_airflow(_platform(), connections):
+            typer.echo(line)
+    except ConveyorError as exc:
+        _fail(str(exc))
+
+
+@teams_app.command("who")
+def teams_who() -> None:
+    """Who is who: each admin and member, their Airflow role, teams and what they may approve."""
+    platform = _platform()
+    for admin in platform.admins:
+        typer.echo(f"{admin:10} platform admin: every team")
+    people: dict[str, list[str]] = {}
+    for name, team in sorted(platform.teams.items()):
+        for user, role in team.members.items():
+            envs = [env for env, grant in team.approvers.items() if user in grant.users or role.value in grant.roles]
+            may = f", may approve {'/'.join(sorted(envs))}" if envs else ""
+            people.setdefault(user, []).append(f"{role.value} in {name}{may}")
+    for user, roles in sorted(people.items()):
+        if user not in platform.admins:
+            typer.echo(f"{user:10} {'; '.join(roles)}")
 
 
 def main() -> None:

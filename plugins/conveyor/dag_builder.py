@@ -26,6 +26,7 @@ from conveyor.pipeline import Pipeline, RunValues, Step, StepKind, build_pipelin
 from conveyor.spec import RELEASE_TAG, AppSpec, Environment
 from conveyor.steps import PodContext, build_step_pod
 from conveyor.steps.common import label_value
+from conveyor.teams import load_platform, team_ci
 
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ def build_dag(spec: AppSpec, *, ctx: PodContext | None = None) -> DAG:
     """The DAG of one app: its id is the app's name, its tasks the pipeline's steps."""
     pipeline = build_pipeline(spec)
     values = RunValues.airflow(spec)
-    ctx = ctx or PodContext(ci=settings.ci_cluster(), images=settings.load_step_images(), values=values)
+    ctx = ctx or PodContext(ci=team_ci(load_platform(), spec.team), images=settings.load_step_images(), values=values)
     templates = template_strings(values)
     dag = DAG(
         dag_id=spec.name,
@@ -258,27 +259,46 @@ def spec_errors_message(errors: list[SpecError]) -> str:
     )
 
 
-def check_specs(folder: Path | None = None) -> None:
+def check_specs(folder: Path | None = None, *, team: str | None = None) -> None:
     """Raise one error listing every invalid app spec (the body of dags/conveyor_spec_check.py).
 
     Airflow keeps import errors per DAG file and hides the DAGs of a file that has one.
     So the apps' DAGs come from one file that never fails on a bad spec, and the bad
     specs are reported by this second, DAG-less file: its import error names each spec
     file and field, and it clears itself on the next parse once the specs are fixed.
+    In a team's bundle (``team``) it reports the specs of that team, and those whose team
+    cannot be read.
     """
     _, errors = load_apps(folder)
+    errors = [e for e in errors if team is None or _declared_team(e.file) in (team, None)]
     if errors:
         raise InvalidSpecs(spec_errors_message(errors))
 
 
-def register_apps(namespace: dict[str, Any], folder: Path | None = None) -> dict[str, DAG]:
-    """Build a DAG for every app spec into ``namespace`` (a DAG file's ``globals()``).
+def _declared_team(file: str) -> str | None:
+    """The ``team:`` a spec file names, read without validating it (None when it cannot be read)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(file).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    team = data.get("team") if isinstance(data, dict) else None
+    return team if isinstance(team, str) else None
+
+
+def register_apps(namespace: dict[str, Any], folder: Path | None = None, *, team: str | None = None) -> dict[str, DAG]:
+    """Build a DAG for every app spec into ``namespace`` (a DAG file's ``globals()``); in a team's Dag
+    bundle (``team``, Airflow's multi-team mode) only for the specs of that team.
 
     A bad spec breaks only its own DAG: the others load, and dags/conveyor_spec_check.py
     reports the bad one as its import error. In strict mode (``[conveyor] strict``) any
     bad spec fails this file too, for CI.
     """
     specs, errors = load_apps(folder)
+    if team is not None:
+        specs = [s for s in specs if s.team == team]
+        errors = [e for e in errors if _declared_team(e.file) in (team, None)]
     if errors and settings.strict():
         raise (
             errors[0]

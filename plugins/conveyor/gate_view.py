@@ -30,8 +30,9 @@ from conveyor.ledger import NewEntry
 from conveyor.pipeline import Step
 
 
-def user_roles(user: Any) -> tuple[str, ...]:
-    """The user's role names, for the auth managers in use (Simple: ``role``; FAB: ``roles``)."""
+def user_roles(user: Any, team: str | None = None) -> tuple[str, ...]:
+    """The user's role names, for the auth managers in use (Simple: ``role``; Keycloak and FAB: ``roles``),
+    and their role in ``team`` as the platform file gives it (a gate policy may name "approver")."""
     roles: list[str] = []
     role = getattr(user, "role", None)
     if isinstance(role, str) and role:
@@ -40,6 +41,10 @@ def user_roles(user: Any) -> tuple[str, ...]:
         name = getattr(r, "name", r)
         if isinstance(name, str):
             roles.append(name.lower())
+    if team is not None:
+        from conveyor.teams import load_platform
+
+        roles += load_platform().team_roles(user.get_name(), team)
     return tuple(dict.fromkeys(roles))
 
 
@@ -190,7 +195,7 @@ def why_not(user: Any, gate: Gate) -> str | None:
         gate.facts,
         gate.assessment,
         user=user.get_name(),
-        roles=user_roles(user),
+        roles=user_roles(user, gate.run.started.app_spec().team),
         decision=rules.APPROVE,
         reason="",
         shown=None,
@@ -289,6 +294,8 @@ def decide(
 
     def compute(history: records.AppRecords) -> list[NewEntry]:
         gate = load_gate(session, dag_id, run_id, gate_id, history)
+        roles = user_roles(user, gate.run.spec.team)  # with their role in the team of the run's app
+        event["roles"] = list(roles)
         shown = gate.facts.build
         named = rules.Build(
             body.commit,

@@ -1,151 +1,19 @@
-"""What the platform grants: the platform team's file (``[conveyor] platform_file``), not the app specs.
+"""What the platform grants, checked against the app specs.
 
-It says which connections each team's apps may use for git, the registry, each environment's
-cluster, SonarQube and chat notices; which images manifests may name by tag; and which git
-identities belong to which Airflow user (for the rule that nobody approves their own change).
-A spec can only use what its team is granted: :func:`spec_problems` lists what it oversteps,
+The platform team's file (:mod:`conveyor.teams`) says which connections each team's apps may use for
+git, the registry, each environment's cluster, SonarQube and chat notices, and who may approve their
+releases. A spec can only use what its team is granted: :func:`spec_problems` lists what it oversteps,
 and the DAG builder reports those as the spec's errors.
 """
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from conveyor import settings
-from conveyor.exceptions import ConfigurationError
-from conveyor.spec import DNS1123_LABEL, AppSpec
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Person(_Model):
-    """One Airflow user's verified git identities."""
-
-    emails: list[str] = Field(default_factory=list, description="git author/committer e-mails that are this user's")
-    git_user: str | None = Field(default=None, description="their user on the Git server, if it differs")
-
-
-class GitGrant(_Model):
-    connection: str
-    url_prefix: str = Field(
-        description="repositories these credentials may be sent to, e.g. https://git.example.com/team/"
-    )
-    records_pusher: bool = Field(
-        default=False,
-        description="the Git server records who pushed each commit where no client can write it (Conveyor's own "
-        "Git server does); only then does the self-approval rule trust the pusher",
-    )
-
-
-class RegistryGrant(_Model):
-    connection: str
-    projects: list[str]
-
-
-class ClusterGrant(_Model):
-    connection: str
-    namespaces: list[str]
-
-
-class ApproverGrant(_Model):
-    """Who may release one environment of a team's apps, and the least an app's gate must ask for."""
-
-    users: list[str] = Field(default_factory=list, description="the users a gate may name")
-    roles: list[str] = Field(default_factory=list, description="the roles a gate may name")
-    min_required: int = Field(default=1, ge=1, le=20, description="the fewest distinct approvals a gate may ask for")
-    allow_self_approval: bool = Field(default=False, description="may a gate let people approve their own change")
-
-
-class Team(_Model):
-    """What one team's apps may use."""
-
-    git: list[GitGrant] = Field(default_factory=list)
-    registries: list[RegistryGrant] = Field(default_factory=list)
-    clusters: dict[str, list[ClusterGrant]] = Field(default_factory=dict, description="environment -> clusters")
-    sonar: list[str] = Field(default_factory=list)
-    webhooks: list[str] = Field(default_factory=list)
-    approvers: dict[str, ApproverGrant] = Field(
-        default_factory=dict, description="environment -> who may approve releases there (the floor of every gate)"
-    )
-
-    @field_validator("clusters", "approvers")
-    @classmethod
-    def _environments(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for env in v:
-            if env not in ("dev", "prod"):
-                raise ValueError(f"'{env}' is not an environment; use dev and prod")
-        return v
-
-
-class Images(_Model):
-    allowed: list[str] = Field(
-        default_factory=list, description="image patterns manifests may name by tag (fnmatch); others need @sha256:"
-    )
-
-
-class Platform(_Model):
-    """The platform team's file."""
-
-    ci_cluster: str = Field(default="k8s_ci", description="the CI cluster's connection: never a deploy target")
-    images: Images = Field(default_factory=Images)
-    people: dict[str, Person] = Field(default_factory=dict)
-    teams: dict[str, Team] = Field(default_factory=dict)
-
-    @field_validator("teams")
-    @classmethod
-    def _team_names(cls, v: dict[str, Team]) -> dict[str, Team]:
-        for name in v:
-            if not DNS1123_LABEL.match(name):
-                raise ValueError(f"team '{name}' is not a DNS-1123 label (lowercase letters, digits, '-')")
-        return v
-
-    def image_allowed(self, image: str, registry: str) -> bool:
-        """Whether manifests may name ``image`` by tag; a pattern may start with ``$REGISTRY``, the app's registry."""
-        return any(
-            fnmatch.fnmatchcase(image, pattern.replace("${REGISTRY}", registry).replace("$REGISTRY", registry))
-            for pattern in self.images.allowed
-        )
-
-    def all_cluster_connections(self, environment: str) -> set[str]:
-        return {g.connection for t in self.teams.values() for g in t.clusters.get(environment, [])}
-
-
-def load_platform(path: Path | None = None) -> Platform:
-    """The platform file, validated (ConfigurationError naming the file and the field when it is wrong)."""
-    path = path or settings.platform_file()
-    try:
-        stamp = path.stat().st_mtime_ns
-    except FileNotFoundError:
-        raise ConfigurationError(
-            f"The platform file {path} does not exist. It says what each team may use; restore "
-            "config/platform.yaml or point [conveyor] platform_file at yours."
-        ) from None
-    return _load(str(path), stamp)
-
-
-@lru_cache(maxsize=4)
-def _load(path: str, _stamp: int) -> Platform:
-    try:
-        data: Any = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigurationError(f"{path} is not valid YAML: {exc}") from None
-    try:
-        return Platform.model_validate(data or {})
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
-        )
-        raise ConfigurationError(f"{path} is invalid: {problems}") from None
+from conveyor.spec import AppSpec
+from conveyor.teams import Platform, Team
 
 
 @dataclass(frozen=True)
@@ -212,7 +80,7 @@ def spec_problems(spec: AppSpec, platform: Platform) -> list[GrantProblem]:
     for env_name in ("dev", "prod"):
         env = getattr(spec.environments, env_name)
         where = f"environments.{env_name}"
-        if env.cluster == platform.ci_cluster:
+        if env.cluster in platform.ci_connections():
             problems.append(
                 GrantProblem(
                     f"{where}.cluster",

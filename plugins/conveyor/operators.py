@@ -219,11 +219,11 @@ class ConveyorPodOperator(KubernetesPodOperator):
         return started
 
     def _record_checkout(self, params: dict[str, Any], started: records.RunStarted, result: Any) -> dict[str, Any]:
-        from conveyor import grants
+        from conveyor import grants, teams
 
         result = dict(result or {})
         # A pusher is a verified identity only from a Git server that records it where clients cannot write.
-        trusted = grants.pusher_recorded(started.app_spec(), grants.load_platform())
+        trusted = grants.pusher_recorded(started.app_spec(), teams.load_platform())
         tag = release_tag(params, self.auto_tag, self.auto_tag_prefix, started.build_number)
         checkout = records.CheckedOut(
             run_id=started.run_id,

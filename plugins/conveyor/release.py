@@ -26,7 +26,7 @@ from conveyor.spec import AppSpec
 def render_environment(spec: AppSpec, environment: str, checkout: CheckedOut, built: Built, registry: str) -> str:
     """The manifests of one environment, rendered with a run's checkout and build."""
     from conveyor.apps import image_policy
-    from conveyor.grants import load_platform
+    from conveyor.teams import load_platform
 
     env = getattr(spec.environments, environment)
     variables = manifest_variables(
@@ -171,13 +171,13 @@ class RunRelease:
 
     def facts(self, gate_id: str, *, now: datetime, task_state: str | None) -> GateFacts:
         """What the gate's rules need, from the records (and the gate task's state, when it matters)."""
-        from conveyor import grants
+        from conveyor import teams
 
         step = self.gate(gate_id)
         assert step.policy is not None  # gate() checked
         shown = self.run.gate_shown(gate_id)
         newest = self.records.newest_at_gate(gate_id)
-        people = grants.load_platform().people
+        people = teams.load_platform().people
         owners = change_owners(
             triggered_by=self.started.triggered_by,
             pushers=[shown.pusher, *shown.change_pushers] if shown else [],

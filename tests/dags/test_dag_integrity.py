@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from conveyor.operators import ApprovalSensor, ConveyorPodOperator
 from conveyor.spec import load_spec
+from conveyor.teams import load_platform
 from tests.conftest import FIXTURE_PLATFORM
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +61,9 @@ def test_task_order_and_metadata(dagbag: DagBag, app: str) -> None:
         assert task.owner == (spec.owner or spec.team)
         if isinstance(task, ConveyorPodOperator):
             assert task.retries == spec.retries
-            assert task.kubernetes_conn_id == "k8s_ci"
+            # the team's own connection and namespace of the CI cluster (config/platform.yaml)
+            ci = load_platform(REPO / "config" / "platform.yaml").teams[spec.team].ci
+            assert ci is not None and (task.kubernetes_conn_id, task.namespace) == (ci.connection, ci.namespace)
             assert task.on_finish_action.value == "delete_pod"
         else:
             assert isinstance(task, ApprovalSensor)

@@ -11,9 +11,10 @@ import yaml
 
 from conveyor import apps
 from conveyor.exceptions import ConfigurationError, RenderError, SpecError
-from conveyor.grants import load_platform, spec_problems
+from conveyor.grants import spec_problems
 from conveyor.render import ImagePolicy, bind_images
 from conveyor.spec import AppSpec, parse_spec
+from conveyor.teams import load_platform
 
 REPO = Path(__file__).resolve().parents[2]
 PLATFORM = load_platform(REPO / "config" / "platform.yaml")
@@ -76,7 +77,9 @@ def test_registry_sonar_webhooks_and_team_must_be_granted() -> None:
 def test_a_broken_platform_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "platform.yaml"
     path.write_text("teams: {Clinic: {}}\nextra: 1\n")
-    with pytest.raises(ConfigurationError, match="platform.yaml is invalid: .*not a DNS-1123 label"):
+    with pytest.raises(
+        ConfigurationError, match="platform.yaml is invalid: .*must be 3-30 lowercase letters and digits"
+    ):
         load_platform(path)
     with pytest.raises(ConfigurationError, match="does not exist"):
         load_platform(tmp_path / "missing.yaml")
@@ -224,7 +227,7 @@ def test_a_spec_cannot_name_its_own_approvers_lower_the_quorum_or_allow_self_app
 
 
 def test_the_platform_sets_the_least_quorum() -> None:
-    from conveyor.grants import Platform
+    from conveyor.teams import Platform
 
     data = PLATFORM.model_dump()
     data["teams"]["clinic"]["approvers"]["prod"]["min_required"] = 3

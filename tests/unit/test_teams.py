@@ -1,0 +1,135 @@
+"""The platform file's teams as Airflow's multi-team mode gets them: users with their role and teams, a Dag
+bundle per team holding only that team's apps, each team's pipelines in its own CI namespace, and each
+connection belonging to one team."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from airflow.dag_processing.dagbag import DagBag
+
+from conveyor.exceptions import ConfigurationError
+from conveyor.gate_view import user_roles
+from conveyor.grants import spec_problems
+from conveyor.spec import load_spec
+from conveyor.team_setup import MARKER, write_bundles
+from conveyor.teams import Platform, connection_teams, load_platform, simple_auth_users, team_ci
+
+REPO = Path(__file__).resolve().parents[2]
+PLATFORM_FILE = REPO / "config" / "platform.yaml"
+
+
+def platform_with(tmp_path: Path, **changes: Any) -> Path:
+    data = yaml.safe_load(PLATFORM_FILE.read_text())
+    data.update(changes)
+    path = tmp_path / "platform.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_the_sample_teams_become_simple_auth_manager_users_with_their_teams() -> None:
+    users = dict(
+        (u.split(":")[0], u.split(":")[1:]) for u in simple_auth_users(load_platform(PLATFORM_FILE)).split(",")
+    )
+    assert users["admin"] == ["admin"]  # every team
+    assert users["alice"] == ["user", "clinic"] and users["dave"] == ["user", "clinic"]
+    assert users["carol"] == ["viewer", "clinic"]
+    assert users["erin"] == ["user", "middleware"] and users["frank"] == ["user", "middleware"]
+
+
+def test_someone_in_two_teams_has_both() -> None:
+    platform = load_platform(PLATFORM_FILE)
+    teams = dict(platform.teams)
+    teams["middleware"] = teams["middleware"].model_copy(update={"members": {"bob": "developer", "erin": "approver"}})
+    both = platform.model_copy(update={"teams": teams})
+    assert "bob:user:clinic|middleware" in simple_auth_users(both).split(",")
+
+
+def test_different_roles_in_two_teams_cannot_be_said_to_the_simple_auth_manager() -> None:
+    platform = load_platform(PLATFORM_FILE)
+    teams = dict(platform.teams)
+    teams["middleware"] = teams["middleware"].model_copy(update={"members": {"carol": "developer"}})
+    with pytest.raises(
+        ConfigurationError, match=r"carol would be Airflow viewer in clinic, user in middleware.*Keycloak"
+    ):
+        simple_auth_users(platform.model_copy(update={"teams": teams}))
+
+
+@pytest.mark.parametrize(
+    ("teams", "message"),
+    [
+        ({"pay-ments": {}}, r"teams: team 'pay-ments' must be 3-30 lowercase letters and digits"),
+        ({"ab": {}}, r"team 'ab' must be 3-30"),
+        ({"web": {"members": {"alice": "owner"}}}, r"teams\.web\.members\.alice: Input should be 'developer'"),
+        ({"web": {"members": {"al:ice": "viewer"}}}, r"teams\.web\.members: 'al:ice' is not a user name"),
+        ({"web": {"ci": {"connection": "c", "namespace": "CI_web"}}}, r"teams\.web\.ci\.namespace: 'CI_web' is not"),
+    ],
+)
+def test_a_bad_team_is_refused_naming_the_field(tmp_path: Path, teams: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        load_platform(platform_with(tmp_path, teams=teams))
+
+
+def test_a_connection_belongs_to_one_team() -> None:
+    owners = connection_teams(load_platform(PLATFORM_FILE))
+    assert owners["git_default"] == owners["k8s_ci"] == owners["k8s_dev"] == "clinic"
+    assert owners["middleware_ci"] == owners["harbor"] == owners["prod-kubeconfig"] == "middleware"
+    shared = Platform.model_validate({"teams": {"web": {"sonar": ["sonar"]}, "payments": {"sonar": ["sonar"]}}})
+    with pytest.raises(ConfigurationError, match="'sonar' is granted to teams payments and web"):
+        connection_teams(shared)
+
+
+def test_each_team_has_its_bundle_and_only_its_apps_in_it(tmp_path: Path) -> None:
+    stale, foreign = tmp_path / "oldteam", tmp_path / "notes"
+    stale.mkdir()
+    (stale / MARKER).write_text("oldteam\n")
+    foreign.mkdir()
+    configs = write_bundles(load_platform(PLATFORM_FILE), tmp_path)
+    assert [(c["name"], c["team_name"], c["kwargs"]["path"]) for c in configs] == [
+        ("conveyor-clinic", "clinic", str(tmp_path / "clinic")),
+        ("conveyor-middleware", "middleware", str(tmp_path / "middleware")),
+    ]
+    assert not stale.exists() and foreign.exists()  # only folders Conveyor made are removed
+    clinic = DagBag(dag_folder=str(tmp_path / "clinic"))
+    middleware = DagBag(dag_folder=str(tmp_path / "middleware"))
+    assert clinic.import_errors == {} and middleware.import_errors == {}
+    assert sorted(clinic.dag_ids) == ["appointments", "reminders"]
+    assert sorted(middleware.dag_ids) == ["boot-preject"]
+
+
+def test_a_teams_pipeline_pods_run_in_its_own_ci_namespace() -> None:
+    platform = load_platform(PLATFORM_FILE)
+    assert (team_ci(platform, "clinic").connection_id, team_ci(platform, "clinic").namespace) == (
+        "k8s_ci",
+        "conveyor-ci",
+    )
+    ci = team_ci(platform, "middleware")
+    assert (ci.connection_id, ci.namespace) == ("middleware_ci", "middleware-ci")
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    for task in bag.dags["boot-preject"].tasks:
+        if hasattr(task, "kubernetes_conn_id"):
+            assert (task.kubernetes_conn_id, task.namespace) == ("middleware_ci", "middleware-ci")
+
+
+def test_no_team_deploys_to_a_ci_namespace() -> None:
+    spec = load_spec(REPO / "include" / "apps" / "boot-preject.yaml")
+    env = spec.environments.dev.model_copy(update={"cluster": "middleware_ci", "namespace": "middleware-ci"})
+    bad = spec.model_copy(update={"environments": spec.environments.model_copy(update={"dev": env})})
+    assert any("is the CI cluster" in p.message for p in spec_problems(bad, load_platform(PLATFORM_FILE)))
+
+
+class _User:
+    def __init__(self, name: str, role: str) -> None:
+        self.name, self.role = name, role
+
+    def get_name(self) -> str:
+        return self.name
+
+
+def test_a_gate_sees_the_users_role_in_the_apps_team() -> None:
+    erin = _User("erin", "user")
+    assert user_roles(erin, "middleware") == ("user", "approver")
+    assert user_roles(erin, "clinic") == ("user",)  # not a member there
