@@ -16,20 +16,10 @@ from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_da
 from fastapi import APIRouter, Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
-from conveyor import __version__, gate_view, settings
+from conveyor import __version__, gate_view
 from conveyor import gate as rules
 from conveyor.api_models import AuditTrail, DecisionRequest, ErrorBody, GateInfo, GateList
 from conveyor.exceptions import ApprovalError, ConveyorError, NotFound, TamperedRecords
-
-
-def _readable_apps(user: Any) -> set[str]:
-    """The Conveyor apps whose DAG the user may read."""
-    from airflow.api_fastapi.app import get_auth_manager
-
-    from conveyor.spec import spec_files
-
-    apps = {p.stem for p in spec_files(settings.apps_folder())}
-    return set(get_auth_manager().get_authorized_dag_ids(user=user, method="GET")) & apps
 
 
 def _client(request: Request) -> str:
@@ -58,14 +48,14 @@ def _routes() -> APIRouter:
         summary="Every decision, refusal and deploy check, as JSON, for the apps you can see",
     )
     def audit(user: GetUserDep, app: str | None = None) -> AuditTrail:
-        readable = _readable_apps(user)
+        readable = gate_view.readable_apps(user)
         if app is not None and app not in readable:
             raise NotFound(f"No Conveyor app '{app}' that you can see.")
         return AuditTrail(events=gate_view.audit_events({app} if app else readable))
 
     @router.get("/gates", response_model=GateList, summary="The gates waiting for a decision that you can see")
     def list_gates(session: SessionDep, user: GetUserDep) -> GateList:
-        return GateList(gates=gate_view.pending_gates(session, user, _readable_apps(user)))
+        return GateList(gates=gate_view.pending_gates(session, user, gate_view.readable_apps(user)))
 
     @router.get(
         "/gates/{dag_id}/{run_id}/{gate_id}",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from conveyor import apps, records, release
+from conveyor import apps, records, release, settings
 from conveyor import gate as rules
 from conveyor.api_models import (
     AuditEvent,
@@ -49,6 +49,17 @@ def user_roles(user: Any, team: str | None = None) -> tuple[str, ...]:
 
 
 # --- facts from Airflow -------------------------------------------------------------------
+
+
+def readable_apps(user: Any) -> set[str]:
+    """The Conveyor apps whose DAG the user may read: the auth manager decides, so in multi-team mode
+    only the apps of the user's teams (a platform admin: all)."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    from conveyor.spec import spec_files
+
+    apps_here = {p.stem for p in spec_files(settings.apps_folder())}
+    return set(get_auth_manager().get_authorized_dag_ids(user=user, method="GET")) & apps_here
 
 
 def _ti(session: Any, dag_id: str, run_id: str, task_id: str) -> Any:

@@ -66,7 +66,9 @@ def _login_required(request: Request) -> Response:
     )
 
 
-def _render(request: Request, user: Any, template: str, **context: Any) -> HTMLResponse:
+def _render(
+    request: Request, user: Any, template: str, status_code: int = status.HTTP_200_OK, **context: Any
+) -> HTMLResponse:
     from conveyor.gate_view import user_roles
 
     # The mount point, e.g. "/conveyor" (or "/airflow/conveyor" behind a path prefix): the
@@ -77,7 +79,7 @@ def _render(request: Request, user: Any, template: str, **context: Any) -> HTMLR
         .get_template(template)
         .render(root=root, user=user.get_name(), roles=", ".join(user_roles(user)), **context)
     )
-    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(html, status_code, headers={"Cache-Control": "no-store"})
 
 
 def page_routes() -> APIRouter:
@@ -94,6 +96,19 @@ def page_routes() -> APIRouter:
     def gate_page(dag_id: str, run_id: str, gate_id: str, request: Request, user: PageUser) -> Response:
         if user is None:
             return _login_required(request)
+        from conveyor.gate_view import readable_apps
+
+        if dag_id not in readable_apps(user):
+            # The same answer whether the app is another team's or does not exist: nothing to learn here.
+            return _render(
+                request,
+                user,
+                "error.html",
+                title="No such app",
+                status_code=status.HTTP_404_NOT_FOUND,
+                message=f"There is no Conveyor app '{dag_id}' that you can see. Apps belong to teams; if this is "
+                "your team's app, ask the platform team to add you to it (config/platform.yaml).",
+            )
         return _render(request, user, "gate.html", dag_id=dag_id, run_id=run_id, gate_id=gate_id)
 
     @router.get("/static/{name}")
