@@ -239,6 +239,15 @@ def teams_sync(
         _fail(str(exc))
 
 
+@teams_app.command("namespaces")
+def teams_namespaces() -> None:
+    """Print what a cluster needs for the teams: "ci|deploy NAMESPACE CONNECTION" a line each."""
+    from conveyor.teams import cluster_namespaces
+
+    for kind, namespace, connection in cluster_namespaces(_platform()):
+        typer.echo(f"{kind} {namespace} {connection}")
+
+
 @teams_app.command("who")
 def teams_who() -> None:
     """Who is who: each admin and member, their Airflow role, teams and what they may approve."""

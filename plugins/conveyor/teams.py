@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from conveyor import settings
 from conveyor.exceptions import ConfigurationError
@@ -32,6 +32,8 @@ from conveyor.spec import DNS1123_LABEL
 TEAM_NAME = re.compile(r"^[a-z][a-z0-9]{2,29}$")
 # The Simple auth manager's user list is "name:role:team1|team2,...": none of ":,|" in a name.
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+# Airflow connection ids as the platform file may name them (they also name files of the local platform).
+CONNECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 
 
 class TeamRole(StrEnum):
@@ -138,6 +140,13 @@ class Team(_Model):
         for user in v:
             _check_user(user)
         return v
+
+    @model_validator(mode="after")
+    def _connection_ids(self) -> Team:
+        for connection in sorted(self.connections()):
+            if not CONNECTION_ID.match(connection):
+                raise ValueError(f"'{connection}' is not a connection id (letters, digits, '_', '.', '-')")
+        return self
 
     def connections(self) -> set[str]:
         """Every connection the team's apps and pipelines may use."""
@@ -301,3 +310,19 @@ def team_ci(platform: Platform, team: str) -> settings.CiCluster:
     if found is None or found.ci is None:
         return default
     return dataclasses.replace(default, connection_id=found.ci.connection, namespace=found.ci.namespace)
+
+
+def cluster_namespaces(platform: Platform) -> list[tuple[str, str, str]]:
+    """What a cluster needs for the teams, as ``(kind, namespace, connection)``: ``ci`` for each team's CI
+    namespace (a ServiceAccount that runs pipeline pods there) and ``deploy`` for each namespace a team
+    deploys to through a connection (a ServiceAccount that may deploy there only). ``make up`` makes them
+    all on the local cluster; on real clusters the platform team does."""
+    default = settings.ci_cluster()
+    plan: list[tuple[str, str, str]] = []
+    for _, team in sorted(platform.teams.items()):
+        ci = team.ci or CiGrant(connection=default.connection_id, namespace=default.namespace)
+        plan.append(("ci", ci.namespace, ci.connection))
+        for env in ("dev", "prod"):
+            for grant in team.clusters.get(env, []):
+                plan += [("deploy", namespace, grant.connection) for namespace in grant.namespaces]
+    return list(dict.fromkeys(plan))

@@ -60,7 +60,8 @@ die()  { printf 'error: %s\n' "$1" >&2; [[ -n "${2:-}" ]] && printf '  what to d
 bootstrap_fingerprint() {
   local dir
   dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-  cat "$dir/bootstrap" "$dir/lib.sh" "$dir/seccomp/buildah.json" "$dir/../../images/images.yaml" | sha256sum | cut -d' ' -f1
+  cat "$dir/bootstrap" "$dir/lib.sh" "$dir/seccomp/buildah.json" "$dir/../../images/images.yaml" \
+    "$dir/../../config/platform.yaml" | sha256sum | cut -d' ' -f1
 }
 
 need_root() { [[ $EUID -eq 0 ]] || die "this must run as root (it starts containerd, kubelet and changes iptables)" "rerun as root, e.g. sudo $0"; }

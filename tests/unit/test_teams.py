@@ -133,3 +133,22 @@ def test_a_gate_sees_the_users_role_in_the_apps_team() -> None:
     erin = _User("erin", "user")
     assert user_roles(erin, "middleware") == ("user", "approver")
     assert user_roles(erin, "clinic") == ("user",)  # not a member there
+
+
+def test_the_cluster_gets_each_teams_ci_and_deploy_namespaces() -> None:
+    from conveyor.teams import cluster_namespaces
+
+    assert cluster_namespaces(load_platform(PLATFORM_FILE)) == [
+        ("ci", "conveyor-ci", "k8s_ci"),
+        ("deploy", "dev", "k8s_dev"),
+        ("deploy", "prod", "k8s_prod"),
+        ("ci", "middleware-ci", "middleware_ci"),
+        ("deploy", "middleware", "demo-kubeconfig"),
+        ("deploy", "middleware", "prod-kubeconfig"),
+    ]
+
+
+def test_a_connection_id_that_could_name_another_file_is_refused(tmp_path: Path) -> None:
+    teams = {"web": {"sonar": ["../../etc/passwd"]}}
+    with pytest.raises(ConfigurationError, match=r"teams\.web: '\.\./\.\./etc/passwd' is not a connection id"):
+        load_platform(platform_with(tmp_path, teams=teams))
