@@ -18,7 +18,7 @@ up: install ## start Conveyor: Kubernetes, registry, Git server, step images and
 down: ## stop everything `make up` started
 	@scripts/down
 
-airflow-up: install ## start only Airflow (standalone) with the sample apps
+airflow-up: install ## start only Airflow (multi-team mode) with the sample apps
 	@scripts/airflow/up
 
 airflow-down: ## stop Airflow
