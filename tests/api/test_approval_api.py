@@ -52,7 +52,8 @@ def test_approver_by_role_is_accepted(api: Any, auth: Any, waiting_gate: Callabl
     run = waiting_gate()
     response = decide(api, auth("alice"), run, "approve")  # alice is listed by her role, admin
     assert response.status_code == 201, response.text
-    assert response.json()["decisions"][0]["roles"] == ["admin"]
+    # her Airflow role, and her role in the app's team (config/platform.yaml: alice is a clinic approver)
+    assert response.json()["decisions"][0]["roles"] == ["admin", "approver"]
 
 
 def test_non_approver_gets_403_and_no_buttons(api: Any, auth: Any, waiting_gate: Callable[..., Run]) -> None:
