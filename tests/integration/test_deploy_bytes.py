@@ -61,5 +61,6 @@ def test_the_deploy_container_sees_exactly_the_approved_bytes(cleanup: list[Call
     while core.read_namespaced_pod(name, CI_NS).status.phase not in ("Succeeded", "Failed"):
         assert time.monotonic() < deadline, f"pod {name} did not finish in 120 s"
         time.sleep(1)
-    seen = core.read_namespaced_pod_log(name, CI_NS).split()[0]
+    # the raw log (the client would otherwise turn the bytes into their Python repr)
+    seen = core.read_namespaced_pod_log(name, CI_NS, _preload_content=False).data.decode().split()[0]
     assert seen == hashlib.sha256(MANIFESTS.encode()).hexdigest()
