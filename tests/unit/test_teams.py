@@ -152,3 +152,26 @@ def test_a_connection_id_that_could_name_another_file_is_refused(tmp_path: Path)
     teams = {"web": {"sonar": ["../../etc/passwd"]}}
     with pytest.raises(ConfigurationError, match=r"teams\.web: '\.\./\.\./etc/passwd' is not a connection id"):
         load_platform(platform_with(tmp_path, teams=teams))
+
+
+def test_a_teams_bundle_reports_its_own_bad_specs_not_another_teams(tmp_path: Path) -> None:
+    from conveyor.dag_builder import check_specs, register_apps
+    from conveyor.exceptions import InvalidSpecs
+
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    for name in ("appointments", "boot-preject"):
+        (apps / f"{name}.yaml").write_text((REPO / "include" / "apps" / f"{name}.yaml").read_text())
+    broken = yaml.safe_load((REPO / "include" / "apps" / "boot-preject.yaml").read_text())
+    broken.update(name="payroll", builder="no such builder!")
+    (apps / "payroll.yaml").write_text(yaml.safe_dump(broken))  # team middleware, invalid
+    (apps / "garbled.yaml").write_text("name: [unclosed\n")  # no team can be read from it
+
+    with pytest.raises(InvalidSpecs) as clinic:
+        check_specs(apps, team="clinic")
+    assert "garbled.yaml" in str(clinic.value) and "payroll.yaml" not in str(clinic.value)
+    with pytest.raises(InvalidSpecs) as middleware:
+        check_specs(apps, team="middleware")
+    assert "garbled.yaml" in str(middleware.value) and "payroll.yaml" in str(middleware.value)
+    assert sorted(register_apps({}, apps, team="clinic")) == ["appointments"]
+    assert sorted(register_apps({}, apps, team="middleware")) == ["boot-preject"]
