@@ -248,6 +248,15 @@ def teams_namespaces() -> None:
         typer.echo(f"{kind} {namespace} {connection}")
 
 
+@teams_app.command("registries")
+def teams_registries() -> None:
+    """Print each team's registry connections: "TEAM CONNECTION" a line each (each team pushes with its own
+    account)."""
+    for name, team in sorted(_platform().teams.items()):
+        for connection in sorted({grant.connection for grant in team.registries}):
+            typer.echo(f"{name} {connection}")
+
+
 @teams_app.command("who")
 def teams_who() -> None:
     """Who is who: each admin and member, their Airflow role, teams and what they may approve."""

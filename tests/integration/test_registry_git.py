@@ -148,14 +148,23 @@ def test_registry_serves_image_pushed_with_credentials(
     assert _get(f"{REGISTRY}/v2/{repo}/blobs/{layer}").status_code == 401
 
 
-def test_registry_connection_file_matches_credentials(registry_auth: tuple[str, str]) -> None:
-    path = STATE / "connections" / "registry.json"
+@pytest.mark.parametrize(("connection", "team"), [("registry", "clinic"), ("harbor", "middleware")])
+def test_each_team_pushes_with_its_own_registry_account(
+    registry_auth: tuple[str, str], connection: str, team: str
+) -> None:
+    """The registry connections of a team (config/platform.yaml) carry the team's own account, which the
+    registry accepts; the platform's account (step images, pull secret) is another."""
+    path = STATE / "connections" / f"{connection}.json"
     assert path.is_file(), f"{path} is missing; {START}"
     conn = json.loads(path.read_text(encoding="utf-8"))
     assert conn["conn_type"] == "docker"
     assert conn["host"] == "10.88.0.1:5000"
-    assert (conn["login"], conn["password"]) == registry_auth
-    assert oct((SECRETS / "registry-password").stat().st_mode & 0o777) == "0o600"
+    secret = SECRETS / f"registry-team-{team}-password"
+    assert (conn["login"], conn["password"]) == (f"team-{team}", secret.read_text(encoding="utf-8").strip())
+    assert conn["login"] != registry_auth[0]
+    assert oct(secret.stat().st_mode & 0o777) == oct(path.stat().st_mode & 0o777) == "0o600"
+    assert _get(f"{REGISTRY}/v2/", auth=(conn["login"], conn["password"])).status_code == 200
+    assert _get(f"{REGISTRY}/v2/", auth=(conn["login"], conn["password"] + "x")).status_code == 401
 
 
 # --- git ------------------------------------------------------------------------
