@@ -232,8 +232,8 @@ def connection_teams(platform: Platform) -> dict[str, str]:
 def simple_auth_users(platform: Platform) -> str:
     """``[core] simple_auth_manager_users`` for the Simple auth manager: ``name:role:team1|team2`` per user.
 
-    The Simple auth manager gives a user one role for all their teams, so someone with different roles
-    in two teams cannot be expressed there (ConfigurationError; the Keycloak auth manager can)."""
+    The Simple auth manager gives a user one role for all their teams (so does the Keycloak auth manager: a
+    realm role applies in every team group), so someone with different roles in two teams is refused."""
     teams_of: dict[str, list[str]] = {}
     role_of: dict[str, dict[str, str]] = {}
     for name, team in sorted(platform.teams.items()):
@@ -248,7 +248,7 @@ def simple_auth_users(platform: Platform) -> str:
             raise ConfigurationError(
                 f"{user} would be Airflow {detail}: the Simple auth manager gives a user one role in all their "
                 "teams. Give them the same kind of role in each team (developer and approver are both Airflow's "
-                "User), or use the Keycloak auth manager."
+                "User)."
             )
         entries.append(f"{user}:{roles.pop()}:{'|'.join(teams_of[user])}")
     if not entries:
