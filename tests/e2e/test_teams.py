@@ -163,8 +163,9 @@ def test_the_airflow_ui_shows_a_member_only_their_teams_pipelines(
         expect(page.get_by_role("link", name="reminders")).to_have_count(0)
         # another team's pipeline opened by its address: the page comes up without any of its tasks or runs
         page.goto(f"{AIRFLOW_URL}/dags/appointments")
-        expect(page.get_by_role("tab", name="Overview")).to_be_visible(timeout=TIMEOUT_MS)
-        page.wait_for_load_state("networkidle")
+        expect(page.get_by_role("link", name="Overview")).to_be_visible(timeout=TIMEOUT_MS)
+        expect(page.get_by_text("Failed Runs")).to_be_visible(timeout=TIMEOUT_MS)
+        page.wait_for_timeout(3000)  # as long as the clinic's member below needs to see the tasks, and more
         expect(page.get_by_text("checkout", exact=True)).to_have_count(0)
         page.screenshot(path=str(tmp_path / "frank-appointments.png"))
         # and its decision page
