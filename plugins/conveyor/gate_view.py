@@ -29,10 +29,14 @@ from conveyor.exceptions import ApprovalError, ConveyorError, GateNotOpen, NotFo
 from conveyor.ledger import NewEntry
 from conveyor.pipeline import Step
 
+# Airflow's roles as an identity provider's realm roles name them (Keycloak: Admin, Op, User, Viewer).
+AIRFLOW_ROLES = ("admin", "op", "user", "viewer")
+
 
 def user_roles(user: Any, team: str | None = None) -> tuple[str, ...]:
-    """The user's role names, for the auth managers in use (Simple: ``role``; Keycloak and FAB: ``roles``),
-    and their role in ``team`` as the platform file gives it (a gate policy may name "approver")."""
+    """The user's role names, for the auth managers in use (Simple: ``role``; FAB: ``roles``; Keycloak: the
+    realm roles of its access token), and their role in ``team`` as the platform file gives it (a gate
+    policy may name "approver")."""
     roles: list[str] = []
     role = getattr(user, "role", None)
     if isinstance(role, str) and role:
@@ -41,11 +45,28 @@ def user_roles(user: Any, team: str | None = None) -> tuple[str, ...]:
         name = getattr(r, "name", r)
         if isinstance(name, str):
             roles.append(name.lower())
+    roles += _realm_roles(getattr(user, "access_token", None))
     if team is not None:
         from conveyor.teams import load_platform
 
         roles += load_platform().team_roles(user.get_name(), team)
     return tuple(dict.fromkeys(roles))
+
+
+def _realm_roles(access_token: Any) -> list[str]:
+    """Airflow's roles among the realm roles of a Keycloak access token. Read without checking its signature:
+    Airflow got it from Keycloak at sign-in and carries it inside its own token, which Airflow verified."""
+    if not isinstance(access_token, str) or access_token.count(".") != 2:
+        return []
+    import jwt
+
+    try:
+        claims = jwt.decode(access_token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return []
+    realm = claims.get("realm_access")
+    names = realm.get("roles", []) if isinstance(realm, dict) else []
+    return [str(n).lower() for n in names if str(n).lower() in AIRFLOW_ROLES]
 
 
 # --- facts from Airflow -------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
     realm.py render [FILE]     write the realm JSON (default: stdout); it holds passwords: keep it private
     realm.py apply URL         create the realm on the Keycloak server at URL, or bring it up to date
+    realm.py authz URL         the client airflow's authorization settings (scopes, resources, policies,
+                               permissions, decision strategy) as JSON: what scripts/keycloak/airflow-setup checks
 
 One user per platform admin and team member (username = the Airflow user name, e-mail from ``people``),
 realm roles Admin/User/Viewer/Op (the team roles mapped as plugins/conveyor/teams.py's AIRFLOW_ROLE
@@ -224,7 +226,11 @@ def build_realm(platform_file: Path, airflow_url: str) -> dict[str, Any]:
         template,
         {
             "ROLES": [
-                {"id": str(uuid.uuid5(ID_NAMESPACE, f"role:{role}")), "name": role, "description": ROLE_DESCRIPTIONS[role]}
+                {
+                    "id": str(uuid.uuid5(ID_NAMESPACE, f"role:{role}")),
+                    "name": role,
+                    "description": ROLE_DESCRIPTIONS[role],
+                }
                 for role in (*KEYCLOAK_ROLE.values(), SUPER_ADMIN)
             ],
             "GROUPS": [
@@ -234,6 +240,8 @@ def build_realm(platform_file: Path, airflow_url: str) -> dict[str, Any]:
             "USERS": users,
             "CLIENT_SECRET": _kept_secret("keycloak-client-secret"),
             "AIRFLOW_URL": airflow_url.rstrip("/"),
+            # the api-server with the Keycloak auth manager (scripts/keycloak/api-server), for the browser's login
+            "KEYCLOAK_AIRFLOW_URL": f"http://localhost:{os.environ.get('CONVEYOR_KEYCLOAK_AIRFLOW_PORT', '8282')}",
             "USER_PROFILE": _user_profile(),
         },
     )
@@ -259,9 +267,7 @@ def _request(method: str, url: str, token: str | None = None, body: Any = None, 
     return json.loads(text) if text.strip() else None
 
 
-def apply(url: str, realm: dict[str, Any], unchanged: bool = False) -> str:
-    """Create the realm, or bring an existing one up to date (unless `unchanged`); what was done."""
-    url = url.rstrip("/")
+def _admin_token(url: str) -> str:
     admin_pw_file = secrets_dir() / "keycloak-admin-password"
     admin_pw = admin_pw_file.read_text().strip()
     try:
@@ -276,6 +282,13 @@ def apply(url: str, realm: dict[str, Any], unchanged: bool = False) -> str:
             "Its database was made with another one: run scripts/keycloak/down, delete "
             f"{state_dir()}/keycloak/h2 (the realm is made again) and run scripts/keycloak/up"
         )
+    return str(token)
+
+
+def apply(url: str, realm: dict[str, Any], unchanged: bool = False) -> str:
+    """Create the realm, or bring an existing one up to date (unless `unchanged`); what was done."""
+    url = url.rstrip("/")
+    token = _admin_token(url)
     admin = f"{url}/admin/realms"
     try:
         _request("GET", f"{admin}/{REALM}", token)
@@ -295,7 +308,9 @@ def apply(url: str, realm: dict[str, Any], unchanged: bool = False) -> str:
         token,
         {"ifResourceExists": "SKIP", "roles": realm["roles"], "groups": realm["groups"], "clients": realm["clients"]},
     )
-    _request("POST", f"{admin}/{REALM}/partialImport", token, {"ifResourceExists": "OVERWRITE", "users": realm["users"]})
+    _request(
+        "POST", f"{admin}/{REALM}/partialImport", token, {"ifResourceExists": "OVERWRITE", "users": realm["users"]}
+    )
     wanted = {user["username"] for user in realm["users"]}
     removed = []
     for user in _request("GET", f"{admin}/{REALM}/users?briefRepresentation=true&max=10000", token):
@@ -303,6 +318,38 @@ def apply(url: str, realm: dict[str, Any], unchanged: bool = False) -> str:
             _request("DELETE", f"{admin}/{REALM}/users/{user['id']}", token)
             removed.append(user["username"])
     return "updated" + (f" (removed users: {', '.join(sorted(removed))})" if removed else "")
+
+
+def authz(url: str) -> dict[str, Any]:
+    """The client airflow's authorization settings, by name (read only).
+
+    The Keycloak auth manager's CLI has no command that shows them, and its ``create-all`` is not
+    idempotent (it creates the scopes without checking, and Keycloak answers 409 the second time):
+    scripts/keycloak/airflow-setup reads this to know whether to run it, and to check the result.
+    """
+    url = url.rstrip("/")
+    token = _admin_token(url)
+    admin = f"{url}/admin/realms/{REALM}"
+    client = next(
+        (
+            c
+            for c in _request("GET", f"{admin}/clients?clientId={CLIENT_ID}", token) or []
+            if c["clientId"] == CLIENT_ID
+        ),
+        None,
+    )
+    if client is None:
+        raise SystemExit(f"realm: error: the realm {REALM} has no client {CLIENT_ID}; run scripts/keycloak/up")
+    server = f"{admin}/clients/{client['id']}/authz/resource-server"
+    settings = _request("GET", server, token)
+    return {
+        "decisionStrategy": settings.get("decisionStrategy"),
+        "policyEnforcementMode": settings.get("policyEnforcementMode"),
+        "scopes": sorted(s["name"] for s in _request("GET", f"{server}/scope?max=-1", token) or []),
+        "resources": sorted(r["name"] for r in _request("GET", f"{server}/resource?max=-1", token) or []),
+        "policies": sorted(p["name"] for p in _request("GET", f"{server}/policy?max=-1&permission=false", token) or []),
+        "permissions": sorted(p["name"] for p in _request("GET", f"{server}/permission?max=-1", token) or []),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -315,8 +362,13 @@ def main(argv: list[str] | None = None) -> None:
     apply_p = sub.add_parser("apply", help="create or update the realm on a running server")
     apply_p.add_argument("url", help="the Keycloak server, e.g. http://127.0.0.1:8180")
     apply_p.add_argument("--stamp", type=Path, help="skip the update when the realm is as when this file was written")
+    authz_p = sub.add_parser("authz", help="the client airflow's authorization settings as JSON")
+    authz_p.add_argument("url", help="the Keycloak server, e.g. http://127.0.0.1:8180")
     args = parser.parse_args(argv)
 
+    if args.command == "authz":
+        print(json.dumps(authz(args.url), indent=2))
+        return
     realm = build_realm(args.platform, args.airflow_url)
     text = json.dumps(realm, indent=2, sort_keys=True) + "\n"
     if args.command == "render":

@@ -175,3 +175,19 @@ def test_a_teams_bundle_reports_its_own_bad_specs_not_another_teams(tmp_path: Pa
     assert "garbled.yaml" in str(middleware.value) and "payroll.yaml" in str(middleware.value)
     assert sorted(register_apps({}, apps, team="clinic")) == ["appointments"]
     assert sorted(register_apps({}, apps, team="middleware")) == ["boot-preject"]
+
+
+def test_a_keycloak_users_roles_come_from_their_access_token() -> None:
+    import jwt
+
+    class KeycloakUser:  # the shape of the Keycloak auth manager's user: name and access token
+        def __init__(self, name: str, roles: list[str]) -> None:
+            self.name = name
+            self.access_token = jwt.encode({"realm_access": {"roles": roles}}, "k" * 32, algorithm="HS256")
+
+        def get_name(self) -> str:
+            return self.name
+
+    admin = KeycloakUser("admin", ["Admin", "SuperAdmin", "offline_access", "default-roles-conveyor"])
+    assert user_roles(admin) == ("admin",)
+    assert user_roles(KeycloakUser("erin", ["User", "uma_authorization"]), "middleware") == ("user", "approver")
