@@ -41,6 +41,15 @@ def spec_problems(spec: AppSpec, platform: Platform) -> list[GrantProblem]:
             )
         ]
     problems: list[GrantProblem] = []
+    if team.apps is not None and spec.name not in team.apps:
+        listed = ", ".join(team.apps) or "none"
+        problems.append(
+            GrantProblem(
+                "team",
+                f"'{spec.name}' is not one of team {spec.team}'s apps in the platform file (its apps: {listed}); "
+                "the platform team adds an app to its team",
+            )
+        )
     git = [g for g in team.git if g.connection == spec.git.connection]
     if not git:
         problems.append(

@@ -46,8 +46,10 @@ def write_bundles(platform: Platform, root: Path, templates: Path | None = None)
 
 def sync_airflow(platform: Platform, connections: Path | None) -> list[str]:
     """Create the teams Airflow lacks and upsert each ``<conn_id>.json`` of ``connections`` (Airflow's JSON
-    connection format) with the team it is granted to (none: every team may use it). Returns what it did,
-    a line each. Needs Airflow's database (``airflow db migrate`` first)."""
+    connection format) with the team it is granted to. A file no team is granted is not stored: in Airflow a
+    connection without a team is every team's, so credentials are shared only where someone said so (an
+    admin can still make such a connection). Returns what it did, a line each. Needs Airflow's database
+    (``airflow db migrate`` first)."""
     from airflow.models.connection import Connection
     from airflow.models.team import Team
     from airflow.utils.session import create_session
@@ -64,12 +66,15 @@ def sync_airflow(platform: Platform, connections: Path | None) -> list[str]:
         session.flush()
         for file in sorted(connections.glob("*.json")) if connections else []:
             conn_id = file.stem
+            owner = owners.get(conn_id)
+            if owner is None:
+                done.append(f"connection {conn_id}: granted to no team in the platform file, not stored")
+                continue
             try:
                 value = json.loads(file.read_text())
             except (OSError, ValueError) as exc:
                 raise ConfigurationError(f"{file} is not a JSON connection ({exc}); fix or remove it.") from None
             new = Connection.from_json(json.dumps(value), conn_id=conn_id)
-            owner = owners.get(conn_id)
             old = session.query(Connection).filter(Connection.conn_id == conn_id).one_or_none()
             if old is None:
                 new.team_name = owner
@@ -80,5 +85,5 @@ def sync_airflow(platform: Platform, connections: Path | None) -> list[str]:
                 old.password = new.password
                 old.extra = new.extra
                 old.team_name = owner
-            done.append(f"connection {conn_id} -> {'team ' + owner if owner else 'every team'}")
+            done.append(f"connection {conn_id} -> team {owner}")
     return done

@@ -79,14 +79,31 @@ class GitGrant(_Model):
     )
 
 
+def _dns_labels(values: list[str], what: str) -> list[str]:
+    for value in values:
+        if not DNS1123_LABEL.match(value) or len(value) > 63:
+            raise ValueError(f"'{value}' is not a {what} name (lowercase letters, digits, '-'; at most 63)")
+    return values
+
+
 class RegistryGrant(_Model):
     connection: str
     projects: list[str]
+
+    @field_validator("projects")
+    @classmethod
+    def _projects(cls, v: list[str]) -> list[str]:
+        return _dns_labels(v, "registry project")
 
 
 class ClusterGrant(_Model):
     connection: str
     namespaces: list[str]
+
+    @field_validator("namespaces")
+    @classmethod
+    def _namespaces(cls, v: list[str]) -> list[str]:
+        return _dns_labels(v, "Kubernetes namespace")
 
 
 class CiGrant(_Model):
@@ -116,6 +133,11 @@ class Team(_Model):
     """One team: its members and what its apps may use."""
 
     members: dict[str, TeamRole] = Field(default_factory=dict, description="user -> developer, approver or viewer")
+    apps: list[str] | None = Field(
+        default=None,
+        description="the apps that are this team's: a spec naming the team must be one of them (the platform "
+        "decides who owns an app, not whoever writes its spec); unset: any spec may name the team",
+    )
     ci: CiGrant | None = Field(default=None, description="the team's CI namespace; default: [conveyor] ci_*")
     git: list[GitGrant] = Field(default_factory=list)
     registries: list[RegistryGrant] = Field(default_factory=list)
@@ -192,6 +214,16 @@ class Platform(_Model):
     @classmethod
     def _admins(cls, v: list[str]) -> list[str]:
         return [_check_user(u) for u in v]
+
+    @model_validator(mode="after")
+    def _one_team_per_app(self) -> Platform:
+        owner: dict[str, str] = {}
+        for name, team in sorted(self.teams.items()):
+            for app in team.apps or []:
+                if app in owner:
+                    raise ValueError(f"the app '{app}' is listed by teams {owner[app]} and {name}; an app has one team")
+                owner[app] = name
+        return self
 
     def image_allowed(self, image: str, registry: str) -> bool:
         """Whether manifests may name ``image`` by tag; a pattern may start with ``$REGISTRY``, the app's registry."""
@@ -316,13 +348,29 @@ def cluster_namespaces(platform: Platform) -> list[tuple[str, str, str]]:
     """What a cluster needs for the teams, as ``(kind, namespace, connection)``: ``ci`` for each team's CI
     namespace (a ServiceAccount that runs pipeline pods there) and ``deploy`` for each namespace a team
     deploys to through a connection (a ServiceAccount that may deploy there only). ``make up`` makes them
-    all on the local cluster; on real clusters the platform team does."""
+    all on the local cluster; on real clusters the platform team does.
+    On one cluster a namespace belongs to one team, and a CI namespace is never a deploy namespace (it holds
+    the pipelines' credentials): a platform file that breaks either is refused, naming the namespace."""
     default = settings.ci_cluster()
     plan: list[tuple[str, str, str]] = []
-    for _, team in sorted(platform.teams.items()):
+    used: dict[str, tuple[str, str]] = {}
+    for name, team in sorted(platform.teams.items()):
         ci = team.ci or CiGrant(connection=default.connection_id, namespace=default.namespace)
-        plan.append(("ci", ci.namespace, ci.connection))
+        mine = [("ci", ci.namespace, ci.connection)]
         for env in ("dev", "prod"):
             for grant in team.clusters.get(env, []):
-                plan += [("deploy", namespace, grant.connection) for namespace in grant.namespaces]
+                mine += [("deploy", namespace, grant.connection) for namespace in grant.namespaces]
+        for kind, namespace, _ in mine:
+            other = used.setdefault(namespace, (name, kind))
+            if other[0] != name:
+                raise ConfigurationError(
+                    f"The namespace '{namespace}' is given to teams {other[0]} and {name} in the platform file; "
+                    "on one cluster a namespace belongs to one team."
+                )
+            if other[1] != kind:
+                raise ConfigurationError(
+                    f"The namespace '{namespace}' of team {name} is both its CI namespace and a deploy namespace; "
+                    "the CI namespace holds the pipelines' credentials: deploy elsewhere."
+                )
+        plan += mine
     return list(dict.fromkeys(plan))

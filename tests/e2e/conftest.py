@@ -128,7 +128,8 @@ def kubectl(*args: str, kubeconfig: str = "admin") -> str:
         [str(REPO / "scripts" / "cluster" / "kubectl"), *args],
         capture_output=True,
         text=True,
-        env={**os.environ, "KUBECONFIG": str(STATE / "kubeconfigs" / f"{kubeconfig}.kubeconfig")},
+        # the wrapper runs kubectl with KUBECONFIG_ADMIN (default: the admin's); KUBECONFIG would be ignored
+        env={**os.environ, "KUBECONFIG_ADMIN": str(STATE / "kubeconfigs" / f"{kubeconfig}.kubeconfig")},
     )
     assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
     return result.stdout

@@ -191,3 +191,77 @@ def test_a_keycloak_users_roles_come_from_their_access_token() -> None:
     admin = KeycloakUser("admin", ["Admin", "SuperAdmin", "offline_access", "default-roles-conveyor"])
     assert user_roles(admin) == ("admin",)
     assert user_roles(KeycloakUser("erin", ["User", "uma_authorization"]), "middleware") == ("user", "approver")
+
+
+def test_an_app_belongs_to_the_team_the_platform_lists_it_under() -> None:
+    platform = load_platform(PLATFORM_FILE)
+    spec = load_spec(REPO / "include" / "apps" / "appointments.yaml")
+    assert [p.message for p in spec_problems(spec, platform) if p.field == "team"] == []
+    # a middleware developer's spec claiming a clinic app's name, or a new app, for the clinic
+    for name in ("payroll", "boot-preject"):
+        claimed = spec.model_copy(update={"name": name})
+        messages = [p.message for p in spec_problems(claimed, platform) if p.field == "team"]
+        assert messages and f"'{name}' is not one of team clinic's apps" in messages[0], name
+    with pytest.raises(ValueError, match="'appointments' is listed by teams clinic and middleware"):
+        Platform.model_validate(
+            {"teams": {"clinic": {"apps": ["appointments"]}, "middleware": {"apps": ["appointments"]}}}
+        )
+
+
+@pytest.mark.parametrize(
+    ("teams", "message"),
+    [
+        (
+            {
+                "web": {"ci": {"connection": "c1", "namespace": "shared"}},
+                "pay": {"ci": {"connection": "c2", "namespace": "shared"}},
+            },
+            "The namespace 'shared' is given to teams pay and web",
+        ),
+        (
+            {
+                "web": {
+                    "ci": {"connection": "c1", "namespace": "web-ci"},
+                    "clusters": {"dev": [{"connection": "d", "namespaces": ["web-ci"]}]},
+                }
+            },
+            "'web-ci' of team web is both its CI namespace and a deploy namespace",
+        ),
+    ],
+)
+def test_a_namespace_is_one_teams_and_a_ci_namespace_is_never_deployed_to(teams: dict[str, Any], message: str) -> None:
+    from conveyor.teams import cluster_namespaces
+
+    with pytest.raises(ConfigurationError, match=message):
+        cluster_namespaces(Platform.model_validate({"teams": teams}))
+
+
+def test_namespaces_and_projects_are_kubernetes_and_registry_names(tmp_path: Path) -> None:
+    bad = {"web": {"clusters": {"dev": [{"connection": "d", "namespaces": ["dev\nkind: ClusterRole"]}]}}}
+    with pytest.raises(ConfigurationError, match="is not a Kubernetes namespace name"):
+        load_platform(platform_with(tmp_path, teams=bad))
+    bad = {"web": {"registries": [{"connection": "r", "projects": ["../base"]}]}}
+    with pytest.raises(ConfigurationError, match="'../base' is not a registry project name"):
+        load_platform(platform_with(tmp_path, teams=bad))
+
+
+def test_connections_are_stored_with_their_team_and_ungranted_ones_not_at_all(airflow_db: Path, tmp_path: Path) -> None:
+    from airflow.models.connection import Connection
+    from airflow.utils.session import create_session
+
+    from conveyor.team_setup import sync_airflow
+
+    platform = Platform.model_validate({"teams": {"lab": {"sonar": ["lab_sonar"]}}})
+    (tmp_path / "lab_sonar.json").write_text('{"conn_type": "http", "host": "sonar.lab", "password": "s3cret"}')
+    (tmp_path / "stray_kube.json").write_text('{"conn_type": "kubernetes", "extra": {"namespace": "x"}}')
+    done = sync_airflow(platform, tmp_path)
+    assert "connection stray_kube: granted to no team in the platform file, not stored" in done
+    (tmp_path / "lab_sonar.json").write_text('{"conn_type": "http", "host": "sonar2.lab", "password": "n3w"}')
+    sync_airflow(platform, tmp_path)  # a second start updates what is there
+    with create_session() as session:
+        stored = {
+            c.conn_id: c for c in session.query(Connection).filter(Connection.conn_id.in_(["lab_sonar", "stray_kube"]))
+        }
+        assert set(stored) == {"lab_sonar"}
+        lab = stored["lab_sonar"]
+        assert (lab.team_name, lab.host, lab.password) == ("lab", "sonar2.lab", "n3w")
