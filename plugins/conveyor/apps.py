@@ -80,6 +80,16 @@ def check_app(spec: AppSpec, file: str, platform: Platform, manifests_root: Path
                 "(images.allowed): the Sonar step hands its image the Sonar token; use 'sonar-scanner'",
             )
         )
+    step_projects = {ref.split("/", 1)[0] for ref in settings.load_step_images().refs.values() if "/" in ref}
+    if spec.registry.project in step_projects:
+        problems.append(
+            SpecProblem(
+                file,
+                "registry.project",
+                f"'{spec.registry.project}' holds Conveyor's step images (images/images.yaml), which every team's "
+                "pipelines run with their credentials; push apps to their team's own project",
+            )
+        )
     problems += manifest_problems(spec, file, platform, manifests_root)
     if problems:
         raise SpecError(file, problems)

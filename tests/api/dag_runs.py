@@ -44,7 +44,7 @@ def pod_results(dag_id: str, commit: str = COMMIT, digest: str = DIGEST, **check
             "pusher": "",
             **checkout,
         },
-        "build": {"digest": digest, "repository": f"10.88.0.1:5000/conveyor/{dag_id}", "commit": commit},
+        "build": {"digest": digest, "repository": f"10.88.0.1:5000/clinic/{dag_id}", "commit": commit},
     }
 
 

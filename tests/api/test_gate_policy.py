@@ -72,9 +72,9 @@ def test_the_gate_shows_the_manifests_it_releases_and_binds_the_decision_to_them
     (dev,) = gate["manifests"]  # the first gate releases to dev
     assert dev["environment"] == "dev" and dev["error"] is None
     # Rendered with this run's image pinned by digest, diffed against what was deployed before.
-    assert f"image: 10.88.0.1:5000/conveyor/appointments@{run.digest}" in dev["rendered"]
+    assert f"image: 10.88.0.1:5000/clinic/appointments@{run.digest}" in dev["rendered"]
     added = [line for line in dev["diff"].splitlines() if line.startswith("+")]
-    assert any(f"image: 10.88.0.1:5000/conveyor/appointments@{run.digest}" in line for line in added)
+    assert any(f"image: 10.88.0.1:5000/clinic/appointments@{run.digest}" in line for line in added)
     assert gate["checks"] == [
         {"step": "unit_test", "state": "success", "summary": "tests passed"},
         {"step": "sonar", "state": None, "summary": "SonarQube is not enabled for this app"},

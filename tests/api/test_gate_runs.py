@@ -144,7 +144,7 @@ def rerun_build(run_id: str, digest: str) -> None:
     from conveyor import records
 
     records.record("appointments", records.Kind.BUILT, records.Built(run_id, COMMIT, digest))
-    value = {"digest": digest, "repository": "10.88.0.1:5000/conveyor/appointments"}
+    value = {"digest": digest, "repository": "10.88.0.1:5000/clinic/appointments"}
     with create_session() as session:
         XComModel.set(
             "return_value",

@@ -134,7 +134,7 @@ def test_an_edited_xcom_releases_nothing(dag_test: Callable[..., DagTest], api: 
     response = api.patch(
         f"/api/v2/dags/reminders/dagRuns/{waiting.run_id}/taskInstances/build/xcomEntries/return_value",
         headers=auth("dave"),
-        json={"value": {"digest": other, "repository": "10.88.0.1:5000/conveyor/reminders"}, "map_index": -1},
+        json={"value": {"digest": other, "repository": "10.88.0.1:5000/clinic/reminders"}, "map_index": -1},
     )
     assert response.status_code == 200, response.text
     go.touch()

@@ -36,7 +36,7 @@ def test_failing_unit_test_stops_the_run_with_nothing_pushed(
     commit = push_branch(
         tmp_path, "appointments", branch, {"tests/test_e2e_failure.py": FAILING_TEST}, "Add a failing test"
     )
-    tags_before = set(registry_tags("conveyor/appointments"))
+    tags_before = set(registry_tags("clinic/appointments"))
     run = trigger("appointments", {"branch": branch, "tag_name": None})
     assert run.wait_until_finished() == "failed"
     tasks = run.tasks()
@@ -45,7 +45,7 @@ def test_failing_unit_test_stops_the_run_with_nothing_pushed(
     assert run.xcom("checkout")["commit"] == commit
     log = run.log("unit_test")
     assert "1 failed" in log and "double booking was accepted" in log  # pytest's summary, in the task log
-    assert set(registry_tags("conveyor/appointments")) == tags_before
+    assert set(registry_tags("clinic/appointments")) == tags_before
 
 
 def test_container_that_cannot_start_is_rolled_back(

@@ -155,7 +155,7 @@ def test_rendering_for_a_deploy_pins_and_checks_too(tmp_path: Path) -> None:
     with pytest.raises(RenderError, match=r"a.yaml:9: image 'redis:7' is neither pinned"):
         render_folder(folder, variables, policy)
     (folder / "a.yaml").write_text(pod("$REGISTRY/$HARBOR_NAMESPACE/$APP_NAME:SNAPSHOT-$BUILD_NUMBER"))
-    assert "image: r:5000/conveyor/appointments@sha256:" + "11" * 32 in render_folder(folder, variables, policy)
+    assert "image: r:5000/clinic/appointments@sha256:" + "11" * 32 in render_folder(folder, variables, policy)
 
 
 def test_the_pusher_counts_only_from_a_git_server_that_records_it() -> None:
@@ -247,3 +247,15 @@ def test_two_spec_files_for_one_app_are_refused(tmp_path: Path, monkeypatch: pyt
     assert specs == [] and len(errors) == 2
     assert "two spec files for app 'appointments' (appointments.yaml, appointments.yml); keep one" in str(errors[0])
     assert apps.spec_path("appointments") is None
+
+
+def test_no_app_pushes_into_the_step_images_project(tmp_path: Path) -> None:
+    """Every team's pipelines run the step images with their credentials: an app whose images would land
+    beside them (and could replace a tag-pinned one) is refused, naming the field."""
+    data = yaml.safe_load(yaml.safe_dump(APPOINTMENTS))
+    data["registry"]["project"] = "conveyor"
+    path = tmp_path / "appointments.yaml"
+    path.write_text(yaml.safe_dump(data))
+    spec = parse_spec(data, str(path))
+    with pytest.raises(SpecError, match=r"registry\.project.*'conveyor' holds Conveyor's step images"):
+        apps.check_app(spec, str(path), PLATFORM, REPO / "include" / "manifests")

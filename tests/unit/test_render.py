@@ -94,7 +94,7 @@ def test_sample_manifests_render_to_valid_yaml() -> None:
     kinds = {d["kind"]: d for d in docs}
     assert set(kinds) == {"Deployment", "Service"}
     container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == f"10.88.0.1:5000/conveyor/appointments@{DIGEST}"
+    assert container["image"] == f"10.88.0.1:5000/clinic/appointments@{DIGEST}"
     assert {"name": "APP_VERSION", "value": "v1.0.0"} in container["env"]
 
 
