@@ -197,8 +197,9 @@ def short_lived_app(tmp_path: Path) -> Path:
     spec["approvals"]["approve"]["timeout"] = "6s"
     spec["notifications"] = {"email": ["clinic-team@example.com"], "webhooks": ["team_chat", "unreachable_chat"]}
     (apps / "quick-gate.yaml").write_text(yaml.safe_dump(spec))
-    # The platform grants the clinic team these two webhooks.
+    # The platform makes the app the clinic's and grants the clinic team these two webhooks.
     platform = yaml.safe_load((REPO / "config" / "platform.yaml").read_text())
+    platform["teams"]["clinic"]["apps"].append("quick-gate")
     platform["teams"]["clinic"]["webhooks"] = ["team_chat", "unreachable_chat"]
     (tmp_path / "platform.yaml").write_text(yaml.safe_dump(platform))
     return apps
