@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +220,8 @@ def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str])
         log_events_on_failure=True,
         on_finish_action="delete_pod",
         startup_timeout_seconds=300,
+        # the spec's limit (limits.step_timeout, limits.timeouts): a step past it fails and its pod is deleted
+        execution_timeout=timedelta(seconds=spec.limits.timeout_of(step.id)),
         trigger_rule=trigger_rule,
         doc_md=step.doc,
         **extra,
@@ -244,7 +246,7 @@ def build_dag(spec: AppSpec, *, ctx: PodContext | None = None) -> DAG:
         default_args={"owner": spec.owner or spec.team, "retries": spec.retries},
         user_defined_macros={"conveyor_run": run_macro(spec), **registry_macros(spec)},
         user_defined_filters={"conveyor_label": label_value, "conveyor_tag": image_tag_value},
-        max_active_runs=8,
+        max_active_runs=spec.limits.max_active_runs,
     )
     with dag:
         tasks = [_task(step, pipeline, ctx, templates) for step in pipeline.steps]

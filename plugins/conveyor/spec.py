@@ -383,6 +383,35 @@ class Release(_Model):
         return v
 
 
+# The pod steps a spec may give a timeout of its own (the gates have their approval timeout).
+POD_STEP_IDS = ("checkout", "unit_test", "sonar", "build", "push", "deploy_dev", "tag", "deploy_prod")
+
+
+class Limits(_Model):
+    """How long each pipeline step may run and how many runs of the app may be in flight at once."""
+
+    max_active_runs: int = Field(default=8, ge=1, le=32, description="runs of this app at the same time")
+    step_timeout: Duration = Field(default=3600, description="how long a pod step may run, e.g. 45m (default 1h)")
+    timeouts: dict[str, Duration] = Field(
+        default_factory=dict, description="step id -> its own timeout, e.g. {build: 90m, unit_test: 20m}"
+    )
+
+    @field_validator("timeouts")
+    @classmethod
+    def _steps(cls, v: dict[str, int]) -> dict[str, int]:
+        for step in v:
+            if step not in POD_STEP_IDS:
+                raise ValueError(
+                    f"'{step}' is not a step with a timeout of its own; use one of {', '.join(POD_STEP_IDS)} "
+                    "(a gate's timeout is in approvals)"
+                )
+        return v
+
+    def timeout_of(self, step_id: str) -> int:
+        """Seconds the step may run."""
+        return self.timeouts.get(step_id, self.step_timeout)
+
+
 class AppSpec(_Model):
     """One application: where its code is, how it is built, tested, approved and deployed."""
 
@@ -404,6 +433,7 @@ class AppSpec(_Model):
     notifications: Notifications = Field(default_factory=Notifications)
     resources: Resources = Field(default_factory=Resources)
     retries: int = Field(default=0, ge=0, le=5, description="retries of each pod step")
+    limits: Limits = Field(default_factory=Limits)
 
     @field_validator("name")
     @classmethod
@@ -425,6 +455,19 @@ class AppSpec(_Model):
         if not croniter.is_valid(v):
             raise ValueError(f"{v!r} is not a cron expression; write five fields like '0 3 * * 1-5'")
         return v
+
+    @model_validator(mode="after")
+    def _deploys_outlast_their_rollouts(self) -> AppSpec:
+        for env_name in ("dev", "prod"):
+            step, env = f"deploy_{env_name}", getattr(self.environments, env_name)
+            # applying and checking take a little besides waiting for the rollout
+            if self.limits.timeout_of(step) < env.rollout_timeout + 60:
+                raise ValueError(
+                    f"limits: {step} may run {self.limits.timeout_of(step)}s, but its rollout may take "
+                    f"{env.rollout_timeout}s (environments.{env_name}.rollout_timeout): give {step} at least a "
+                    "minute more than that"
+                )
+        return self
 
     @property
     def sonar_enabled(self) -> bool:

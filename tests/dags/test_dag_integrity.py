@@ -65,11 +65,13 @@ def test_task_order_and_metadata(dagbag: DagBag, app: str) -> None:
             ci = load_platform(REPO / "config" / "platform.yaml").teams[spec.team].ci
             assert ci is not None and (task.kubernetes_conn_id, task.namespace) == (ci.connection, ci.namespace)
             assert task.on_finish_action.value == "delete_pod"
+            assert task.execution_timeout.total_seconds() == spec.limits.timeout_of(task.task_id)
         else:
             assert isinstance(task, ApprovalSensor)
             assert task.mode == "reschedule"
             assert task.retries == 0
     assert dag.get_task("approve").timeout == spec.approvals.approve.timeout
+    assert dag.max_active_runs == spec.limits.max_active_runs
     assert dag.get_task("checkout").max_active_tis_per_dag == 1
     assert dag.get_task("deploy_prod").max_active_tis_per_dag == 1
 

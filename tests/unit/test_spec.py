@@ -160,3 +160,48 @@ def test_jenkins_pipeline_is_expressible() -> None:
     assert spec.environments.dev.cluster == jenkins(r"kubeconfigFile\(credentialsId: '([^']+)'")
     assert spec.environments.dev.namespace == "middleware"
     assert spec.image.strategy is ImageStrategy.DOCKERFILE
+
+
+def _minimal_with(**changes: object) -> dict:
+    import yaml
+
+    data = yaml.safe_load((VALID / "minimal.yaml").read_text())
+    data.update(changes)
+    return data
+
+
+def test_limits_default_to_an_hour_a_step_and_eight_runs() -> None:
+    from conveyor.spec import parse_spec
+
+    spec = parse_spec(_minimal_with(), "minimal.yaml")
+    assert spec.limits.max_active_runs == 8
+    assert {spec.limits.timeout_of(s) for s in ("checkout", "build", "deploy_prod")} == {3600}
+
+
+def test_a_spec_sets_its_own_step_timeouts_and_concurrency() -> None:
+    from conveyor.spec import parse_spec
+
+    spec = parse_spec(
+        _minimal_with(limits={"max_active_runs": 2, "step_timeout": "20m", "timeouts": {"build": "90m"}}),
+        "minimal.yaml",
+    )
+    assert spec.limits.max_active_runs == 2
+    assert (spec.limits.timeout_of("build"), spec.limits.timeout_of("unit_test")) == (5400, 1200)
+
+
+@pytest.mark.parametrize(
+    ("limits", "field", "message"),
+    [
+        ({"timeouts": {"approve": "1h"}}, "limits.timeouts", "'approve' is not a step with a timeout of its own"),
+        ({"max_active_runs": 0}, "limits.max_active_runs", "greater than or equal to 1"),
+        ({"step_timeout": "soon"}, "limits.step_timeout", "'soon' is not a duration"),
+        ({"timeouts": {"deploy_dev": "2m"}}, "", "deploy_dev may run 120s, but its rollout may take"),
+    ],
+)
+def test_bad_limits_are_refused_naming_the_field(limits: dict, field: str, message: str) -> None:
+    from conveyor.spec import parse_spec
+
+    with pytest.raises(SpecError) as error:
+        parse_spec(_minimal_with(limits=limits), "minimal.yaml")
+    problems = [(p.field, p.message) for p in error.value.problems]
+    assert any(f.startswith(field) and message in m for f, m in problems), problems
