@@ -115,9 +115,7 @@ class CiGrant(_Model):
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, v: str) -> str:
-        if not DNS1123_LABEL.match(v):
-            raise ValueError(f"'{v}' is not a Kubernetes namespace name (lowercase letters, digits, '-')")
-        return v
+        return _dns_labels([v], "Kubernetes namespace")[0]
 
 
 class ApproverGrant(_Model):
