@@ -202,7 +202,7 @@ def _platform() -> Any:
 
 @teams_app.command("users")
 def teams_users() -> None:
-    """Print [core] simple_auth_manager_users: each admin and team member with their role and teams."""
+    """Print Airflow's core.simple_auth_manager_users: each admin and team member with role and teams."""
     from conveyor.teams import simple_auth_users
 
     try:
@@ -215,7 +215,7 @@ def teams_users() -> None:
 def teams_bundles(
     root: Annotated[Path, typer.Argument(help="the folder that gets a Dag bundle folder per team")],
 ) -> None:
-    """Write each team's Dag bundle folder under ROOT; print [dag_processor] dag_bundle_config_list."""
+    """Write each team's Dag bundle folder under ROOT; print dag_processor.dag_bundle_config_list."""
     import json
 
     from conveyor.team_setup import write_bundles
