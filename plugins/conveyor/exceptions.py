@@ -9,6 +9,7 @@ The tree::
     ├── RenderError          a manifest could not be rendered (unknown variable, bad file)
     ├── TamperedRecords      an app's records were changed outside Conveyor
     ├── LedgerConflict       appending to an app's records kept colliding with other writers
+    ├── HookRefused          a git push event was refused (bad signature 401, malformed 400)
     └── ApprovalError        an approval decision was refused
         ├── NotFound             no such app, run or gate (404)
         ├── NotAnApprover        the user is not allowed to decide this gate (403)
@@ -67,6 +68,15 @@ class TamperedRecords(ConveyorError):
 
 class LedgerConflict(ConveyorError):
     """Appending to an app's records kept colliding with other writers; nothing was written."""
+
+
+class HookRefused(ConveyorError):
+    """A git push event was refused; ``status_code`` is the HTTP status to answer (401: who sent it cannot be
+    verified; 400: the event cannot be read)."""
+
+    def __init__(self, message: str, status_code: int = 400) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 class ApprovalError(ConveyorError):

@@ -1,0 +1,164 @@
+"""Git push events in the GitHub, GitLab and Gitee formats: who sent them (each format's signature or token,
+checked against the secret kept in an Airflow connection), what was pushed, and which apps build it.
+
+Pure functions: the webhook route gathers the headers, the body and the secret and calls them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+from conveyor.exceptions import HookRefused
+from conveyor.spec import AppSpec
+
+SHA = re.compile(r"^[0-9a-f]{40}$")
+NO_COMMIT = "0" * 40  # the "after" of a deleted branch or tag
+# Gitee signs a timestamp; an older signature is refused (a replayed event).
+GITEE_MAX_AGE_S = 3600
+
+
+class Provider(StrEnum):
+    GITHUB = "github"
+    GITLAB = "gitlab"
+    GITEE = "gitee"
+
+
+# The header naming each provider's event, and the events that are pushes.
+EVENT_HEADER = {Provider.GITHUB: "x-github-event", Provider.GITLAB: "x-gitlab-event", Provider.GITEE: "x-gitee-event"}
+PUSH_EVENTS = {
+    Provider.GITHUB: {"push"},
+    Provider.GITLAB: {"Push Hook", "Tag Push Hook"},
+    Provider.GITEE: {"Push Hook", "Tag Push Hook"},
+}
+# Where each payload names the repository's addresses.
+REPOSITORY_KEY = {Provider.GITHUB: "repository", Provider.GITLAB: "project", Provider.GITEE: "repository"}
+URL_FIELDS = ("clone_url", "git_http_url", "http_url", "ssh_url", "git_ssh_url", "git_url", "html_url", "web_url")
+
+
+@dataclass(frozen=True)
+class Push:
+    """What one push event says was pushed."""
+
+    provider: Provider
+    repository_urls: tuple[str, ...]
+    ref: str  # refs/heads/<branch> or refs/tags/<tag>
+    commit: str  # the pushed head: the run builds exactly this commit
+    pusher: str
+
+    @property
+    def branch(self) -> str | None:
+        return self.ref.removeprefix("refs/heads/") if self.ref.startswith("refs/heads/") else None
+
+    @property
+    def tag(self) -> str | None:
+        return self.ref.removeprefix("refs/tags/") if self.ref.startswith("refs/tags/") else None
+
+
+def _header(headers: dict[str, str], name: str) -> str:
+    return next((v for k, v in headers.items() if k.lower() == name), "")
+
+
+def provider_of(headers: dict[str, str]) -> Provider:
+    """Which format the event is in, from its event header (HookRefused 400 when none is there)."""
+    for provider, header in EVENT_HEADER.items():
+        if _header(headers, header):
+            return provider
+    raise HookRefused(
+        "Not a GitHub, GitLab or Gitee event: none of the headers X-GitHub-Event, X-Gitlab-Event, X-Gitee-Event "
+        "is there. Point the repository's webhook at this address with content type application/json."
+    )
+
+
+def verify(provider: Provider, headers: dict[str, str], body: bytes, secret: str, now: float | None = None) -> None:
+    """Check that the event comes from who holds ``secret`` (HookRefused 401 otherwise): GitHub's HMAC-SHA256
+    of the body, GitLab's token, Gitee's password or its HMAC-SHA256 signature of a recent timestamp."""
+    if not secret:
+        raise HookRefused("No webhook secret is configured, so no event can be verified; set one (README).", 401)
+    if provider is Provider.GITHUB:
+        sent = _header(headers, "x-hub-signature-256")
+        expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        if not sent:
+            raise HookRefused("The event is not signed (no X-Hub-Signature-256): give the webhook the secret.", 401)
+        if not hmac.compare_digest(sent.encode(), expected.encode()):
+            raise HookRefused("The event's signature (X-Hub-Signature-256) does not match the webhook secret.", 401)
+    elif provider is Provider.GITLAB:
+        sent = _header(headers, "x-gitlab-token")
+        if not sent or not hmac.compare_digest(sent.encode(), secret.encode()):
+            raise HookRefused("The event's X-Gitlab-Token is missing or is not the webhook secret.", 401)
+    else:
+        sent = _header(headers, "x-gitee-token")
+        stamp = _header(headers, "x-gitee-timestamp")
+        if sent and hmac.compare_digest(sent.encode(), secret.encode()):
+            return  # Gitee's "password" mode: the secret itself
+        if not sent or not stamp.isdigit():
+            raise HookRefused("The event's X-Gitee-Token is missing or is not the webhook secret.", 401)
+        signed = base64.b64encode(hmac.new(secret.encode(), f"{stamp}\n{secret}".encode(), hashlib.sha256).digest())
+        if not hmac.compare_digest(sent.encode(), signed):
+            raise HookRefused("The event's signature (X-Gitee-Token) does not match the webhook secret.", 401)
+        age = (now if now is not None else time.time()) - int(stamp) / 1000
+        if not -300 <= age <= GITEE_MAX_AGE_S:
+            raise HookRefused(f"The event was signed {int(age)} s ago (X-Gitee-Timestamp): too old, not accepted.", 401)
+
+
+def parse(provider: Provider, headers: dict[str, str], body: bytes) -> Push | None:
+    """The push the event describes; None for an event that pushes nothing to build (a ping, another kind of
+    event, a deleted branch or tag). HookRefused 400 when the body cannot be read."""
+    event = _header(headers, EVENT_HEADER[provider])
+    if event not in PUSH_EVENTS[provider]:
+        return None
+    try:
+        payload: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HookRefused(
+            f"The event's body is not JSON ({exc}); send it with content type application/json."
+        ) from None
+    if not isinstance(payload, dict):
+        raise HookRefused("The event's body is not a JSON object.")
+    ref = payload.get("ref")
+    commit = payload.get("checkout_sha") or payload.get("after")
+    if not isinstance(ref, str) or not ref.startswith(("refs/heads/", "refs/tags/")):
+        raise HookRefused(f"The push event names no branch or tag (ref: {ref!r}).")
+    if commit is None or commit == NO_COMMIT:
+        return None  # deleted: nothing to build
+    if not isinstance(commit, str) or not SHA.match(commit):
+        raise HookRefused(f"The push event names no commit (after: {commit!r}); a 40-character SHA is expected.")
+    repository = payload.get(REPOSITORY_KEY[provider])
+    urls = tuple(
+        str(repository[f]) for f in URL_FIELDS if isinstance(repository, dict) and isinstance(repository.get(f), str)
+    )
+    if not urls:
+        raise HookRefused("The push event names no repository address (repository.clone_url and the like).")
+    pusher = payload.get("pusher") if provider is not Provider.GITLAB else None
+    name = (pusher or {}).get("name") if isinstance(pusher, dict) else payload.get("user_username")
+    return Push(provider, urls, ref, commit, str(name or ""))
+
+
+def repository_key(url: str) -> str:
+    """A repository address as it compares: host and path, without scheme, user, port of ssh, ``.git`` and
+    case of the host, so https://git.example.com/team/app.git, git@git.example.com:team/app and
+    ssh://git@git.example.com/team/app are the same repository."""
+    url = url.strip()
+    if "://" not in url and "@" in url and ":" in url.split("@", 1)[1]:  # scp-like git@host:path
+        host, path = url.split("@", 1)[1].split(":", 1)
+    else:
+        parts = urlsplit(url)
+        host, path = (parts.hostname or ""), parts.path
+        if parts.port and parts.scheme in ("http", "https"):
+            host = f"{host}:{parts.port}"
+    path = path.strip("/").removesuffix(".git").rstrip("/")
+    return f"{host.lower()}/{path}"
+
+
+def apps_to_build(push: Push, specs: list[AppSpec]) -> list[AppSpec]:
+    """The apps whose repository and branch the push updated."""
+    pushed = {repository_key(u) for u in push.repository_urls}
+    return [s for s in specs if push.branch == s.git.branch and repository_key(s.git.url) in pushed]
