@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV = $(shell scripts/venv)
 export PYTHONPATH := $(CURDIR)/plugins
 
-.PHONY: help install up down airflow-up airflow-down cluster-up cluster-down test test-integration test-e2e lint bench validate
+.PHONY: help install up down airflow-up airflow-down cluster-up cluster-down test test-integration test-e2e lint bench validate docs
 
 help: ## list the entry points
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -45,6 +45,10 @@ lint: install ## ruff and mypy
 
 validate: install ## validate every app spec strictly
 	@bin/conveyor validate --strict
+
+docs: install ## regenerate docs/spec-reference.md and docs/spec.schema.json from the app spec's models (spec.py)
+	@bin/conveyor spec schema --output docs/spec.schema.json
+	@bin/conveyor spec reference --output docs/spec-reference.md
 
 bench: install ## time one release of the sample app per step (after `make up`); JSON in bench/results/
 	@$(VENV)/bin/python bench/release_flow.py

@@ -6,6 +6,9 @@ from the cluster while the pod exists) and the orchestration around it: task que
 pod started, pod finished → task finished, task finished → next task started. The
 baseline of the same run is the pods' own time; overheads are also given as ratios of it.
 
+Then the build step cold and warm (bench/build_cache.py): ``warm_cold_build_ratio`` in the JSON is
+the warm rebuild's pod time over the cold build's (``CONVEYOR_BENCH_CACHE=0`` leaves it out).
+
 usage: make bench   (after `make up`)   → prints a table, writes bench/results/*.json
 """
 
@@ -53,11 +56,11 @@ def login(user: str) -> httpx.Client:
 class PodWatcher(threading.Thread):
     """Records each step pod's container start/finish times before the operator deletes it."""
 
-    def __init__(self, run_label: str) -> None:
+    def __init__(self, run_label: str, app: str = APP) -> None:
         super().__init__(daemon=True)
         config.load_kube_config(str(STATE / "kubeconfigs" / "admin.kubeconfig"))
         self.core = client.CoreV1Api()
-        self.selector = f"conveyor/app={APP},conveyor/run={run_label}"
+        self.selector = f"conveyor/app={app},conveyor/run={run_label}"
         self.pods: dict[str, dict[str, float]] = {}
         self.stop = threading.Event()
 
@@ -142,6 +145,10 @@ def main() -> None:
         for i, s in enumerate(steps)
         if s["step"] not in gates
     )
+    # The build step cold (the app's caches cleared) and warm (the same commit again): bench/build_cache.py.
+    from build_cache import measure
+
+    cache = measure(admin) if os.environ.get("CONVEYOR_BENCH_CACHE", "1") != "0" else None
     result = {
         "app": APP,
         "run_id": run_id,
@@ -151,6 +158,8 @@ def main() -> None:
         "orchestration_seconds_total": round(overhead, 2),
         "orchestration_to_pod_ratio": round(overhead / pod_total, 3) if pod_total else None,
         "steps": steps,
+        "warm_cold_build_ratio": cache["warm_cold_build_ratio"] if cache else None,
+        "build_cache": cache,
     }
     out = REPO / "bench" / "results" / f"release-flow-{int(time.time())}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -169,6 +178,11 @@ def main() -> None:
         f"run {result['state']} in {result['wall_seconds']}s; pods {result['pod_seconds_total']}s, orchestration "
         f"{result['orchestration_seconds_total']}s (ratio {result['orchestration_to_pod_ratio']}); {out}"
     )
+    if cache:
+        print(
+            f"build cold {cache['cold']['pod_seconds']}s, warm {cache['warm']['pod_seconds']}s (pod time): "
+            f"warm_cold_build_ratio {cache['warm_cold_build_ratio']} (goal <= 0.33)"
+        )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="conveyor-tests-"))
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "dave": "dave-pw"}
 # alice: admin, listed nowhere by name; bob: user, listed by name; carol: viewer; dave: op.
 USERS = "alice:admin,bob:user,carol:viewer,dave:op"
+WEBHOOK_SECRET = secrets.token_urlsafe(32)
 
 (AIRFLOW_HOME / "passwords.json").write_text(json.dumps(PASSWORDS))
 # The tests' Airflow reads copies of the app specs and manifests: a test may edit them (as a user edits the
@@ -55,6 +56,8 @@ TEST_ENV = {
     "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
     # The sample apps' registry, so gates can render the manifests they release (nothing connects to it here).
     "AIRFLOW_CONN_REGISTRY": json.dumps({"conn_type": "generic", "host": "10.88.0.1", "port": 5000}),
+    # The push webhook's secret (tests/api/test_webhook.py signs its events with it).
+    "AIRFLOW_CONN_CONVEYOR_WEBHOOK": json.dumps({"conn_type": "generic", "password": WEBHOOK_SECRET}),
     "CONVEYOR_HOME": str(REPO),
     "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "plugins"), os.environ.get("PYTHONPATH")])),
 }

@@ -8,6 +8,7 @@ The routes are thin: :mod:`conveyor.gate_view` gathers the facts and applies the
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
@@ -19,7 +20,9 @@ from fastapi.responses import JSONResponse
 from conveyor import __version__, gate_view
 from conveyor import gate as rules
 from conveyor.api_models import AuditTrail, DecisionRequest, ErrorBody, GateInfo, GateList
-from conveyor.exceptions import ApprovalError, ConveyorError, NotFound, TamperedRecords
+from conveyor.exceptions import ApprovalError, ConveyorError, HookRefused, NotFound, TamperedRecords
+
+log = logging.getLogger(__name__)
 
 
 def _client(request: Request) -> str:
@@ -100,15 +103,64 @@ def _routes() -> APIRouter:
     return router
 
 
+def _hook_routes() -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["Webhooks"])
+
+    @router.post(
+        "/hooks/git",
+        summary="A push event (GitHub, GitLab or Gitee format) starts the runs of the apps it builds",
+        description="Not authenticated as an Airflow user: the event's signature or token is checked against "
+        "the secret in the connection `conveyor_webhook` ([conveyor] webhook_connection_id).",
+        responses={
+            200: {"description": "Accepted; nothing to start (a ping, or no push rule matches)"},
+            202: {"description": "Runs started (and older queued push runs superseded)"},
+            400: {"model": ErrorBody, "description": "Not a push event Conveyor can read"},
+            401: {"model": ErrorBody, "description": "Signature or token does not match the secret"},
+            404: {"model": ErrorBody, "description": "No app builds the pushed repository"},
+            413: {"model": ErrorBody, "description": "Body larger than 5 MiB"},
+        },
+    )
+    async def git_hook(request: Request) -> JSONResponse:
+        from starlette.concurrency import run_in_threadpool
+
+        from conveyor import webhook
+
+        client = _client(request)
+        try:
+            body = await _limited_body(request, webhook.MAX_BODY_BYTES)
+            outcome = await run_in_threadpool(webhook.receive, dict(request.headers), body, client)
+        except HookRefused as exc:
+            log.warning("Push event from %s refused (HTTP %s): %s", client, exc.status_code, exc)
+            return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
+        code = status.HTTP_202_ACCEPTED if outcome.triggered else status.HTTP_200_OK
+        return JSONResponse(status_code=code, content=outcome.as_json())
+
+    return router
+
+
+async def _limited_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) past ``limit`` bytes without reading the rest."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HookRefused(f"The event is {declared} bytes; at most {limit} are accepted.", 413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HookRefused(f"The event is larger than {limit} bytes; at most that many are accepted.", 413)
+    return bytes(body)
+
+
 def create_app() -> FastAPI:
     """The FastAPI app the plugin mounts at ``/conveyor`` on the api-server."""
     app = FastAPI(
         title="Conveyor",
         version=__version__,
-        description="Release approvals for Conveyor pipelines. Authenticate as for Airflow's REST API "
-        "(Bearer token from /auth/token, or the UI session).",
+        description="Release approvals and the push webhook of Conveyor pipelines. Authenticate as for Airflow's "
+        "REST API (Bearer token from /auth/token, or the UI session); the webhook checks the event's signature.",
     )
     app.include_router(_routes())
+    app.include_router(_hook_routes())
     from conveyor.pages import page_routes
 
     app.include_router(page_routes())

@@ -186,6 +186,39 @@ def show(
         _fail(str(exc))
 
 
+spec_app = typer.Typer(
+    no_args_is_help=True,
+    help="The app spec's documentation, generated from its models (`make docs` writes both into docs/).",
+)
+app.add_typer(spec_app, name="spec")
+
+OutputFile = Annotated[Path | None, typer.Option("--output", "-o", help="write it to this file instead of stdout")]
+
+
+def _emit(text: str, output: Path | None) -> None:
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        typer.echo(f"wrote {output}", err=True)
+
+
+@spec_app.command("schema")
+def spec_schema(output: OutputFile = None) -> None:
+    """Print the JSON Schema (draft 2020-12) of an app spec, for editors."""
+    from conveyor.spec_docs import json_schema_text
+
+    _emit(json_schema_text(), output)
+
+
+@spec_app.command("reference")
+def spec_reference(output: OutputFile = None) -> None:
+    """Print the reference of every app spec field (markdown)."""
+    from conveyor.spec_docs import reference
+
+    _emit(reference(), output)
+
+
 teams_app = typer.Typer(
     no_args_is_help=True,
     help="The teams of the platform file in Airflow's multi-team mode (run by the platform's start-up).",
@@ -272,6 +305,167 @@ def teams_who() -> None:
     for user, roles in sorted(people.items()):
         if user not in platform.admins:
             typer.echo(f"{user:10} {'; '.join(roles)}")
+
+
+def _active_runs(dag_id: str) -> set[str]:
+    """The app's runs that Airflow has queued or running (their images may still be shown or deployed)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from sqlalchemy import select
+
+    with create_session() as session:
+        states = [DagRunState.QUEUED, DagRunState.RUNNING]
+        return set(session.scalars(select(DagRun.run_id).where(DagRun.dag_id == dag_id, DagRun.state.in_(states))))
+
+
+def _team_connection(conn_id: str, team: str) -> Any:
+    """An Airflow connection as the app's team sees it (in multi-team mode a team's connections are found
+    only under its name)."""
+    from airflow.configuration import conf
+    from airflow.models.connection import Connection
+
+    multi_team = conf.getboolean("core", "multi_team", fallback=False)
+    return Connection.get_connection_from_secrets(conn_id, team_name=team if multi_team else None)
+
+
+@app.command()
+def prune(
+    name: Annotated[str | None, typer.Option("--app", metavar="APP", help="only this app; default: every app")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="delete; without it nothing is deleted (a dry run)")] = False,
+    registry_url: Annotated[
+        str | None,
+        typer.Option(help="http(s)://host:port of the registry as this machine reaches it; default: the connection's"),
+    ] = None,
+) -> None:
+    """Delete old SNAPSHOT images of the apps from the registry, by the retention policy.
+
+    A dry run unless --yes: prints every image with what happens to it and why. Space comes back after
+    the registry's garbage collection (scripts/registry/gc on the local platform).
+    """
+    from datetime import UTC, datetime
+
+    from conveyor import records, retention
+    from conveyor.registry import RegistryClient, delete_planned
+
+    try:
+        specs, invalid = ([_find_spec(name)], []) if name else apps.load_apps()
+        default = retention.platform_policy()
+    except ConveyorError as exc:
+        _fail(str(exc))
+    for error in invalid:
+        typer.secho(f"skipped {error.file}: its spec is invalid (see bin/conveyor validate)", fg="yellow", err=True)
+    failed = deleted = 0
+    for spec in specs:
+        # <project>/<app>: where the build step pushes (steps/build.py image_repository)
+        repository = f"{spec.registry.project}/{spec.name}"
+        policy = retention.app_policy(spec, default)
+        try:
+            facts = retention.facts_from_records(records.load(spec.name))
+            active = _active_runs(spec.name)
+            client = RegistryClient.from_connection(_team_connection(spec.registry.connection, spec.team), registry_url)
+            plan = retention.plan(repository, client.images(repository), facts, active, policy, datetime.now(UTC))
+        except Exception as exc:  # one app's trouble (records, Airflow, registry) must not stop the others
+            failed += 1
+            typer.secho(f"✗ {spec.name}: nothing deleted: {exc}", fg=typer.colors.RED, err=True)
+            continue
+        typer.echo(f"# {spec.name}: {client.base_url}/{repository}: {policy.describe()}")
+        for verdict in plan.verdicts:
+            typer.echo(f"  {verdict.describe()}")
+        if not yes:
+            doomed = len(plan.to_delete)
+            typer.echo(f"  {doomed} of {len(plan.verdicts)} image(s) would be deleted (a dry run: --yes deletes)")
+            continue
+        try:
+            for done in delete_planned(client, plan):
+                deleted += done.deleted
+                typer.echo(f"  {'deleted' if done.deleted else done.why}: {done.verdict.digest}")
+        except ConveyorError as exc:
+            failed += 1
+            typer.secho(f"✗ {spec.name}: {exc}", fg=typer.colors.RED, err=True)
+    if yes:
+        typer.echo(
+            f"{deleted} image(s) deleted; the registry frees their space in its garbage collection "
+            "(scripts/registry/gc on the local platform, Harbor's GC schedule)"
+        )
+    if failed:
+        _fail(f"{failed} app(s) failed; see above")
+
+
+records_app = typer.Typer(
+    no_args_is_help=True,
+    help="Conveyor's records: archive the oldest to files (bounded, not lost) and verify archive and database.",
+)
+app.add_typer(records_app, name="records")
+
+ArchiveFolder = Annotated[
+    Path | None, typer.Option("--folder", help="where the archive files are; default: $AIRFLOW_HOME/conveyor-archive")
+]
+AppOption = Annotated[str | None, typer.Option("--app", metavar="APP", help="only this app; default: every app")]
+
+
+def _record_apps(name: str | None) -> list[str]:
+    from conveyor import records
+
+    return [name] if name else records.apps()
+
+
+@records_app.command("archive")
+def records_archive(
+    name: AppOption = None,
+    older_than: Annotated[int, typer.Option(help="archive only records older than this many days", min=30)] = 365,
+    folder: ArchiveFolder = None,
+    yes: Annotated[bool, typer.Option("--yes", help="archive; without it nothing changes (a dry run)")] = False,
+) -> None:
+    """Move each app's oldest records to compressed JSON Lines files; what the live code still needs stays."""
+    from datetime import UTC, datetime, timedelta
+
+    from conveyor import archive, records
+
+    folder = folder or archive.default_folder()
+    failed = 0
+    for app_name in _record_apps(name):
+        try:
+            done = archive.archive_app(
+                records._ledger(),
+                app_name,
+                folder,
+                datetime.now(UTC),
+                timedelta(days=older_than),
+                _active_runs(app_name),
+                write=yes,
+            )
+        except Exception as exc:  # one app's trouble must not stop the others
+            failed += 1
+            typer.secho(f"✗ {app_name}: {exc}", fg=typer.colors.RED, err=True)
+            continue
+        if not done.records and not done.dropped:
+            typer.echo(f"{app_name}: nothing to archive ({done.cut.why})")
+        elif not yes:
+            typer.echo(f"{app_name}: would archive records up to {done.cut.through} ({done.cut.why}; --yes archives)")
+        else:
+            typer.echo(f"{app_name}: archived records up to {done.cut.through} to {done.file or folder / app_name}")
+    if failed:
+        _fail(f"{failed} app(s) failed; see above")
+
+
+@records_app.command("verify")
+def records_verify(name: AppOption = None, folder: ArchiveFolder = None) -> None:
+    """Check each app's archive files and records in the database as one chain, from its first record."""
+    from conveyor import archive, records
+
+    folder = folder or archive.default_folder()
+    failed = 0
+    for app_name in _record_apps(name):
+        try:
+            verified = archive.verify_app(records._ledger(), app_name, folder)
+        except ConveyorError as exc:
+            failed += 1
+            typer.secho(f"✗ {app_name}: {exc}", fg=typer.colors.RED, err=True)
+            continue
+        typer.echo(f"✓ {app_name}: {verified.archived} archived and {verified.live} live records form one chain")
+    if failed:
+        _fail(f"{failed} app(s) failed verification")
 
 
 def main() -> None:

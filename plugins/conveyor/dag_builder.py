@@ -21,6 +21,7 @@ from conveyor import settings
 from conveyor.apps import load_apps
 from conveyor.credentials import registry_host
 from conveyor.exceptions import ConveyorError, InvalidSpecs, SpecError
+from conveyor.notifier import StepNotifier
 from conveyor.operators import ApprovalSensor, ConveyorPodOperator
 from conveyor.pipeline import Pipeline, RunValues, Step, StepKind, build_pipeline, step_secrets
 from conveyor.spec import RELEASE_TAG, AppSpec, Environment
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 NO_NEWLINE = "(?!.*\n)"
 TAG_PATTERN = "^$|^" + NO_NEWLINE + RELEASE_TAG.pattern.removeprefix("^")
 BRANCH_PATTERN = "^" + NO_NEWLINE + r"[A-Za-z0-9._/-]+$"
+COMMIT_PATTERN = "^$|^" + NO_NEWLINE + r"[0-9a-f]{40}$"
 
 
 def image_tag_value(value: str) -> str:
@@ -133,6 +135,7 @@ def registry_macros(spec: AppSpec) -> dict[str, Any]:
 
 
 def dag_params(spec: AppSpec) -> dict[str, Param]:
+    steps = build_pipeline(spec).step_ids
     return {
         "branch": Param(
             spec.git.branch,
@@ -149,6 +152,22 @@ def dag_params(spec: AppSpec) -> dict[str, Param]:
             pattern=TAG_PATTERN,
             title="Release tag",
             description="Set it (e.g. v1.2.3 or v1.2.3-rc.1) to release: tag and deploy to production.",
+        ),
+        "commit": Param(
+            None,
+            type=["null", "string"],
+            pattern=COMMIT_PATTERN,
+            title="Commit",
+            description="Build exactly this commit (40 hex digits); it must be on the branch. Empty: the branch's "
+            "newest commit. Push-started runs set it to the pushed commit.",
+        ),
+        "until": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, *steps],
+            title="Stop after",
+            description="The last step to run; empty: the whole pipeline. Push-started runs take it from the "
+            "spec's push rule (git.push[].until).",
         ),
     }
 
@@ -213,7 +232,7 @@ def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str])
         namespace=ctx.ci.namespace,
         name=pod.metadata.name,
         pod_template_dict=pod_dict,
-        do_xcom_push=step.kind in (StepKind.CHECKOUT, StepKind.BUILD),
+        do_xcom_push=step.kind in (StepKind.CHECKOUT, StepKind.BUILD, StepKind.UNIT_TEST, StepKind.SONAR),
         get_logs=True,
         # The step's init containers (fetch, prepare, package, the image build) log into the task log too.
         init_container_logs=True,
@@ -243,7 +262,13 @@ def build_dag(spec: AppSpec, *, ctx: PodContext | None = None) -> DAG:
         tags=["conveyor", spec.team],
         params=dag_params(spec),
         doc_md=_doc(pipeline),
-        default_args={"owner": spec.owner or spec.team, "retries": spec.retries},
+        default_args={
+            "owner": spec.owner or spec.team,
+            "retries": spec.retries,
+            # A step that fails on its last try tells the app's team; its next success tells them it recovered.
+            "on_failure_callback": StepNotifier(app=spec.name),
+            "on_success_callback": StepNotifier(app=spec.name),
+        },
         user_defined_macros={"conveyor_run": run_macro(spec), **registry_macros(spec)},
         user_defined_filters={"conveyor_label": label_value, "conveyor_tag": image_tag_value},
         max_active_runs=spec.limits.max_active_runs,

@@ -103,7 +103,7 @@ def _task_state(ti: Any) -> str | None:
     return str(ti.state.value if hasattr(ti.state, "value") else ti.state)
 
 
-def _run_exists(session: Any, dag_id: str, run_id: str) -> bool:
+def run_exists(session: Any, dag_id: str, run_id: str) -> bool:
     from airflow.models.dagrun import DagRun
     from sqlalchemy import select
 
@@ -129,7 +129,7 @@ def load_gate(session: Any, dag_id: str, run_id: str, gate_id: str, history: rec
     """A gate as its records and Airflow know it now (NotFound when there is no such app, run or gate)."""
     if apps.spec_path(dag_id) is None:
         raise NotFound(f"'{dag_id}' is not a Conveyor app.")
-    if not _run_exists(session, dag_id, run_id):
+    if not run_exists(session, dag_id, run_id):
         raise NotFound(f"{dag_id} has no run '{run_id}'.")
     history = history if history is not None else records.load(dag_id)
     try:
@@ -187,7 +187,11 @@ CHECK_SUMMARIES = {
 
 
 def _checks(session: Any, gate: Gate) -> list[CheckResult]:
-    """The test and quality steps of the run, with their results."""
+    """The test and quality steps of the run, with their results: what their pods reported (the counts and failing
+    tests, the quality gate), as Conveyor's records keep it."""
+    from conveyor.run_view import check_summary, run_reports
+
+    shown = run_reports(gate.run.records, gate.run.run.run_id)
     results = []
     for step_id in ("unit_test", "sonar"):
         if step_id not in gate.run.pipeline.step_ids:
@@ -195,9 +199,12 @@ def _checks(session: Any, gate: Gate) -> list[CheckResult]:
                 results.append(CheckResult(step="sonar", state=None, summary="SonarQube is not enabled for this app"))
             continue
         state = _task_state(_ti(session, gate.run.spec.name, gate.run.run.run_id, step_id))
-        summary = CHECK_SUMMARIES.get((step_id, state or ""), "")
+        reported = check_summary(shown, step_id)
+        summary = reported or CHECK_SUMMARIES.get((step_id, state or ""), "")
         if state == "success" and not gate.run.run.has_passed(step_id):
-            summary = "marked success by hand: no recorded pass on this commit"
+            summary = "marked success by hand: no recorded pass on this commit" + (
+                f" (its pod reported: {reported})" if reported else ""
+            )
         results.append(CheckResult(step=step_id, state=state, summary=summary))
     return results
 

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from conveyor.exceptions import HookRefused
-from conveyor.spec import AppSpec
+from conveyor.spec import RELEASE_TAG, AppSpec, PushRule
 
 SHA = re.compile(r"^[0-9a-f]{40}$")
 NO_COMMIT = "0" * 40  # the "after" of a deleted branch or tag
@@ -39,6 +39,13 @@ PUSH_EVENTS = {
     Provider.GITLAB: {"Push Hook", "Tag Push Hook"},
     Provider.GITEE: {"Push Hook", "Tag Push Hook"},
 }
+# The header with the id of one delivery (kept to letters, digits and '-': it becomes part of a run id).
+DELIVERY_HEADER = {
+    Provider.GITHUB: "x-github-delivery",
+    Provider.GITLAB: "x-gitlab-event-uuid",
+    Provider.GITEE: "x-gitee-delivery",
+}
+DELIVERY_ID = re.compile(r"[^A-Za-z0-9-]")
 # Where each payload names the repository's addresses.
 REPOSITORY_KEY = {Provider.GITHUB: "repository", Provider.GITLAB: "project", Provider.GITEE: "repository"}
 URL_FIELDS = ("clone_url", "git_http_url", "http_url", "ssh_url", "git_ssh_url", "git_url", "html_url", "web_url")
@@ -53,6 +60,7 @@ class Push:
     ref: str  # refs/heads/<branch> or refs/tags/<tag>
     commit: str  # the pushed head: the run builds exactly this commit
     pusher: str
+    delivery: str = ""  # the provider's id of this delivery ('' when it sends none): a redelivery has the same
 
     @property
     def branch(self) -> str | None:
@@ -124,7 +132,12 @@ def parse(provider: Provider, headers: dict[str, str], body: bytes) -> Push | No
     if not isinstance(payload, dict):
         raise HookRefused("The event's body is not a JSON object.")
     ref = payload.get("ref")
-    commit = payload.get("checkout_sha") or payload.get("after")
+    # The commit to build: GitLab's checkout_sha and GitHub's head_commit are the commit even when "after"
+    # is an annotated tag's own object.
+    head = payload.get("head_commit")
+    commit = payload.get("checkout_sha") or (head.get("id") if isinstance(head, dict) else None) or payload.get("after")
+    if payload.get("after") == NO_COMMIT:
+        commit = NO_COMMIT
     if not isinstance(ref, str) or not ref.startswith(("refs/heads/", "refs/tags/")):
         raise HookRefused(f"The push event names no branch or tag (ref: {ref!r}).")
     if commit is None or commit == NO_COMMIT:
@@ -139,7 +152,8 @@ def parse(provider: Provider, headers: dict[str, str], body: bytes) -> Push | No
         raise HookRefused("The push event names no repository address (repository.clone_url and the like).")
     pusher = payload.get("pusher") if provider is not Provider.GITLAB else None
     name = (pusher or {}).get("name") if isinstance(pusher, dict) else payload.get("user_username")
-    return Push(provider, urls, ref, commit, str(name or ""))
+    delivery = DELIVERY_ID.sub("", _header(headers, DELIVERY_HEADER[provider]))[:64]
+    return Push(provider, urls, ref, commit, str(name or ""), delivery)
 
 
 def repository_key(url: str) -> str:
@@ -158,7 +172,53 @@ def repository_key(url: str) -> str:
     return f"{host.lower()}/{path}"
 
 
-def apps_to_build(push: Push, specs: list[AppSpec]) -> list[AppSpec]:
-    """The apps whose repository and branch the push updated."""
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run a push starts: the app, and the params it is triggered with."""
+
+    spec: AppSpec
+    conf: dict[str, Any]
+    rule: PushRule
+
+    @property
+    def app(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    """What a push starts (``runs``) and, for each app of the pushed repository that it does not start,
+    why (``ignored``: app → reason). ``known`` is False when no app builds the repository at all."""
+
+    runs: list[PlannedRun]
+    ignored: dict[str, str]
+    known: bool
+
+
+def plan(push: Push, specs: list[AppSpec]) -> PushPlan:
+    """The runs a push starts: each app of the pushed repository whose push rules (``git.push``) match the
+    branch or tag. A branch run builds the pushed commit of that branch; a tag run releases the tagged commit
+    under the tag's name (which must be a release tag such as v1.2.3)."""
     pushed = {repository_key(u) for u in push.repository_urls}
-    return [s for s in specs if push.branch == s.git.branch and repository_key(s.git.url) in pushed]
+    runs: list[PlannedRun] = []
+    ignored: dict[str, str] = {}
+    mine = [s for s in specs if repository_key(s.git.url) in pushed]
+    for spec in mine:
+        rule = spec.git.push_rule(push.branch, push.tag)
+        what = f"branch '{push.branch}'" if push.branch is not None else f"tag '{push.tag}'"
+        if rule is None:
+            ignored[spec.name] = f"no rule in git.push of {spec.name} matches {what}"
+            continue
+        if push.tag is not None and not RELEASE_TAG.match(push.tag):
+            ignored[spec.name] = (
+                f"{what} matches git.push, but a release needs a tag like v1.2.3 or v1.2.3-rc.1 (semantic version)"
+            )
+            continue
+        conf: dict[str, Any] = {
+            "branch": push.branch if push.branch is not None else spec.git.branch,
+            "commit": push.commit,
+            "tag_name": push.tag,
+            "until": rule.until,
+        }
+        runs.append(PlannedRun(spec, conf, rule))
+    return PushPlan(runs, ignored, known=bool(mine))

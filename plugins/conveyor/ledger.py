@@ -132,25 +132,34 @@ class Ledger:
         # loss of the head persists.
         for attempt in range(3):
             head = conn.execute(sa.select(heads_table).where(heads_table.c.app == app)).first()
+            anchor = read_anchor(self, conn, app)
             rows = conn.execute(
                 sa.select(entries_table).where(entries_table.c.app == app).order_by(entries_table.c.seq)
             ).all()
             try:
-                return self._verify(app, rows, head)
+                return verify_chain(self, app, rows, head, anchor)
             except TamperedRecords:
                 if attempt == 2:
                     raise
                 time.sleep(0.05)
         raise AssertionError("unreachable")
 
-    def _verify(self, app: str, rows: Sequence[Any], head: Any) -> list[Entry]:
+    def _verify(self, app: str, rows: Sequence[Any], head: Any, anchor: Anchor | None = None) -> list[Entry]:
+        """The app's entries, once ``rows`` are checked to be one unbroken signed chain from the genesis, or
+        from ``anchor`` (where the archived records end, see :func:`drop_archived`), up to the signed head."""
         fix = (
             "Conveyor refuses to release this app until its records are restored from a backup of Conveyor's "
             "database; see docs/records.md."
         )
+        first, prev = (anchor.seq + 1, anchor.mac) if anchor else (1, GENESIS)
+        if anchor is not None and (not rows or rows[0].seq != first or rows[0].prev != anchor.mac):
+            follows = f"record {rows[0].seq}" if rows else "none"
+            raise TamperedRecords(
+                f"Conveyor's records of {app} were changed outside Conveyor: records up to {anchor.seq} are "
+                f"archived, but {follows} follows. {fix}"
+            )
         entries: list[Entry] = []
-        prev = GENESIS
-        for expected_seq, row in enumerate(rows, start=1):
+        for expected_seq, row in enumerate(rows, start=first):
             if row.seq != expected_seq:
                 raise TamperedRecords(
                     f"Conveyor's records of {app} were changed outside Conveyor: record {expected_seq} is missing "
@@ -181,7 +190,7 @@ class Ledger:
                 f"Conveyor's records of {app} were changed outside Conveyor: records {last_seq + 1} to {head.seq} "
                 f"are missing. {fix}"
             )
-        if head.seq < 1 or rows[head.seq - 1].mac != head.mac:
+        if head.seq < first or rows[head.seq - first].mac != head.mac:
             raise TamperedRecords(f"The head record of {app}'s records does not match record {head.seq}. {fix}")
         return entries
 
@@ -299,3 +308,112 @@ def _engine(url: str) -> sa.Engine:
                 time.sleep(0.1 * (attempt + 1))
         _engines[url] = engine
         return engine
+
+
+# --- archiving: the oldest records move to files, the chain stays verifiable ------------------
+#
+# An app's chain may lose a prefix (records 1..n) to an archive file only together with an anchor:
+# a row per app, HMAC'd, naming the last archived record and its HMAC, which the first record that
+# stays names as its ``prev``. The live chain is then verified from the anchor, and the archive plus
+# the live chain from the genesis (conveyor.archive). Deleting the rows and writing the anchor is one
+# transaction that also reads the live chain back with the ledger's own reader: a reader that cannot
+# verify from the anchor makes the whole archiving roll back, so records are never left unreadable.
+
+anchors_table = sa.Table(
+    "conveyor_ledger_anchor",
+    metadata,
+    sa.Column("app", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("mac", sa.String(64), nullable=False),
+    sa.Column("anchor_mac", sa.String(64), nullable=False),
+)
+
+ROW_FIELDS = ("app", "seq", "kind", "run_id", "gate", "at", "body", "prev", "mac")
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """Where an app's live chain starts: after record ``seq``, whose HMAC was ``mac`` (archived)."""
+
+    app: str
+    seq: int
+    mac: str
+
+
+def _anchor_mac(ledger: Ledger, app: str, seq: int, mac: str) -> str:
+    payload = canonical({"anchor": app, "seq": seq, "mac": mac}).encode()
+    return hmac.new(ledger._key, payload, hashlib.sha256).hexdigest()
+
+
+def read_anchor(ledger: Ledger, conn: sa.Connection, app: str) -> Anchor | None:
+    """The app's anchor (None when nothing was archived); TamperedRecords when it does not match its HMAC."""
+    row = conn.execute(sa.select(anchors_table).where(anchors_table.c.app == app)).first()
+    if row is None:
+        return None
+    if not hmac.compare_digest(_anchor_mac(ledger, app, row.seq, row.mac), row.anchor_mac):
+        raise TamperedRecords(
+            f"The archive anchor of {app}'s records does not match its signature: Conveyor's records of {app} "
+            "were changed outside Conveyor. Restore them from a backup of Conveyor's database; see docs/records.md."
+        )
+    return Anchor(app, row.seq, row.mac)
+
+
+def verify_chain(ledger: Ledger, app: str, rows: Sequence[Any], head: Any, anchor: Anchor | None) -> list[Entry]:
+    """The app's entries from ``rows``, checked to continue the chain right after ``anchor`` (from the genesis
+    without one): what ``Ledger._read`` does, for the archive's readers."""
+    return ledger._verify(app, rows, head, anchor)
+
+
+def verify_archived_rows(ledger: Ledger, app: str, rows: Sequence[Any], after: Anchor | None) -> Anchor:
+    """Check archived rows (objects with the row's fields) as the chain from ``after`` (the genesis when
+    None) and return the anchor at their end. TamperedRecords names the first row that does not hold."""
+    seq, prev = (after.seq, after.mac) if after else (0, GENESIS)
+    for row in rows:
+        seq += 1
+        if row.app != app or row.seq != seq:
+            raise TamperedRecords(f"The archive of {app} is not one chain: record {seq} is missing (found {row.seq}).")
+        mac = ledger._mac(app, row.seq, row.kind, row.run_id, row.gate, row.at, row.body, prev)
+        if row.prev != prev or not hmac.compare_digest(mac, row.mac):
+            raise TamperedRecords(f"The archive of {app} was changed: record {row.seq} does not match its signature.")
+        prev = row.mac
+    return Anchor(app, seq, prev)
+
+
+def archivable_rows(ledger: Ledger, app: str, through: int) -> list[dict[str, Any]]:
+    """The stored rows 1..``through`` after the anchor, as they are (every field the HMACs cover), read
+    after verifying the app's whole live chain."""
+    with ledger.engine.connect() as conn:
+        anchor = read_anchor(ledger, conn, app)
+        start = anchor.seq if anchor else 0
+        head = conn.execute(sa.select(heads_table).where(heads_table.c.app == app)).first()
+        rows = conn.execute(
+            sa.select(entries_table).where(entries_table.c.app == app).order_by(entries_table.c.seq)
+        ).all()
+        verify_chain(ledger, app, rows, head, anchor)
+    return [{name: getattr(row, name) for name in ROW_FIELDS} for row in rows if start < row.seq <= through]
+
+
+def drop_archived(ledger: Ledger, app: str, archived: Anchor) -> None:
+    """Delete the app's records up to ``archived.seq`` (an archive holds them, ending in ``archived.mac``)
+    and anchor the live chain there, in one transaction, which rolls back unless the record there still
+    has that HMAC, a newer record stays, and the ledger's own reader verifies what stays."""
+    with ledger.engine.begin() as conn:
+        row = conn.execute(
+            sa.select(entries_table.c.mac).where(entries_table.c.app == app, entries_table.c.seq == archived.seq)
+        ).first()
+        if row is None or row.mac != archived.mac:
+            raise TamperedRecords(
+                f"Record {archived.seq} of {app} is not the last record of the archive; nothing was deleted."
+            )
+        newest = conn.scalar(sa.select(sa.func.max(entries_table.c.seq)).where(entries_table.c.app == app))
+        if newest is None or newest <= archived.seq:
+            raise ValueError(f"the newest record of {app} must stay: the chain goes on from it")
+        conn.execute(entries_table.delete().where(entries_table.c.app == app, entries_table.c.seq <= archived.seq))
+        values = {
+            "seq": archived.seq,
+            "mac": archived.mac,
+            "anchor_mac": _anchor_mac(ledger, app, archived.seq, archived.mac),
+        }
+        if conn.execute(anchors_table.update().where(anchors_table.c.app == app).values(**values)).rowcount == 0:
+            conn.execute(anchors_table.insert().values(app=app, **values))
+        ledger._read(conn, app)

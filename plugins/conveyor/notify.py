@@ -1,5 +1,7 @@
-"""Notices about approval gates: e-mail through an Airflow SMTP connection and chat messages through
-Airflow connections of type ``apprise`` (generic JSON webhooks, Slack, DingTalk, WeCom and the rest of Apprise).
+"""Notices to people: what the gate notices say and who gets them, and the delivery of every notice (gate
+notices here, step notices from :mod:`conveyor.step_notices`): e-mail through an Airflow SMTP connection and chat
+messages through Airflow connections of type ``apprise`` (generic JSON webhooks, Slack, DingTalk, WeCom and the
+rest of Apprise).
 
 A notice that cannot be delivered is logged and reported, never raised: it must not block or fail a pipeline.
 """
@@ -63,7 +65,7 @@ class GateEvent:
 
 @dataclass(frozen=True)
 class Notice:
-    """One gate event written for people: a title, a markdown body for chats and an HTML body for e-mail."""
+    """One event written for people: a title, a markdown body for chats and an HTML body for e-mail."""
 
     title: str
     markdown: str
@@ -138,24 +140,40 @@ def gate_channels(spec: AppSpec, gate: str, kind: str) -> Notifications:
 
 
 def notify(event: GateEvent, channels: Notifications, log: logging.Logger | Any) -> list[str]:
-    """Send the notice about ``event`` to every channel; never raises.
+    """Send the notice about the gate ``event`` to every channel; never raises (see :func:`send`)."""
+    about = f"{event.kind} gate {event.gate} of {event.app}"
+    if channels.empty:
+        return []
+    try:
+        notice = compose(event)
+    except Exception as exc:  # not even a bug here may fail the gate
+        return _not_sent(about, exc, log)
+    return send(notice, channels, log, about=about)
+
+
+def send(notice: Notice, channels: Notifications, log: logging.Logger | Any, *, about: str) -> list[str]:
+    """Send a notice to every channel; never raises.
 
     Channels are tried independently and at the same time, for at most ``[conveyor] notification_timeout``
     seconds in all. Returns one line per channel, e.g. ``e-mail to a@x, b@y via smtp_default: sent`` or
-    ``webhook team_chat: failed: <why>``; each line is also logged (failures as warnings).
+    ``webhook team_chat: failed: <why>``; each line is also logged (failures as warnings) with ``about``, what
+    the notice is about (e.g. ``opened gate approve of appointments``).
     """
     if channels.empty:
         return []
     try:
-        return _notify(event, channels, log)
+        return _send(notice, channels, log, about)
     except Exception as exc:  # a notice must never fail the pipeline, not even through a bug or a bad setting
-        line = f"notifications about {event.kind} gate {event.gate} of {event.app} not sent: {exc}"
-        _log(log, "warning", line)
-        return [line]
+        return _not_sent(about, exc, log)
 
 
-def _notify(event: GateEvent, channels: Notifications, log: logging.Logger | Any) -> list[str]:
-    notice = compose(event)
+def _not_sent(about: str, exc: Exception, log: logging.Logger | Any) -> list[str]:
+    line = f"notifications about {about} not sent: {exc}"
+    _log(log, "warning", line)
+    return [line]
+
+
+def _send(notice: Notice, channels: Notifications, log: logging.Logger | Any, about: str) -> list[str]:
     timeout = settings.notification_timeout()
     smtp_conn_id = settings.smtp_connection_id()
     jobs: list[tuple[str, Callable[[], None]]] = []
@@ -168,12 +186,12 @@ def _notify(event: GateEvent, channels: Notifications, log: logging.Logger | Any
     outcomes: list[str | None] = [None] * len(jobs)
     deadline = time.monotonic() + timeout
     threads = []
-    for index, (_, send) in enumerate(jobs):
+    for index, (_, deliver) in enumerate(jobs):
         # Each send runs in the caller's context (the Task SDK keeps connection state in context variables)
         # and in a daemon thread, so a server that never answers cannot hold the task past the timeout.
         thread = threading.Thread(
             target=contextvars.copy_context().run,
-            args=(_attempt, send, outcomes, index),
+            args=(_attempt, deliver, outcomes, index),
             name=f"conveyor-notify-{index}",
             daemon=True,
         )
@@ -186,11 +204,11 @@ def _notify(event: GateEvent, channels: Notifications, log: logging.Logger | Any
     for (label, _), outcome in zip(jobs, outcomes, strict=True):
         if outcome == "":
             line = f"{label}: sent"
-            _log(log, "info", f"Notified about {event.kind} gate {event.gate} of {event.app}: {line}")
+            _log(log, "info", f"Notified about {about}: {line}")
         else:
             why = outcome or f"no answer within {timeout:g}s; check that the server is reachable from the workers"
             line = f"{label}: failed: {why}"
-            _log(log, "warning", f"Could not notify about {event.kind} gate {event.gate} of {event.app}: {line}")
+            _log(log, "warning", f"Could not notify about {about}: {line}")
         lines.append(line)
     return lines
 
@@ -202,10 +220,10 @@ def _log(log: logging.Logger | Any, level: str, line: str) -> None:
         pass
 
 
-def _attempt(send: Callable[[], None], outcomes: list[str | None], index: int) -> None:
-    """Run one send; record "" when it worked, else why it did not."""
+def _attempt(deliver: Callable[[], None], outcomes: list[str | None], index: int) -> None:
+    """Run one delivery; record "" when it worked, else why it did not."""
     try:
-        send()
+        deliver()
     except Exception as exc:
         outcomes[index] = _explain(exc)
     else:

@@ -10,6 +10,7 @@ for deploy steps, the release check right before anything is applied.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -34,6 +35,7 @@ NOT_A_RELEASE = (
 MANIFESTS_ENV = "CONVEYOR_MANIFESTS"
 MANIFESTS_SHA_ENV = "CONVEYOR_MANIFESTS_SHA256"
 BASE_COMMITS_ENV = "CONVEYOR_BASE_COMMITS"
+COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 
 
 def is_release(params: dict[str, Any], auto_tag: bool) -> bool:
@@ -59,6 +61,18 @@ def run_is_release(app: str, context: Any, auto_tag: bool) -> bool:
     return is_release(context["params"], auto_tag)
 
 
+def past_until(task: Any, params: dict[str, Any]) -> str | None:
+    """Why ``task`` does not run in this run (the reason, for its log), when the run stops earlier: its param
+    ``until`` (set by the push rule that started it, ``git.push[].until``) names a step before this one."""
+    until = params.get("until")
+    if not until or until == task.task_id or until not in task.get_flat_relative_ids(upstream=True):
+        return None
+    return (
+        f"Skipped: this run stops after {until} (param until, set by the push rule that started it: "
+        "git.push[].until in the app spec). Trigger a run without 'until' for the whole pipeline."
+    )
+
+
 def params_problem(params: dict[str, Any]) -> str | None:
     """Why the run's params cannot be used, checked as whole strings (the UI's pattern check is not enough)."""
     branch = params.get("branch")
@@ -75,6 +89,9 @@ def params_problem(params: dict[str, Any]) -> str | None:
         return (
             f"The tag_name {tag!r} is not a release tag; use the form v1.2.3 or v1.2.3-rc.1 (nothing before or after)."
         )
+    commit = params.get("commit")
+    if commit not in (None, "") and (not isinstance(commit, str) or not COMMIT_SHA.fullmatch(commit)):
+        return f"The commit {commit!r} is not a commit SHA: give all 40 lowercase hex digits, or leave it empty."
     return None
 
 
@@ -142,14 +159,18 @@ class ConveyorPodOperator(KubernetesPodOperator):
         self._killed_run_id: str | None = None
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
-        # A step that will skip (not a release) must not fail first on rendering values,
-        # such as this run's image digest, that a non-release run may never produce.
+        # A step that will skip (not a release, or past the run's last step) must not fail first on rendering
+        # values, such as this run's image digest, that such a run may never produce.
         if self.release_only and not run_is_release(self.app, context, self.auto_tag):
+            return
+        if past_until(self, context["params"]):
             return
         super().render_template_fields(context, jinja_env)
 
     def execute(self, context: Any) -> Any:
         params = context["params"]
+        if skipped := past_until(self, params):
+            raise AirflowSkipException(skipped)
         if self.release_only and not run_is_release(self.app, context, self.auto_tag):
             raise AirflowSkipException(NOT_A_RELEASE.format(step=self.task_id))
         problem = params_problem(params)
@@ -266,10 +287,59 @@ class ConveyorPodOperator(KubernetesPodOperator):
         records.record(self.app, records.Kind.BUILT, built)
 
     def _record_passed(self, context: Any, before: records.RunRecords | None) -> None:
+        """Keep what the test or quality step's pod reported (the JUnit summary, the quality gate) in Conveyor's
+        records, passed or not; then record the pass, or fail the task saying why. The pods hand on their report
+        and exit 0 even when tests fail, so that it arrives: the verdict is made here, by the rules of
+        :mod:`conveyor.reports`. Only a recorded pass counts for the gate (a task state can be set by hand)."""
+        from airflow.sdk.exceptions import AirflowException
+
+        from conveyor import reports
+        from conveyor.run_view import run_link
+
         checkout = before.checked_out if before else None
         if checkout is None:
-            raise _fail(f"{self.task_id} passed, but the run has no recorded checkout; rerun from checkout.")
-        records.record(self.app, records.Kind.PASSED, records.Passed(context["run_id"], self.task_id, checkout.commit))
+            raise _fail(f"{self.task_id} ran, but the run has no recorded checkout; rerun from checkout.")
+        run_id = context["run_id"]
+        pod_result = getattr(self, "_pod_result", None)
+        failed: tuple[reports.FailedTest, ...] = ()
+        if self.step_kind == "unit_test":
+            results = reports.TestResults.from_pod(pod_result)
+            kept: Any = records.TestReport(run_id, self.task_id, checkout.commit, results.to_dict(), records.now_iso())
+            records.record(self.app, records.Kind.TEST_REPORT, kept)
+            what, headline, failure, failed = "Unit tests", results.headline(), results.failure(), results.failed
+            for problem in results.problems:
+                self.log.warning("Test report: %s", problem)
+        else:
+            from airflow.sdk import BaseHook
+
+            from conveyor.steps.sonar import quality_gate_of
+
+            spec = before.started.app_spec() if before and before.started else apps.load_app(self.app)
+            ref = next((r for r in self._step_secrets(run_id) if r.kind == "sonar"), None)
+            if ref is None:
+                gate = reports.QualityGate(-1, problem=f"{self.task_id} has no SonarQube connection; rebuild the DAG")
+            else:
+                gate = quality_gate_of(pod_result, ref, spec.sonar.project_key or "", BaseHook.get_connection)
+            kept = records.QualityReport(run_id, self.task_id, checkout.commit, gate.to_dict(), records.now_iso())
+            records.record(self.app, records.Kind.QUALITY_GATE, kept)
+            what, headline, failure = "SonarQube quality gate", gate.headline(), gate.failure()
+            for condition in gate.conditions:
+                self.log.info("Condition %s: %s", condition.status, condition.describe())
+        link = run_link(self.app, run_id)
+        self.log.info("%s: %s (kept in Conveyor's records; shown at %s)", what, headline, link)
+        for test in failed:
+            self.log.error("Failing test (%s): %s%s", test.kind, test.name, f": {test.message}" if test.message else "")
+        if failure:
+            raise AirflowException(f"{failure} See {link}")
+        records.record(self.app, records.Kind.PASSED, records.Passed(run_id, self.task_id, checkout.commit))
+
+    def extract_xcom(self, pod: k8s.V1Pod, **kwargs: Any) -> Any:
+        """The pod's result as its script wrote it (the provider reads it through the XCom sidecar), kept for
+        :meth:`_record_passed`: what the unit_test and sonar pods report reaches the records straight from the pod,
+        never from an XCom a person could edit."""
+        result = super().extract_xcom(pod, **kwargs)
+        self._pod_result = result
+        return result
 
     # --- deploy: the release check, right before anything is applied ---------------------
 
@@ -533,6 +603,39 @@ class ConveyorPodOperator(KubernetesPodOperator):
                 " ".join(names),
             )
 
+    # --- failure notices: the last lines of a failed pod, read before the pod is deleted ------------
+
+    log_tail: tuple[str, ...] = ()  # of this try's pod, when it failed: conveyor.notifier quotes them
+
+    def cleanup(self, pod: k8s.V1Pod, remote_pod: k8s.V1Pod, xcom_result: Any = None, context: Any = None) -> None:
+        self.log_tail = self._failed_pod_log_tail(remote_pod)
+        super().cleanup(pod, remote_pod, xcom_result, context)
+
+    def _failed_pod_log_tail(self, remote_pod: k8s.V1Pod | None) -> tuple[str, ...]:
+        """The last lines of the container that failed (an init container, or the step's own), as the task log
+        shows them; none when the pod succeeded or its log cannot be read (the notice then goes without)."""
+        from airflow.providers.cncf.kubernetes.utils.container import container_is_succeeded
+
+        from conveyor.step_notices import TAIL_LINES
+
+        if remote_pod is None or self._killed or container_is_succeeded(remote_pod, self.base_container_name):
+            return ()
+        statuses = (remote_pod.status.init_container_statuses if remote_pod.status else None) or []
+        failed = [s.name for s in statuses if s.state and s.state.terminated and s.state.terminated.exit_code]
+        container = failed[0] if failed else self.base_container_name
+        try:
+            text = self.client.read_namespaced_pod_log(
+                name=remote_pod.metadata.name,
+                namespace=remote_pod.metadata.namespace,
+                container=container,
+                tail_lines=TAIL_LINES,
+                _request_timeout=10,
+            )
+        except Exception as exc:
+            self.log.warning("Could not read the last lines of container %s for the failure notice: %s", container, exc)
+            return ()
+        return tuple(f"[{container}] {line}" for line in str(text or "").splitlines())
+
 
 class DecisionPageLink(BaseOperatorLink):
     """The "Decision page" button of a gate task in the Airflow UI."""
@@ -581,6 +684,8 @@ class ApprovalSensor(BaseSensorOperator):
         self.auto_tag = auto_tag
 
     def execute(self, context: Any) -> Any:
+        if skipped := past_until(self, context["params"]):
+            raise AirflowSkipException(skipped)
         if self.release_only and not run_is_release(self.app, context, self.auto_tag):
             raise AirflowSkipException(NOT_A_RELEASE.format(step=self.task_id))
         try:

@@ -1,8 +1,10 @@
-"""Conveyor's decision pages, served by the approval plugin on the api-server at ``/conveyor/gates``.
+"""Conveyor's pages, served by the approval plugin on the api-server: the decision pages at ``/conveyor/gates``
+and a run's tests and quality at ``/conveyor/runs/{dag_id}/{run_id}``.
 
-The pages are small HTML shells: their script reads and decides through the approval API with
+The decision pages are small HTML shells: their script reads and decides through the approval API with
 the Airflow UI's session cookie, so a page shows exactly what the API enforces, and every
-decision is bound to the build the page showed.
+decision is bound to the build the page showed. What the run's test and quality steps reported is
+rendered into the page from Conveyor's records (:mod:`conveyor.run_view`), for whoever may read the app.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
+from airflow.api_fastapi.common.db.common import SessionDep
 from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
@@ -52,6 +56,35 @@ async def page_user(
 PageUser = Annotated[Any, Depends(page_user)]
 
 
+def _no_such_app(request: Request, user: Any, dag_id: str) -> HTMLResponse:
+    # The same answer whether the app is another team's or does not exist: nothing to learn here.
+    return _render(
+        request,
+        user,
+        "error.html",
+        title="No such app",
+        status_code=status.HTTP_404_NOT_FOUND,
+        message=f"There is no Conveyor app '{dag_id}' that you can see. Apps belong to teams; if this is "
+        "your team's app, ask the platform team to add you to it (config/platform.yaml).",
+    )
+
+
+def _run_reports(dag_id: str, run_id: str) -> tuple[Any, str]:
+    """What the run's test and quality steps reported (from Conveyor's records), or why it cannot be shown."""
+    from conveyor import records
+    from conveyor.exceptions import ConveyorError
+    from conveyor.run_view import run_reports
+
+    try:
+        return run_reports(records.load(dag_id), run_id), ""
+    except ConveyorError as exc:  # tampered records: say so instead of showing anything from them
+        return None, str(exc)
+
+
+def _run_page_path(root: str, dag_id: str, run_id: str) -> str:
+    return f"{root}/runs/{quote(dag_id, safe='')}/{quote(run_id, safe='')}"
+
+
 def _login_required(request: Request) -> Response:
     """Browsers go to Airflow's login page and come back here; other clients get a 401."""
     here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -83,7 +116,8 @@ def _render(
 
 
 def page_routes() -> APIRouter:
-    """The HTML pages: ``/gates`` (pending gates and history) and ``/gates/{dag_id}/{run_id}/{gate_id}``."""
+    """The HTML pages: ``/gates`` (pending gates and history), ``/gates/{dag_id}/{run_id}/{gate_id}`` and
+    ``/runs/{dag_id}/{run_id}`` (a run's tests and quality)."""
     router = APIRouter(include_in_schema=False)
 
     @router.get("/gates", response_class=HTMLResponse)
@@ -99,17 +133,43 @@ def page_routes() -> APIRouter:
         from conveyor.gate_view import readable_apps
 
         if dag_id not in readable_apps(user):
-            # The same answer whether the app is another team's or does not exist: nothing to learn here.
+            return _no_such_app(request, user, dag_id)
+        shown, error = _run_reports(dag_id, run_id)
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        return _render(
+            request,
+            user,
+            "gate.html",
+            dag_id=dag_id,
+            run_id=run_id,
+            gate_id=gate_id,
+            shown=shown,
+            error=error,
+            run_page=_run_page_path(root, dag_id, run_id),
+        )
+
+    @router.get("/runs/{dag_id}/{run_id}", response_class=HTMLResponse)
+    def run_page(dag_id: str, run_id: str, request: Request, user: PageUser, session: SessionDep) -> Response:
+        """What a run's test and quality steps reported: the unit tests' counts and failing tests, the quality
+        gate and its conditions. Readable by whoever may read the app's DAG (the auth manager decides, teams
+        included), as the decision page is."""
+        if user is None:
+            return _login_required(request)
+        from conveyor.gate_view import readable_apps, run_exists
+
+        if dag_id not in readable_apps(user):
+            return _no_such_app(request, user, dag_id)
+        if not run_exists(session, dag_id, run_id):
             return _render(
                 request,
                 user,
                 "error.html",
-                title="No such app",
+                title="No such run",
                 status_code=status.HTTP_404_NOT_FOUND,
-                message=f"There is no Conveyor app '{dag_id}' that you can see. Apps belong to teams; if this is "
-                "your team's app, ask the platform team to add you to it (config/platform.yaml).",
+                message=f"{dag_id} has no run '{run_id}'.",
             )
-        return _render(request, user, "gate.html", dag_id=dag_id, run_id=run_id, gate_id=gate_id)
+        shown, error = _run_reports(dag_id, run_id)
+        return _render(request, user, "run.html", dag_id=dag_id, run_id=run_id, shown=shown, error=error)
 
     @router.get("/static/{name}")
     def static_file(name: str) -> Response:

@@ -136,6 +136,8 @@ class RunValues:
     run_label: str
     build_number: str
     requested_branch: str
+    requested_commit: str  # the commit the run asks for ('' = the branch's newest)
+    requested_tag: str  # the release tag the run asks for ('' = none)
     branch: str
     branch_tag: str
     commit: str
@@ -153,6 +155,8 @@ class RunValues:
             run_label="{{ run_id | conveyor_label }}",
             build_number=f"{{{{ {run}.build_number }}}}",
             requested_branch="{{ params.branch }}",
+            requested_commit="{{ params.commit or '' }}",
+            requested_tag="{{ params.tag_name or '' }}",
             branch=f"{{{{ {run}.branch }}}}",
             branch_tag=f"{{{{ {run}.branch | conveyor_tag }}}}",
             commit=f"{{{{ {run}.commit }}}}",

@@ -1,10 +1,10 @@
 """Conveyor's stored state, with one owner: typed records kept in each app's ledger.
 
-What a run started with (its spec, its build number), what its steps found and built, the
-build each gate showed (with the rendered manifests approvers saw), every decision, every
-audit event and every deployment are records here. Everything else asks this module; no
-other module knows how or where they are kept. Storage and its tamper checks are in
-:mod:`conveyor.ledger`.
+What a run started with (its spec, its build number), what its steps found and built, what its
+test and quality steps reported, the build each gate showed (with the rendered manifests
+approvers saw), every decision, every audit event and every deployment are records here.
+Everything else asks this module; no other module knows how or where they are kept. Storage
+and its tamper checks are in :mod:`conveyor.ledger`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from conveyor import settings
+from conveyor import reports, settings
 from conveyor.gate import Build, Decision
 from conveyor.ledger import Entry, Ledger, NewEntry
 from conveyor.spec import AppSpec
@@ -36,6 +36,8 @@ class Kind(StrEnum):
     DECISION = "decision"
     AUDIT = "audit"
     DEPLOYED = "deployed"
+    TEST_REPORT = "test_report"
+    QUALITY_GATE = "quality_gate"
 
 
 def _from_body(cls: type[T], body: dict[str, Any]) -> T:
@@ -107,6 +109,41 @@ class Passed:
     run_id: str
     step: str
     commit: str
+
+
+@dataclass(frozen=True)
+class TestReport:
+    """What a unit-test step's pod reported on a commit: the test command's exit code and the summary of its
+    JUnit XML reports (:class:`conveyor.reports.TestResults`, counts and up to 50 failing tests), kept whether
+    the tests passed or not."""
+
+    __test__ = False  # not a pytest test class
+
+    run_id: str
+    step: str
+    commit: str
+    results: dict[str, Any]
+    at: str = ""
+
+    @property
+    def summary(self) -> reports.TestResults:
+        return reports.TestResults.from_dict(self.results)
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """What a sonar step reported on a commit: the scanner's exit code and the quality gate of its analysis
+    (:class:`conveyor.reports.QualityGate`: status and conditions), kept whether it passed or not."""
+
+    run_id: str
+    step: str
+    commit: str
+    gate: dict[str, Any]
+    at: str = ""
+
+    @property
+    def quality_gate(self) -> reports.QualityGate:
+        return reports.QualityGate.from_dict(self.gate)
 
 
 @dataclass(frozen=True)
@@ -199,6 +236,8 @@ class RunRecords:
     checkouts: list[CheckedOut] = field(default_factory=list)
     builds: list[Built] = field(default_factory=list)
     passed: list[Passed] = field(default_factory=list)
+    test_reports: list[TestReport] = field(default_factory=list)
+    quality_reports: list[QualityReport] = field(default_factory=list)
     opened: dict[str, list[GateOpened]] = field(default_factory=dict)
     decisions: dict[str, list[Decision]] = field(default_factory=dict)
 
@@ -218,6 +257,16 @@ class RunRecords:
         """Whether ``step``'s pod succeeded on the commit this run checked out (last)."""
         checkout = self.checked_out
         return checkout is not None and any(p.step == step and p.commit == checkout.commit for p in self.passed)
+
+    def test_report(self, step: str = "unit_test") -> TestReport | None:
+        """What the step's pod reported last (of any commit: compare ``commit`` with the checkout's)."""
+        found = [r for r in self.test_reports if r.step == step]
+        return found[-1] if found else None
+
+    def quality_report(self, step: str = "sonar") -> QualityReport | None:
+        """What the step's pod reported last (of any commit: compare ``commit`` with the checkout's)."""
+        found = [r for r in self.quality_reports if r.step == step]
+        return found[-1] if found else None
 
     def current_build(self) -> Build | None:
         """The commit and digest this run has now (no manifests hash: that is the gate's)."""
@@ -275,6 +324,10 @@ class AppRecords:
             self.audit.append(_from_body(AuditEvent, body))
         elif kind == Kind.DEPLOYED:
             self.deployments.append(_from_body(Deployed, body))
+        elif kind == Kind.TEST_REPORT:
+            self._run(e.run_id).test_reports.append(_from_body(TestReport, body))
+        elif kind == Kind.QUALITY_GATE:
+            self._run(e.run_id).quality_reports.append(_from_body(QualityReport, body))
 
     def run(self, run_id: str) -> RunRecords:
         return self.runs.get(run_id) or RunRecords(run_id)
@@ -377,7 +430,7 @@ def start_run(
 
 
 def record(app: str, kind: Kind, item: Any, *, gate: str = "") -> None:
-    """Append one record (checkout, build, audit event, deployment)."""
+    """Append one record (checkout, build, test or quality report, audit event, deployment)."""
     append(app, lambda _records: [entry(kind, item, gate=gate)])
 
 

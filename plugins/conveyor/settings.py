@@ -116,6 +116,11 @@ def smtp_connection_id() -> str:
     return _conf_get("smtp_connection_id", "smtp_default").strip() or "smtp_default"
 
 
+def webhook_connection_id() -> str:
+    """The Airflow connection whose password is the push webhook's secret (``[conveyor] webhook_connection_id``)."""
+    return _conf_get("webhook_connection_id", "conveyor_webhook").strip() or "conveyor_webhook"
+
+
 def notification_timeout() -> float:
     """The longest a gate notice may take to send, in seconds; a slower channel is reported as failed."""
     return _seconds("notification_timeout", "10")
@@ -176,3 +181,19 @@ def load_step_images(path: Path | None = None) -> StepImages:
     registry = str(data.get("registry") or "").rstrip("/")
     refs = {str(k): str(v) for k, v in data["images"].items()}
     return StepImages(registry=registry, refs=refs)
+
+
+def snapshot_retention() -> tuple[int, int]:
+    """The platform's SNAPSHOT image retention: how many builds per branch to keep at least
+    (``[conveyor] snapshot_keep``, default 10) and for how many days every build is kept
+    (``[conveyor] snapshot_days``, default 30). :mod:`conveyor.retention` applies it."""
+    values = []
+    for key, default in (("snapshot_keep", "10"), ("snapshot_days", "30")):
+        raw = _conf_get(key, default).strip()
+        try:
+            values.append(int(raw))
+        except ValueError:
+            raise ConfigurationError(
+                f"[conveyor] {key} is {raw!r}, not a whole number; set it to e.g. {default}."
+            ) from None
+    return values[0], values[1]

@@ -11,7 +11,7 @@ import re
 import shlex
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -80,6 +80,8 @@ def validate_release_tag(tag: str) -> str:
 
 def parse_duration(value: str | int) -> int:
     """Seconds in a duration like ``90``, ``45m``, ``24h`` or ``1d12h``."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{value!r} is not a duration; write whole seconds (90) or a duration like 30m, 24h or 1d12h.")
     if isinstance(value, int):
         if value <= 0:
             raise ValueError(f"{value} is not a positive number of seconds.")
@@ -151,12 +153,72 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+# The pod steps: a spec may give each a timeout of its own, and a push rule may stop after one (``until``);
+# the gates have their approval timeout and are no place to stop at.
+PodStepId = Literal["checkout", "unit_test", "sonar", "build", "push", "deploy_dev", "tag", "deploy_prod"]
+POD_STEP_IDS: tuple[str, ...] = get_args(PodStepId)
+REF_PATTERN = re.compile(r"^[A-Za-z0-9._/*?-]{1,200}$")
+
+
+def _ref_patterns(value: list[str]) -> list[str]:
+    for pattern in value:
+        if not REF_PATTERN.match(pattern) or pattern.startswith(("-", "/", "refs/")):
+            raise ValueError(
+                f"{pattern!r} is not a branch or tag pattern; write a name like 'main', or a glob like "
+                "'feature/*', 'release-*' or '*' (letters, digits and . _ / - * ? only, no 'refs/' prefix)"
+            )
+    return value
+
+
+RefPatterns = Annotated[list[str], AfterValidator(_ref_patterns)]
+
+
+class PushRule(_Model):
+    """Which pushes start a run, and how far that run goes. Patterns are globs matched against the whole
+    branch or tag name (``*`` also matches ``/``); the first rule that matches a push decides."""
+
+    branches: RefPatterns = Field(default_factory=list, description="branch patterns, e.g. [main, 'feature/*']")
+    tags: RefPatterns = Field(
+        default_factory=list,
+        description="tag patterns, e.g. ['v*']; a matching tag releases (tag_name), so it must look like v1.2.3",
+    )
+    until: PodStepId | None = Field(
+        default=None, description="the last step a run of this rule runs; none = the whole pipeline"
+    )
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> PushRule:
+        if not self.branches and not self.tags:
+            raise ValueError("a push rule needs 'branches' or 'tags' (patterns such as main, 'feature/*', 'v*')")
+        return self
+
+    def matches(self, branch: str | None, tag: str | None) -> bool:
+        from fnmatch import fnmatchcase
+
+        if branch is not None:
+            return any(fnmatchcase(branch, p) for p in self.branches)
+        return tag is not None and any(fnmatchcase(tag, p) for p in self.tags)
+
+
 class GitSource(_Model):
     """Where the application's code lives."""
 
     url: str = Field(description="HTTP(S) or SSH URL of the repository")
     branch: GitRef = Field(default="main", description="branch built when a run names none")
     connection: ConnectionId = Field(default="git_default", description="Airflow connection with the git credentials")
+    push: list[PushRule] | None = Field(
+        default=None,
+        description="which pushes start a run (the push webhook); none = a push to 'branch' runs the whole "
+        "pipeline; [] = pushes start nothing",
+    )
+
+    def push_rules(self) -> list[PushRule]:
+        """The rules in force: the spec's, or a push to ``branch`` running the whole pipeline."""
+        return list(self.push) if self.push is not None else [PushRule(branches=[self.branch])]
+
+    def push_rule(self, branch: str | None, tag: str | None) -> PushRule | None:
+        """The rule a push of ``branch`` (or ``tag``) falls under: the first that matches."""
+        return next((r for r in self.push_rules() if r.matches(branch, tag)), None)
 
     @field_validator("url")
     @classmethod
@@ -383,10 +445,6 @@ class Release(_Model):
         return v
 
 
-# The pod steps a spec may give a timeout of its own (the gates have their approval timeout).
-POD_STEP_IDS = ("checkout", "unit_test", "sonar", "build", "push", "deploy_dev", "tag", "deploy_prod")
-
-
 class Limits(_Model):
     """How long each pipeline step may run and how many runs of the app may be in flight at once."""
 
@@ -412,6 +470,14 @@ class Limits(_Model):
         return self.timeouts.get(step_id, self.step_timeout)
 
 
+class Retention(_Model):
+    """How long the app's SNAPSHOT images stay in the registry (``conveyor prune``); unset fields take the
+    platform's ``[conveyor] snapshot_keep`` / ``snapshot_days``. A deployed or tagged image always stays."""
+
+    keep: int | None = Field(default=None, ge=1, le=1000, description="the newest SNAPSHOT builds kept per branch")
+    days: int | None = Field(default=None, ge=0, le=3650, description="every build younger than this many days stays")
+
+
 class AppSpec(_Model):
     """One application: where its code is, how it is built, tested, approved and deployed."""
 
@@ -434,6 +500,7 @@ class AppSpec(_Model):
     resources: Resources = Field(default_factory=Resources)
     retries: int = Field(default=0, ge=0, le=5, description="retries of each pod step")
     limits: Limits = Field(default_factory=Limits)
+    retention: Retention = Field(default_factory=Retention)
 
     @field_validator("name")
     @classmethod
@@ -466,6 +533,16 @@ class AppSpec(_Model):
                     f"limits: {step} may run {self.limits.timeout_of(step)}s, but its rollout may take "
                     f"{env.rollout_timeout}s (environments.{env_name}.rollout_timeout): give {step} at least a "
                     "minute more than that"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _push_rules_stop_at_a_step(self) -> AppSpec:
+        for n, rule in enumerate(self.git.push or []):
+            if rule.until == "sonar" and not self.sonar.enabled:
+                raise ValueError(
+                    f"git.push[{n}].until is 'sonar', but this app runs no sonar step (sonar.enabled is false); "
+                    "stop at unit_test or build instead"
                 )
         return self
 
@@ -525,8 +602,10 @@ def _known_fields(loc: tuple[int | str, ...]) -> list[str] | None:
                 model = Environment
                 continue
             return None
-        annotation = field.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        candidates, i = [field.annotation], 0
+        while i < len(candidates):  # the type itself, and inside Optional[...] and list[...]
+            candidates += getattr(candidates[i], "__args__", ())
+            i += 1
         model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
     return list(model.model_fields) if model is not None else None
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from conveyor import settings
 from conveyor.exceptions import ConfigurationError
-from conveyor.teams import Platform, bundle_configs, connection_teams
+from conveyor.teams import PLATFORM_CONNECTIONS, PLATFORM_TEAM, Platform, bundle_configs, connection_teams
 
 # The DAG files of a team's bundle; each finds its team from the name of the folder it is copied into.
 BUNDLE_FILES = ("conveyor_apps.py", "conveyor_spec_check.py")
@@ -48,20 +48,21 @@ def sync_airflow(platform: Platform, connections: Path | None) -> list[str]:
     """Create the teams Airflow lacks and upsert each ``<conn_id>.json`` of ``connections`` (Airflow's JSON
     connection format) with the team it is granted to. A file no team is granted is not stored: in Airflow a
     connection without a team is every team's, so credentials are shared only where someone said so (an
-    admin can still make such a connection). Returns what it did, a line each. Needs Airflow's database
+    admin can still make such a connection). The platform's own connections (``PLATFORM_CONNECTIONS``) belong
+    to the reserved team ``platform``, which no task runs as. Returns what it did, a line each. Needs Airflow's database
     (``airflow db migrate`` first)."""
     from airflow.models.connection import Connection
     from airflow.models.team import Team
     from airflow.utils.session import create_session
 
-    owners = connection_teams(platform)
+    owners = {**connection_teams(platform), **dict.fromkeys(PLATFORM_CONNECTIONS, PLATFORM_TEAM)}
     done: list[str] = []
     with create_session() as session:
         existing = Team.get_all_team_names(session=session)
-        for team in sorted(set(platform.teams) - existing):
+        for team in sorted({*platform.teams, PLATFORM_TEAM} - existing):
             session.add(Team(name=team))
             done.append(f"team {team} created")
-        for team in sorted(existing - set(platform.teams)):
+        for team in sorted(existing - {*platform.teams, PLATFORM_TEAM}):
             done.append(f"team {team} is in Airflow but not in the platform file (left as it is)")
         session.flush()
         for file in sorted(connections.glob("*.json")) if connections else []:

@@ -30,6 +30,10 @@ from conveyor.spec import DNS1123_LABEL
 # variable names (AIRFLOW_CONN__<TEAM>___<ID>), where '-' cannot appear, and of Kubernetes names,
 # where '_' cannot: so lowercase letters and digits only.
 TEAM_NAME = re.compile(r"^[a-z][a-z0-9]{2,29}$")
+# The platform's own Airflow team: it owns the connections only the platform reads (PLATFORM_CONNECTIONS, such as
+# the push webhook's secret), so no team's tasks can read them; no app, member or bundle is ever its.
+PLATFORM_TEAM = "platform"
+PLATFORM_CONNECTIONS = ("conveyor_webhook",)
 # The Simple auth manager's user list is "name:role:team1|team2,...": none of ":,|" in a name.
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 # Airflow connection ids as the platform file may name them (they also name files of the local platform).
@@ -205,6 +209,11 @@ class Platform(_Model):
                 raise ValueError(
                     f"team '{name}' must be 3-30 lowercase letters and digits, starting with a letter "
                     "(it becomes part of Airflow's team-scoped environment variables and of Kubernetes names)"
+                )
+            if name == PLATFORM_TEAM:
+                raise ValueError(
+                    f"team '{name}' is reserved: it owns the platform's own connections (such as the push "
+                    "webhook's secret); give the team another name"
                 )
         return v
 

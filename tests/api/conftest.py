@@ -190,9 +190,7 @@ def set_build_results(
     records.record(dag_id, records.Kind.CHECKED_OUT, checkout)
     for step in passed:  # what their pods' success records
         records.record(dag_id, records.Kind.PASSED, records.Passed(run_id, step, commit))
-    records.record(
-        dag_id, records.Kind.BUILT, records.Built(run_id, commit, digest, f"10.88.0.1:5000/clinic/{dag_id}")
-    )
+    records.record(dag_id, records.Kind.BUILT, records.Built(run_id, commit, digest, f"10.88.0.1:5000/clinic/{dag_id}"))
     opened_at = datetime.now(UTC) - timedelta(hours=opened_hours_ago)
     shown = release.show_build(dag_id, run_id, gate, BaseHook.get_connection, at=opened_at)
     assert shown.build is not None or not set(passed) >= {"unit_test"}, shown

@@ -1,24 +1,33 @@
 """The local Git server knows who pushed each commit: every person has their own Git user,
 and the server notes the authenticated pusher of every new commit under
 refs/notes/conveyor-pushed-by, a ref no client can write. The pipeline's checkout step
-hands that pusher on, next to the author and committer e-mails the pusher typed.
+hands that pusher on, next to the author and committer e-mails the pusher typed. Every
+pushed branch or tag also reaches Conveyor as a signed GitHub push event.
 
 Talks to http://127.0.0.1:3000 with the passwords scripts/gitserver/up generated
 (/var/lib/conveyor/secrets/git-password, git-passwords.json); the checkout step runs in a
 toolbox pod in `conveyor-ci` with the CI credentials (ci.kubeconfig), as in a pipeline.
-Every repository and pod is made for the test and removed afterwards.
+Push events of a test's repository go to a receiver the test runs, through the server's
+per-repository URL file (/var/lib/conveyor/gitserver/hook-url.d/<name>.url, root's only).
+Every repository, URL file and pod is made for the test and removed afterwards.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import shutil
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +40,8 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("CONVEYOR_STATE", "/var/lib/conveyor"))
 SECRETS = STATE / "secrets"
+SERVER_DIR = STATE / "gitserver"
+ZERO = "0" * 40
 GIT = os.environ.get("CONVEYOR_GIT_URL", "http://127.0.0.1:3000")
 GIT_FROM_PODS = os.environ.get("CONVEYOR_GIT_POD_URL", "http://10.88.0.1:3000")
 NOTES_REF = "refs/notes/conveyor-pushed-by"
@@ -66,24 +77,32 @@ def passwords() -> dict[str, str]:
     return passwords
 
 
-def git(args: list[str], cwd: Path | None = None, login: tuple[str, str] | None = None,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def git(
+    args: list[str], cwd: Path | None = None, login: tuple[str, str] | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """git isolated from the machine's config and credential helpers, logged in as LOGIN (user, password)."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    full.update({
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@conveyor.invalid",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@conveyor.invalid",
-        **(env or {}),
-    })
+    full.update(
+        {
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_AUTHOR_NAME": "test",
+            "GIT_AUTHOR_EMAIL": "test@conveyor.invalid",
+            "GIT_COMMITTER_NAME": "test",
+            "GIT_COMMITTER_EMAIL": "test@conveyor.invalid",
+            **(env or {}),
+        }
+    )
     if login:
         token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
-        full.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
-                     "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}"})
+        full.update(
+            {
+                "GIT_CONFIG_COUNT": "1",
+                "GIT_CONFIG_KEY_0": "http.extraHeader",
+                "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}",
+            }
+        )
     return subprocess.run(["git", *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=60)
 
 
@@ -96,8 +115,11 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 def server_repo(passwords: dict[str, str]) -> Iterator[tuple[str, Path]]:
     """An empty repository on the server, made the way push-samples makes one: (URL, its folder)."""
     name = f"zz-test-pushers-{uuid.uuid4().hex[:8]}"
-    path = STATE / "git" / f"{name}.git"
-    subprocess.run(["git", "init", "--quiet", "--bare", "--initial-branch=main", str(path)], check=True)
+    made = subprocess.run(
+        [str(REPO / "scripts" / "gitserver" / "repo"), "create", name], capture_output=True, text=True, timeout=60
+    )
+    assert made.returncode == 0, f"scripts/gitserver/repo create {name} failed: {made.stderr.strip()}; {START}"
+    path = Path(made.stdout.strip())
     yield f"{GIT}/{name}.git", path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -155,10 +177,17 @@ def test_a_wrong_password_or_an_unknown_user_is_refused(
 
 
 def test_secrets_are_readable_by_their_owner_only(passwords: dict[str, str]) -> None:
-    for path in (SECRETS / "git-passwords.json", SECRETS / "git-password", STATE / "gitserver" / "users"):
+    for path in (SECRETS / "git-passwords.json", SECRETS / "git-password", SECRETS / "webhook-secret"):
         assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others: chmod 600 {path}"
-    assert "alice:" in (STATE / "gitserver" / "users").read_text(encoding="utf-8")
-    assert passwords["alice"] not in (STATE / "gitserver" / "users").read_text(encoding="utf-8")
+    # What the server (its own user, the owner of the repositories) reads: root's, the server's group may read it.
+    server_group = (STATE / "git").stat().st_gid
+    for path in (SERVER_DIR / "users", SERVER_DIR / "webhook-secret"):
+        info = path.stat()
+        assert (info.st_uid, info.st_gid) == (0, server_group), f"{path} must be root's, group of the server"
+        assert info.st_mode & 0o137 == 0, f"{path} is writable by the server or readable by others: chmod 640 {path}"
+    users = (SERVER_DIR / "users").read_text(encoding="utf-8")
+    assert "alice:$2y$" in users, "the users file is not an htpasswd file of bcrypt hashes"
+    assert passwords["alice"] not in users
 
 
 # --- the pusher record ----------------------------------------------------------------
@@ -204,8 +233,9 @@ def test_the_first_pusher_is_kept_when_someone_pushes_the_same_commit_again(
     assert pushed_by(url, second, passwords, tmp_path)["Pushed-by"] == "bob"
 
 
-@pytest.mark.parametrize("refspec", [f"{NOTES_REF}:{NOTES_REF}", f"{NOTES_REF}:refs/notes/conveyor-other",
-                                     f":{NOTES_REF}"])
+@pytest.mark.parametrize(
+    "refspec", [f"{NOTES_REF}:{NOTES_REF}", f"{NOTES_REF}:refs/notes/conveyor-other", f":{NOTES_REF}"]
+)
 @pytest.mark.parametrize("user", ["bob", "conveyor"])
 def test_no_client_can_write_the_record(
     refspec: str, user: str, passwords: dict[str, str], server_repo: tuple[str, Path], work: Path, tmp_path: Path
@@ -223,6 +253,149 @@ def test_no_client_can_write_the_record(
     assert ok(git(["--git-dir", str(bare), "rev-parse", NOTES_REF])) == before
     assert git(["--git-dir", str(bare), "rev-parse", "--verify", "-q", "refs/heads/forged"]).returncode != 0
     assert pushed_by(url, sha, passwords, tmp_path)["Pushed-by"] == "alice"
+
+
+# --- push events ------------------------------------------------------------------------
+
+
+@dataclass
+class Conveyor:
+    """A stand-in for Conveyor's push-event route: records what reaches it, answers ``answer``."""
+
+    url: str
+    answer: tuple[int, dict[str, Any]] = (200, {"triggered": [], "superseded": [], "detail": "no app builds this"})
+    events: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+
+
+def _point_hooks_at(repo: Path, url: str) -> Path:
+    """The server sends this repository's push events to URL (a file only root can write)."""
+    path = SERVER_DIR / "hook-url.d" / f"{repo.name.removesuffix('.git')}.url"
+    path.write_text(url + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def conveyor(server_repo: tuple[str, Path]) -> Iterator[Conveyor]:
+    """Conveyor as the test's repository sees it: a receiver on a free local port."""
+
+    class Route(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            received.events.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            status, answer = received.answer
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet, as a test's server
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Route)
+    received = Conveyor(url=f"http://127.0.0.1:{server.server_address[1]}/conveyor/api/v1/hooks/git")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url_file = _point_hooks_at(server_repo[1], received.url)
+    yield received
+    url_file.unlink(missing_ok=True)
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_push_sends_conveyor_a_signed_github_push_event(
+    passwords: dict[str, str], server_repo: tuple[str, Path], work: Path, conveyor: Conveyor
+) -> None:
+    url, bare = server_repo
+    name = bare.name.removesuffix(".git")
+    sha = commit(work, "Fix the booking form\n\nIt lost the time zone.")
+    conveyor.answer = (
+        200,
+        {"triggered": [{"app": "appointments", "run_id": "push__1", "commit": sha}], "superseded": [], "detail": ""},
+    )
+    pushed = git(["push", url, "main"], work, ("alice", passwords["alice"]))
+    assert pushed.returncode == 0, pushed.stderr
+    assert "remote: conveyor: Conveyor started 1 run for refs/heads/main: appointments (run push__1)" in pushed.stderr
+
+    ((headers, body),) = conveyor.events
+    assert headers["content-type"] == "application/json"
+    assert headers["x-github-event"] == "push"
+    assert uuid.UUID(headers["x-github-delivery"])
+    secret = (SECRETS / "webhook-secret").read_text(encoding="utf-8").strip()
+    signed = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(headers["x-hub-signature-256"], signed), "the event is not signed with the secret"
+    assert json.loads(body) == {
+        "ref": "refs/heads/main",
+        "before": ZERO,
+        "after": sha,
+        "created": True,
+        "deleted": False,
+        "repository": {"name": name, "clone_url": f"{GIT_FROM_PODS}/{name}.git", "html_url": f"{GIT}/{name}.git"},
+        "pusher": {"name": "alice"},
+        "head_commit": {"id": sha, "message": "Fix the booking form"},
+    }
+    assert pushed_by(url, sha, passwords, work.parent)["Pushed-by"] == "alice"
+
+
+def test_every_pushed_branch_and_tag_is_an_event_but_not_a_deletion(
+    passwords: dict[str, str], server_repo: tuple[str, Path], work: Path, conveyor: Conveyor
+) -> None:
+    url, _ = server_repo
+    first = commit(work, "one")
+    ok(git(["push", url, "main", "main:topic"], work, ("bob", passwords["bob"])))
+    assert sorted(json.loads(body)["ref"] for _, body in conveyor.events) == ["refs/heads/main", "refs/heads/topic"]
+
+    conveyor.events.clear()
+    ok(git(["tag", "-a", "-m", "release 1", "v1"], work))
+    tag = ok(git(["rev-parse", "v1"], work))
+    second = commit(work, "two")
+    pushed = git(["push", url, ":topic", "v1", f"{second}:refs/heads/main"], work, ("bob", passwords["bob"]))
+    assert pushed.returncode == 0, pushed.stderr
+    events = {json.loads(body)["ref"]: json.loads(body) for _, body in conveyor.events}
+    assert sorted(events) == ["refs/heads/main", "refs/tags/v1"], "a deleted branch is no event"
+    assert (events["refs/heads/main"]["before"], events["refs/heads/main"]["after"]) == (first, second)
+    assert events["refs/heads/main"]["created"] is False
+    # an annotated tag: the tag object is what the ref points at, the commit is what it tags
+    assert (events["refs/tags/v1"]["after"], events["refs/tags/v1"]["head_commit"]["id"]) == (tag, first)
+    assert pushed.stderr.count("Conveyor started no run for") == 2
+
+
+def test_conveyor_refusing_the_event_is_reported_and_the_push_stands(
+    passwords: dict[str, str], server_repo: tuple[str, Path], work: Path, conveyor: Conveyor
+) -> None:
+    url, _ = server_repo
+    conveyor.answer = (401, {"detail": "The event's signature (X-Hub-Signature-256) does not match the secret."})
+    sha = commit(work, "one")
+    pushed = git(["push", url, "main"], work, ("carol", passwords["carol"]))
+    assert pushed.returncode == 0, pushed.stderr
+    assert (
+        "remote: conveyor: Conveyor did not take the event for refs/heads/main: HTTP 401: The event's "
+        "signature (X-Hub-Signature-256) does not match the secret."
+    ) in pushed.stderr
+    assert ok(git(["ls-remote", url, "main"], login=("carol", passwords["carol"]))).split()[0] == sha
+
+
+@pytest.mark.parametrize("away", ["nothing listens", "never answers"])
+def test_an_unreachable_conveyor_neither_fails_nor_holds_up_the_push(
+    away: str, passwords: dict[str, str], server_repo: tuple[str, Path], work: Path
+) -> None:
+    url, bare = server_repo
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        if away == "never answers":
+            sock.listen()  # the connection is made, no answer ever comes
+        hook = f"http://127.0.0.1:{sock.getsockname()[1]}/conveyor/api/v1/hooks/git"
+        url_file = _point_hooks_at(bare, hook)
+        try:
+            sha = commit(work, "one")
+            pushed = git(["push", url, "main"], work, ("dave", passwords["dave"]))
+        finally:
+            url_file.unlink(missing_ok=True)
+    assert pushed.returncode == 0, pushed.stderr
+    assert f"remote: conveyor: could not reach Conveyor at {hook} (" in pushed.stderr
+    assert "the push went through; start the run for refs/heads/main by hand" in pushed.stderr
+    assert ok(git(["ls-remote", url, "main"], login=("dave", passwords["dave"]))).split()[0] == sha
 
 
 # --- the checkout step ------------------------------------------------------------------
@@ -269,8 +442,9 @@ def _run_checkout_pod(ci: Any, name: str, secret: str, pairs: list[str], base_co
     from conveyor.steps.common import script
 
     def from_secret(env: str, key: str) -> Any:
-        return k8s.V1EnvVar(name=env, value_from=k8s.V1EnvVarSource(
-            secret_key_ref=k8s.V1SecretKeySelector(name=secret, key=key)))
+        return k8s.V1EnvVar(
+            name=env, value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(name=secret, key=key))
+        )
 
     pod = k8s.V1Pod(
         metadata=k8s.V1ObjectMeta(name=name, labels={"app.kubernetes.io/part-of": "conveyor-tests"}),
@@ -279,16 +453,18 @@ def _run_checkout_pod(ci: Any, name: str, secret: str, pairs: list[str], base_co
             termination_grace_period_seconds=0,
             automount_service_account_token=False,
             image_pull_secrets=[k8s.V1LocalObjectReference(name=PULL_SECRET)],
-            containers=[k8s.V1Container(
-                name="base",
-                image=_toolbox(),
-                command=["bash", "-c", CHECKOUT_TWICE, "conveyor-test", script("checkout"), *pairs],
-                env=[
-                    from_secret("GIT_USERNAME", "username"),
-                    from_secret("GIT_PASSWORD", "password"),
-                    *([k8s.V1EnvVar(name="CONVEYOR_BASE_COMMITS", value=base_commits)] if base_commits else []),
-                ],
-            )],
+            containers=[
+                k8s.V1Container(
+                    name="base",
+                    image=_toolbox(),
+                    command=["bash", "-c", CHECKOUT_TWICE, "conveyor-test", script("checkout"), *pairs],
+                    env=[
+                        from_secret("GIT_USERNAME", "username"),
+                        from_secret("GIT_PASSWORD", "password"),
+                        *([k8s.V1EnvVar(name="CONVEYOR_BASE_COMMITS", value=base_commits)] if base_commits else []),
+                    ],
+                )
+            ],
         ),
     )
     ci.create_namespaced_pod(CI_NS, pod)
@@ -304,7 +480,10 @@ def _run_checkout_pod(ci: Any, name: str, secret: str, pairs: list[str], base_co
 
 
 def test_checkout_step_hands_on_the_recorded_pusher(
-    passwords: dict[str, str], server_repo: tuple[str, Path], work: Path, ci: Any,
+    passwords: dict[str, str],
+    server_repo: tuple[str, Path],
+    work: Path,
+    ci: Any,
     cleanup: list[Callable[[], object]],
 ) -> None:
     from kubernetes.client import models as k8s
@@ -314,14 +493,19 @@ def test_checkout_step_hands_on_the_recorded_pusher(
     ok(git(["push", url, "main"], work, ("alice", passwords["alice"])))
     # a branch put into the repository's folder directly, past the server: nobody is recorded
     unrecorded = commit(work, "not pushed through the server")
-    ok(git(["push", "--quiet", str(bare), "HEAD:refs/heads/side"], work))
+    trust = work.parent / "trust-the-server-repo.gitconfig"  # it is the server's user's, not root's
+    trust.write_text(f"[safe]\n\tdirectory = {bare}\n", encoding="utf-8")
+    ok(git(["push", "--quiet", str(bare), "HEAD:refs/heads/side"], work, env={"GIT_CONFIG_GLOBAL": str(trust)}))
 
     token = uuid.uuid4().hex[:8]
     secret = f"zz-test-pushers-{token}"
-    ci.create_namespaced_secret(CI_NS, k8s.V1Secret(
-        metadata=k8s.V1ObjectMeta(name=secret, labels={"app.kubernetes.io/part-of": "conveyor-tests"}),
-        string_data={"username": "conveyor", "password": passwords["conveyor"]},
-    ))
+    ci.create_namespaced_secret(
+        CI_NS,
+        k8s.V1Secret(
+            metadata=k8s.V1ObjectMeta(name=secret, labels={"app.kubernetes.io/part-of": "conveyor-tests"}),
+            string_data={"username": "conveyor", "password": passwords["conveyor"]},
+        ),
+    )
     cleanup.append(lambda: ci.delete_namespaced_secret(secret, CI_NS))
     pod = f"checkout-pushers-{token}"
     cleanup.append(lambda: ci.delete_namespaced_pod(pod, CI_NS, grace_period_seconds=0))
@@ -350,7 +534,10 @@ def test_checkout_step_hands_on_the_recorded_pusher(
 
 
 def test_checkout_step_names_everyone_behind_the_commits_a_release_brings(
-    passwords: dict[str, str], server_repo: tuple[str, Path], work: Path, ci: Any,
+    passwords: dict[str, str],
+    server_repo: tuple[str, Path],
+    work: Path,
+    ci: Any,
     cleanup: list[Callable[[], object]],
 ) -> None:
     """bob's commit, then alice's on top: measured from what was deployed before, the release brings both."""
@@ -366,10 +553,13 @@ def test_checkout_step_names_everyone_behind_the_commits_a_release_brings(
 
     token = uuid.uuid4().hex[:8]
     secret = f"zz-test-pushers-{token}"
-    ci.create_namespaced_secret(CI_NS, k8s.V1Secret(
-        metadata=k8s.V1ObjectMeta(name=secret, labels={"app.kubernetes.io/part-of": "conveyor-tests"}),
-        string_data={"username": "conveyor", "password": passwords["conveyor"]},
-    ))
+    ci.create_namespaced_secret(
+        CI_NS,
+        k8s.V1Secret(
+            metadata=k8s.V1ObjectMeta(name=secret, labels={"app.kubernetes.io/part-of": "conveyor-tests"}),
+            string_data={"username": "conveyor", "password": passwords["conveyor"]},
+        ),
+    )
     cleanup.append(lambda: ci.delete_namespaced_secret(secret, CI_NS))
     pod = f"checkout-range-{token}"
     cleanup.append(lambda: ci.delete_namespaced_pod(pod, CI_NS, grace_period_seconds=0))

@@ -322,6 +322,8 @@ def _run_values(run: str, commit: str) -> Any:
         "run_label": run,
         "build_number": BUILD_NUMBER,
         "requested_branch": "main",
+        "requested_commit": "",
+        "requested_tag": "",
         "branch": "main",
         "branch_tag": "main",
         "commit": commit,
@@ -444,8 +446,10 @@ def _assert_secrets_gone(core: Any, names: list[str]) -> None:
 def test_unit_tests_see_no_credential(core: Any, app: App, cleanup: list[Callable[[], object]]) -> None:
     forbidden = forbidden_strings()
     result = run_step(core, app, "unit_test", f"test-nocreds-{app.uid}-unit", cleanup)
-    assert result.exit_codes == {"fetch": 0, "base": 0}, f"{result.exit_codes}: {json.dumps(result.logs)[-4000:]}"
-    log = result.logs["base"]
+    codes = {"fetch": 0, "test": 0, "base": 0}  # the tests run in "test"; "base" reports on them
+    assert result.exit_codes == codes, f"{result.exit_codes}: {json.dumps(result.logs)[-4000:]}"
+    assert leaked(result.logs["base"], forbidden) == []
+    log = result.logs["test"]
     _assert_probed(log, "the unit test")
     # the probe really printed its environment and the files of the workspace it got
     assert app.canary_env in log and app.canary_file in log, log[-3000:]

@@ -22,6 +22,7 @@ import requests
 
 pytestmark = pytest.mark.integration
 
+REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("CONVEYOR_STATE", "/var/lib/conveyor"))
 SECRETS = STATE / "secrets"
 REGISTRY = os.environ.get("CONVEYOR_REGISTRY_URL", "http://127.0.0.1:5000")
@@ -211,13 +212,14 @@ def git_password() -> str:
 
 @pytest.fixture
 def scratch_repo(git_password: str) -> Iterator[str]:
-    """An empty bare repository on the server (created in its folder), removed afterwards."""
-    root = STATE / "git"
+    """An empty bare repository on the server (scripts/gitserver/repo create), removed afterwards."""
     name = f"zz-test-{uuid.uuid4().hex[:8]}"
-    path = root / f"{name}.git"
-    subprocess.run(["git", "init", "--quiet", "--bare", "--initial-branch=main", str(path)], check=True)
+    made = subprocess.run(
+        [str(REPO / "scripts" / "gitserver" / "repo"), "create", name], capture_output=True, text=True, timeout=60
+    )
+    assert made.returncode == 0, f"scripts/gitserver/repo create {name} failed: {made.stderr.strip()}; {START}"
     yield f"{GIT}/{name}.git"
-    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(made.stdout.strip(), ignore_errors=True)
 
 
 def _commit(work: Path) -> None:
@@ -264,6 +266,50 @@ def test_git_connection_file_matches_credentials(git_password: str) -> None:
     assert path.is_file(), f"{path} is missing; {START}"
     conn = json.loads(path.read_text(encoding="utf-8"))
     assert conn == {"conn_type": "http", "host": "http://10.88.0.1:3000", "login": USER, "password": git_password}
+
+
+def test_webhook_connection_file_holds_the_secret_the_hooks_sign_with(git_password: str) -> None:
+    path = STATE / "connections" / "conveyor_webhook.json"
+    assert path.is_file(), f"{path} is missing; {START}"
+    assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+    conn = json.loads(path.read_text(encoding="utf-8"))
+    secret = (SECRETS / "webhook-secret").read_text(encoding="utf-8").strip()
+    assert conn == {
+        "conn_type": "generic",
+        "password": secret,
+        "description": "Secret of Conveyor's push webhook (POST /conveyor/api/v1/hooks/git)",
+    }
+    assert len(secret) >= 32
+    assert (STATE / "gitserver" / "webhook-secret").read_text(encoding="utf-8").strip() == secret
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/etc/passwd",
+        "/probe",
+        "/appointments.git",
+        "/appointments.git/HEAD",
+        "/appointments.git/config",
+        "/appointments.git/objects/info/packs",
+        "/appointments.git/info/refs/x",
+        "/appointments.git/../users",
+    ],
+)
+def test_git_server_answers_nothing_but_git_requests(path: str, git_password: str) -> None:
+    """Not even with a valid login: no file of a repository (the dumb protocol) and nothing else is served."""
+    response = requests.get(f"{GIT}{path}", auth=(USER, git_password), timeout=10, allow_redirects=False)
+    assert response.status_code == 404, f"GET {path} answered {response.status_code}"
+
+
+def test_git_server_does_not_run_as_root(git_password: str) -> None:
+    pid = (STATE / "gitserver" / "gitserver.pid").read_text(encoding="utf-8").strip()
+    status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+    uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+    assert "lighttpd" in Path(f"/proc/{pid}/cmdline").read_text(encoding="utf-8")
+    assert "0" not in uids, f"the Git server (pid {pid}) runs as root: {status.splitlines()[:9]}"
+    assert all(int(uid) == (STATE / "git").stat().st_uid for uid in uids), "it should run as the repositories' owner"
 
 
 def test_sample_app_is_published(git_password: str, tmp_path: Path) -> None:

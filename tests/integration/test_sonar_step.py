@@ -1,5 +1,8 @@
 """The `sonar` step's pod, exactly as `conveyor.steps.sonar.build_sonar_pod` builds it, analyses
-the sample service against a real SonarQube server and enforces its quality gate.
+the sample service against a real SonarQube server and reports its quality gate: the pod hands on the
+scanner's exit code and its analysis task (and exits 0, so that a failed gate still reports), and
+`conveyor.steps.sonar.read_quality_gate` reads the gate's status and conditions from the server as the
+operator does before it records them and fails the step.
 
 The server is real, not a stand-in: SonarQube Community Build 10.7, the `sonar-application`
 zip published on Maven Central, started on the host by `scripts/sonar/up` (this test starts
@@ -146,6 +149,8 @@ def _run_values(run: str, commit: str) -> Any:
         run_label=run,
         build_number=BUILD_NUMBER,
         requested_branch="main",
+        requested_commit="",
+        requested_tag="",
         branch="main",
         branch_tag="main",
         commit=commit,
@@ -224,6 +229,15 @@ def _run_sonar_step(
     return phase, log, project_key, pod
 
 
+def _reported(log: str) -> dict[str, Any]:
+    """What the pod's script handed on (its XCom), from the line it logs: exit code and analysis task."""
+    import re
+
+    found = re.search(r"\[conveyor\] the scanner exited with (\d+); analysis task (\S+)", log)
+    assert found, f"the sonar step's script did not report; its log ends:\n{log[-4000:]}"
+    return {"exit_code": int(found.group(1)), "ce_task_id": found.group(2)}
+
+
 def test_passing_quality_gate_lets_the_step_succeed(
     core: Any, sonar: Sonar, cleanup: list[Callable[[], object]]
 ) -> None:
@@ -234,6 +248,13 @@ def test_passing_quality_gate_lets_the_step_succeed(
     assert phase == "Succeeded", f"the sonar step failed with a passing quality gate; its log ends:\n{log[-4000:]}"
     assert "EXECUTION SUCCESS" in log, log[-4000:]
     assert "QUALITY GATE STATUS: PASSED" in log, log[-4000:]
+    from conveyor.steps.sonar import read_quality_gate
+
+    gate = read_quality_gate(_reported(log), SONAR_URL, sonar.token, project_key)
+    assert gate.status == "OK" and gate.failure() is None, gate
+    assert [(c.metric, c.comparator, c.threshold, c.status) for c in gate.conditions] == [
+        ("ncloc", "GT", "1000000", "OK")
+    ]
     # what a user sees in SonarQube: the analysis of this build and commit, with the gate passed
     status = sonar.call("GET", "/api/qualitygates/project_status", projectKey=project_key)["projectStatus"]
     assert status["status"] == "OK", status
@@ -251,8 +272,19 @@ def test_passing_quality_gate_lets_the_step_succeed(
 def test_failing_quality_gate_fails_the_step(core: Any, sonar: Sonar, cleanup: list[Callable[[], object]]) -> None:
     # a gate the sample fails: any line of code is too many
     phase, log, project_key, _ = _run_sonar_step(core, sonar, [{"metric": "ncloc", "op": "GT", "error": "0"}], cleanup)
-    assert phase == "Failed", f"the sonar step succeeded although the quality gate failed; its log ends:\n{log[-4000:]}"
+    # the pod reports (and succeeds); the operator fails the step on what SonarQube says of the gate
+    assert phase == "Succeeded", f"the sonar step could not report; its log ends:\n{log[-4000:]}"
     assert "QUALITY GATE STATUS: FAILED" in log, log[-4000:]
+    from conveyor.steps.sonar import read_quality_gate
+
+    reported = _reported(log)
+    assert reported["exit_code"] != 0
+    gate = read_quality_gate(reported, SONAR_URL, sonar.token, project_key)
+    assert gate.status == "ERROR", gate
+    (condition,) = gate.conditions
+    assert (condition.metric, condition.status, condition.rule()) == ("ncloc", "ERROR", "> 0")
+    assert int(condition.actual) > 0
+    assert (gate.failure() or "").startswith("The SonarQube quality gate failed: ERROR (ncloc ")
     status = sonar.call("GET", "/api/qualitygates/project_status", projectKey=project_key)["projectStatus"]
     assert status["status"] == "ERROR", status
 

@@ -7,7 +7,8 @@ for decisions, the deploy steps check the release — and so do the pods, on the
 connections name (tests/integration/test_airflow_pod.py). Without a cluster (tests/api), set
 $CONVEYOR_TEST_PODS, a JSON object of task id -> result: then a stand-in replaces each pod,
 writes the pod Conveyor built to $CONVEYOR_TEST_POD_DIR/<task>.json and hands on what the
-step's script would.
+step's script would (for a step with an XCom result, through the operator's ``extract_xcom``, as the provider
+reads the sidecar).
 A task named in $CONVEYOR_TEST_POD_BLOCK (task id -> file) waits until that file exists, so a
 test can act while the step "runs".
 """
@@ -20,9 +21,11 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from airflow.dag_processing.dagbag import DagBag
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
 from kubernetes.client import ApiClient
 
 from conveyor.operators import ConveyorPodOperator
@@ -44,7 +47,11 @@ def pod_stand_in(self: KubernetesPodOperator, context: Any) -> Any:
                 raise TimeoutError(f"{self.task_id}: the test never created {barrier}")
             time.sleep(0.2)
     print(f"POD STAND-IN {self.task_id}", flush=True)
-    return RESULTS.get(self.task_id)
+    result = RESULTS.get(self.task_id)
+    if not self.do_xcom_push:
+        return result
+    with mock.patch.object(PodManager, "extract_xcom", return_value=json.dumps(result)):
+        return self.extract_xcom(pod)
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conveyor.exceptions import HookRefused
-from conveyor.hooks import Provider, apps_to_build, parse, provider_of, repository_key, verify
-from conveyor.spec import load_spec
+from conveyor.hooks import Provider, parse, plan, provider_of, repository_key, verify
+from conveyor.spec import AppSpec, load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "s3cret-hook"
@@ -93,7 +93,7 @@ def test_a_signed_push_names_its_commit_and_the_apps_it_builds(event) -> None:  
     push = parse(provider, headers, body)
     assert push is not None and push.commit == SHA and push.pusher
     expected = ["boot-preject"] if provider is Provider.GITEE else ["appointments"]
-    assert [s.name for s in apps_to_build(push, specs())] == expected
+    assert [r.app for r in plan(push, specs()).runs] == expected
 
 
 def test_gitee_in_password_mode_is_checked_too() -> None:
@@ -161,12 +161,87 @@ def test_pings_other_events_and_deleted_branches_build_nothing() -> None:
     assert parse(Provider.GITHUB, headers, body) is None
 
 
-def test_a_push_to_another_branch_or_a_tag_builds_nothing_yet() -> None:
+def test_by_default_only_the_specs_branch_runs_and_a_push_elsewhere_says_why_not() -> None:
+    default = [with_rules(None)]
     for ref in ("refs/heads/feature/login", "refs/tags/v1.2.3"):
         headers, body = github(ref=ref)
         push = parse(Provider.GITHUB, headers, body)
-        assert push is not None and apps_to_build(push, specs()) == []
+        assert push is not None
+        planned = plan(push, default)
+        assert planned.runs == [] and planned.known
+        assert "no rule in git.push of appointments matches" in planned.ignored["appointments"]
     assert push.tag == "v1.2.3" and push.branch is None
+    headers, body = github()
+    (run,) = plan(parse(Provider.GITHUB, headers, body), default).runs
+    assert run.conf == {"branch": "main", "commit": SHA, "tag_name": None, "until": None}
+
+
+def test_the_sample_app_builds_every_branch_and_releases_tags() -> None:
+    planned = {
+        ref: plan(parse(Provider.GITHUB, *github(ref=ref)), specs()).runs
+        for ref in ("refs/heads/main", "refs/heads/feature/login", "refs/tags/v1.2.3")
+    }
+    assert [r.conf["until"] for r in planned["refs/heads/main"]] == [None]
+    assert [r.conf["until"] for r in planned["refs/heads/feature/login"]] == ["build"]
+    assert [r.conf["tag_name"] for r in planned["refs/tags/v1.2.3"]] == ["v1.2.3"]
+
+
+def with_rules(rules: list[dict] | None) -> AppSpec:
+    spec = load_spec(REPO / "include" / "apps" / "appointments.yaml")
+    data = spec.model_dump(mode="json", exclude_none=True)
+    data["git"]["push"] = rules
+    return AppSpec.model_validate(data)
+
+
+BRANCH_PIPELINES = [
+    {"branches": ["main"], "until": "deploy_dev"},
+    {"tags": ["v*"]},
+    {"branches": ["*"], "until": "build"},
+]
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("refs/heads/main", {"branch": "main", "commit": SHA, "tag_name": None, "until": "deploy_dev"}),
+        ("refs/heads/feature/login", {"branch": "feature/login", "commit": SHA, "tag_name": None, "until": "build"}),
+        # a tag releases the tagged commit; the branch is the spec's
+        ("refs/tags/v1.2.3", {"branch": "main", "commit": SHA, "tag_name": "v1.2.3", "until": None}),
+    ],
+)
+def test_the_first_matching_rule_says_what_a_push_runs(ref: str, expected: dict) -> None:
+    headers, body = github(ref=ref)
+    (run,) = plan(parse(Provider.GITHUB, headers, body), [with_rules(BRANCH_PIPELINES)]).runs
+    assert run.conf == expected
+
+
+def test_a_tag_that_is_no_release_tag_starts_nothing_and_says_so() -> None:
+    headers, body = github(ref="refs/tags/vnext")
+    planned = plan(parse(Provider.GITHUB, headers, body), [with_rules(BRANCH_PIPELINES)])
+    assert planned.runs == []
+    assert "needs a tag like v1.2.3" in planned.ignored["appointments"]
+
+
+def test_an_empty_rule_list_turns_pushes_off() -> None:
+    headers, body = github()
+    planned = plan(parse(Provider.GITHUB, headers, body), [with_rules([])])
+    assert planned.runs == [] and planned.known and "appointments" in planned.ignored
+
+
+def test_a_repository_no_app_builds_is_unknown() -> None:
+    body = json.loads(github()[1])
+    body["repository"] = {"clone_url": "http://10.88.0.1:3000/someone-else.git"}
+    raw = json.dumps(body).encode()
+    push = parse(Provider.GITHUB, {"X-GitHub-Event": "push"}, raw)
+    planned = plan(push, specs())
+    assert (planned.runs, planned.ignored, planned.known) == ([], {}, False)
+
+
+def test_an_annotated_tag_builds_its_commit_not_the_tag_object() -> None:
+    body = json.loads(github(ref="refs/tags/v1.2.3", after="a" * 40)[1])
+    body["head_commit"] = {"id": SHA, "message": "release"}
+    push = parse(Provider.GITHUB, {"X-GitHub-Event": "push"}, json.dumps(body).encode())
+    assert push is not None and push.commit == SHA
 
 
 @pytest.mark.parametrize(

@@ -47,3 +47,36 @@ def test_every_dollar_of_the_approved_manifests_is_escaped_for_kubernetes() -> N
 
     assert env_literal("a: $(date) $$ ${X}\n") == "a: $$(date) $$$$ $${X}\n"
     assert env_literal("no dollars\n") == "no dollars\n"
+
+
+@pytest.mark.parametrize(
+    "commit", ["8b2f1d4", "8B2F1D4C0A9E7F6B5D4C3B2A1F0E9D8C7B6A5F4E", "8b2f1d4c0a9e7f6b5d4c3b2a1f0e9d8c7b6a5f4e\n"]
+)
+def test_a_commit_that_is_not_a_whole_sha_is_refused(commit: str) -> None:
+    from conveyor.dag_builder import COMMIT_PATTERN
+
+    assert re.search(COMMIT_PATTERN, commit) is None
+    problem = params_problem({"branch": "main", "commit": commit})
+    assert problem == (
+        f"The commit {commit!r} is not a commit SHA: give all 40 lowercase hex digits, or leave it empty."
+    )
+    assert params_problem({"branch": "main", "commit": "8b2f1d4c0a9e7f6b5d4c3b2a1f0e9d8c7b6a5f4e"}) is None
+
+
+def test_until_skips_the_steps_after_it_and_only_those() -> None:
+    from pathlib import Path
+
+    from conveyor.dag_builder import build_dag
+    from conveyor.operators import past_until
+    from conveyor.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "include" / "apps" / "appointments.yaml")
+    dag = build_dag(spec)
+    assert dag.params.get_param("until").schema["enum"] == [None, *dag.task_ids]
+    ran = [t for t in dag.task_ids if past_until(dag.get_task(t), {"until": "build"}) is None]
+    assert ran == ["checkout", "unit_test", "build"]
+    message = past_until(dag.get_task("deploy_prod"), {"until": "build"})
+    assert message is not None and message.startswith("Skipped: this run stops after build")
+    # tag and deploy_prod run after skipped steps (none_failed): they too must see that the run stopped
+    assert dag.get_task("tag").trigger_rule == "none_failed"
+    assert all(past_until(dag.get_task(t), {"until": None}) is None for t in dag.task_ids)

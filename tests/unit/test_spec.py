@@ -205,3 +205,57 @@ def test_bad_limits_are_refused_naming_the_field(limits: dict, field: str, messa
         parse_spec(_minimal_with(limits=limits), "minimal.yaml")
     problems = [(p.field, p.message) for p in error.value.problems]
     assert any(f.startswith(field) and message in m for f, m in problems), problems
+
+
+def _git_with(push: object) -> dict:
+    data = _minimal_with()
+    data["git"] = {**data["git"], "push": push}
+    return data
+
+
+def test_by_default_a_push_to_the_specs_branch_runs_the_whole_pipeline() -> None:
+    from conveyor.spec import parse_spec
+
+    git = parse_spec(_minimal_with(), "minimal.yaml").git
+    rule = git.push_rule(git.branch, None)
+    assert rule is not None and rule.until is None
+    assert git.push_rule("feature/x", None) is None and git.push_rule(None, "v1.0.0") is None
+
+
+def test_push_rules_match_globs_first_rule_first() -> None:
+    from conveyor.spec import parse_spec
+
+    git = parse_spec(
+        _git_with(
+            [{"branches": ["main"], "until": "deploy_dev"}, {"branches": ["*"], "until": "build"}, {"tags": ["v*"]}]
+        ),
+        "minimal.yaml",
+    ).git
+    assert [git.push_rule(b, None).until for b in ("main", "feature/login", "mainline")] == [  # type: ignore[union-attr]
+        "deploy_dev",
+        "build",
+        "build",
+    ]
+    tag_rule = git.push_rule(None, "v2.0.0")
+    assert tag_rule is not None and tag_rule.until is None
+    assert parse_spec(_git_with([]), "minimal.yaml").git.push_rule("main", None) is None
+
+
+@pytest.mark.parametrize(
+    ("push", "field", "message"),
+    [
+        ([{"until": "build"}], "git.push[0]", "a push rule needs 'branches' or 'tags'"),
+        ([{"branches": ["refs/heads/main"]}], "git.push[0].branches", "no 'refs/' prefix"),
+        ([{"branches": ["main; rm -rf /"]}], "git.push[0].branches", "is not a branch or tag pattern"),
+        ([{"branches": ["main"], "until": "approve"}], "git.push[0].until", "must be 'checkout'"),
+        ([{"branches": ["main"], "until": "sonar"}], "", "this app runs no sonar step"),
+        ([{"branch": ["main"]}], "git.push[0].branch", "known fields here: branches, tags, until"),
+    ],
+)
+def test_bad_push_rules_are_refused_naming_the_field(push: object, field: str, message: str) -> None:
+    from conveyor.spec import parse_spec
+
+    with pytest.raises(SpecError) as error:
+        parse_spec(_git_with(push), "minimal.yaml")
+    problems = [(p.field, p.message) for p in error.value.problems]
+    assert any(f.startswith(field) and message in m for f, m in problems), problems

@@ -28,6 +28,7 @@ from conveyor.settings import CiCluster, StepImages
 from conveyor.spec import load_spec
 from conveyor.steps import PodContext, build_step_pod
 from conveyor.steps.common import script
+from conveyor.steps.unit_test import report_script
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GOLDEN = Path(__file__).parent / "golden"
@@ -48,7 +49,7 @@ CI = CiCluster(
 APPS = ["minimal", "full", "s2i", "b2i"]
 
 
-SCRIPTS = ["checkout", "fetch", "prepare", "build", "publish", "promote", "tag", "deploy"]
+SCRIPTS = ["checkout", "fetch", "prepare", "build", "publish", "promote", "tag", "deploy", "unit_test", "sonar"]
 SCRIPTS_DIR = resources.files("conveyor.steps") / "scripts"
 
 
@@ -79,7 +80,7 @@ def with_script_markers(pod: dict) -> dict:
     for c in containers(pod):
         command = c.get("command", [])
         if command[:2] == ["bash", "-c"]:
-            name = next(n for n in SCRIPTS if command[2] == script(n))
+            name = "unit_test" if command[2] == report_script() else next(n for n in SCRIPTS if command[2] == script(n))
             command[2] = f"<conveyor step script {name}.sh>"
     return pod
 
@@ -210,7 +211,7 @@ def test_source_and_binary_builds_write_their_dockerfile_from_the_runtime_image(
 # test). The containers that run code from the app's repository get nothing but sonar's token.
 EXPECTED_CREDENTIALS = {
     "checkout": {"base": {"git"}},
-    "unit_test": {"fetch": {"git"}, "base": set()},
+    "unit_test": {"fetch": {"git"}, "test": set(), "base": set()},
     "sonar": {"fetch": {"git"}, "base": {"sonar"}},
     "build": {"fetch": {"git"}, "prepare": {"registry"}, "package": set(), "build": set(), "base": {"registry"}},
     "push": {"base": {"registry"}},
@@ -218,7 +219,7 @@ EXPECTED_CREDENTIALS = {
     "deploy_dev": {"base": {"kubeconfig"}},
     "deploy_prod": {"base": {"kubeconfig"}},
 }
-RUNS_APP_CODE = {("unit_test", "base"), ("sonar", "base"), ("build", "package"), ("build", "build")}
+RUNS_APP_CODE = {("unit_test", "test"), ("sonar", "base"), ("build", "package"), ("build", "build")}
 CREDENTIAL_VARIABLES = {"GIT_USERNAME", "GIT_PASSWORD", "REGISTRY_AUTH_FILE", "KUBECONFIG", "SONAR_TOKEN"}
 
 
@@ -359,6 +360,25 @@ def test_scripts_parse_with_bash() -> None:
         assert result.returncode == 0, f"{name}.sh: {result.stderr}"
 
 
+def test_the_unit_test_step_reports_even_when_the_tests_fail() -> None:
+    pod = pods("full")["unit_test"]
+    fetch, test = pod["spec"]["initContainers"]
+    assert fetch["name"] == "fetch" and test["name"] == "test"
+    # the app's command, as its own arguments, after a wrapper that keeps its exit code instead of failing
+    assert test["command"][:2] == ["sh", "-c"] and test["command"][3:] == ["conveyor-unit_test", "mvn", "-B", "test"]
+    assert test["image"] == "registry.example.com/builders/maven:3.9-jdk17"
+    env = {e["name"]: e.get("value") for e in test["env"]}
+    assert env["MAVEN_OPTS"] == "-Xmx512m" and env["BUILD_NUMBER"] == "{{ conveyor_run(ti).build_number }}"
+    main = pod["spec"]["containers"][0]
+    assert main["image"] == "registry.test:5000/conveyor/toolbox:1"
+    assert main["args"] == ["reports/*.xml", "target/surefire-reports/*.xml", "build/test-results/**/*.xml"]
+    assert {"mountPath": "/workspace", "name": "workspace", "readOnly": True} in main["volumeMounts"]
+    # the report reader travels in the script, and kubelet must leave it as it is
+    text = report_script()
+    assert "$$" not in text and not re.search(r"\$\([A-Z_][A-Z0-9_]*\)", text)
+    assert subprocess.run(["bash", "-n", "-c", text], capture_output=True).returncode == 0
+
+
 # --- git hands the credentials to the app's repository only --------------------------------
 
 
@@ -439,9 +459,7 @@ def test_git_offers_the_credentials_to_the_apps_repository(git_hosts: tuple[GitH
     assert PASSWORD not in result.stdout + result.stderr
 
 
-def test_git_gives_a_redirect_to_another_host_no_credential(
-    git_hosts: tuple[GitHost, GitHost], tmp_path: Path
-) -> None:
+def test_git_gives_a_redirect_to_another_host_no_credential(git_hosts: tuple[GitHost, GitHost], tmp_path: Path) -> None:
     app_host, other_host = git_hosts
     app_host.redirect_to = f"{other_host.url}/"
     result = git_ls_remote(f"{app_host.url}/moved/app.git", f"{app_host.url}/moved/app.git", tmp_path)

@@ -25,6 +25,7 @@ from kubernetes.client import models as k8s
 
 from conveyor.pipeline import Pipeline, RunValues, Step
 from conveyor.spec import ImageStrategy, Language
+from conveyor.steps.caches import dependency_caches, layer_cache
 from conveyor.steps.common import (
     BUILD_RESOURCES,
     SOURCE_DIR,
@@ -97,15 +98,18 @@ def build_build_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Po
             resources=TOOLBOX_RESOURCES,
         ),
     ]
+    deps = dependency_caches(pipeline, step.id)
+    layers = layer_cache(pipeline, with_deps=image.strategy is ImageStrategy.SOURCE)
     if spec.package:
         init.append(
             k8s.V1Container(
                 name="package",
                 image=ctx.images.ref(spec.builder),
                 image_pull_policy="IfNotPresent",
-                command=list(spec.package.command),
+                command=deps.command(list(spec.package.command)),
                 working_dir=SOURCE_DIR,
-                volume_mounts=[workspace],
+                env=list(deps.env),
+                volume_mounts=[workspace, *deps.mounts],
                 resources=resources_of(pipeline),
             )
         )
@@ -116,8 +120,8 @@ def build_build_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Po
             image_pull_policy="IfNotPresent",
             command=script_command("build", step.id),
             args=[image.strategy.value, image.context, image.dockerfile, repository, tags[0]],
-            env=[*commit_env, *registry_env, *base_image, *generated],
-            volume_mounts=[workspace],
+            env=[*commit_env, *registry_env, *base_image, *generated, *layers.env],
+            volume_mounts=[workspace, *layers.mounts],
             security_context=BUILD_SECURITY,
             resources=BUILD_RESOURCES,
         )
@@ -132,4 +136,4 @@ def build_build_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Po
         volume_mounts=[k8s.V1VolumeMount(name=workspace.name, mount_path=workspace.mount_path, read_only=True)],
         resources=TOOLBOX_RESOURCES,
     )
-    return step_pod(pipeline, step, ctx, main, init_containers=init)
+    return step_pod(pipeline, step, ctx, main, init_containers=init, extra_volumes=[*deps.volumes, *layers.volumes])

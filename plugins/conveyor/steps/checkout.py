@@ -21,12 +21,18 @@ def required_paths(pipeline: Pipeline) -> list[str]:
 
 
 def build_checkout_pod(pipeline: Pipeline, step: Step, ctx: PodContext, branch: str) -> k8s.V1Pod:
-    """``branch`` is the branch to resolve (a template for the run's ``branch`` param in Airflow)."""
+    """``branch`` is the branch to resolve (a template for the run's ``branch`` param in Airflow). A run that
+    asks for one commit (param ``commit``, set by push-started runs) builds exactly that one, once the step has
+    checked it is on the branch, or is what the run's release tag (``tag_name``) already points at."""
     main = k8s.V1Container(
         name="base",
         image=ctx.images.ref("toolbox"),
         command=script_command("checkout", step.id),
         args=[pipeline.spec.git.url, branch, *required_paths(pipeline)],
+        env=[
+            k8s.V1EnvVar(name="CONVEYOR_REQUESTED_COMMIT", value=ctx.values.requested_commit),
+            k8s.V1EnvVar(name="CONVEYOR_REQUESTED_TAG", value=ctx.values.requested_tag),
+        ],
         resources=TOOLBOX_RESOURCES,
     )
     return step_pod(pipeline, step, ctx, main)

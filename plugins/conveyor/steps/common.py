@@ -220,11 +220,13 @@ def step_pod(
     *,
     init_containers: list[k8s.V1Container] | None = None,
     workspace: bool = True,
+    extra_volumes: list[k8s.V1Volume] | None = None,
 ) -> k8s.V1Pod:
     """Assemble a step's pod around its main container (which must be named ``base``).
 
     Each container gets exactly the credentials ``CONTAINER_CREDENTIALS`` lists for it, and the
-    pod has a volume only for the Secrets some container mounts.
+    pod has a volume only for the Secrets some container mounts. ``extra_volumes`` are further volumes
+    its containers mount (such as the app's caches, ``steps/caches.py``); each name is added once.
     """
     refs = step_secrets(pipeline, step)
     volumes: list[k8s.V1Volume] = []
@@ -233,6 +235,7 @@ def step_pod(
         volumes.append(volume)
         if not any(m.name == mount.name for m in main.volume_mounts or []):
             main.volume_mounts = [mount, *(main.volume_mounts or [])]
+    volumes += {v.name: v for v in extra_volumes or []}.values()
     for container in [*(init_containers or []), main]:
         granted = container_secrets(step, refs, container.name)
         secret_vols, secret_mounts = secret_volumes(granted)

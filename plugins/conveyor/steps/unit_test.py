@@ -1,21 +1,83 @@
-"""The ``unit_test`` step: run the app's test command in its builder image, on the run's commit."""
+"""The ``unit_test`` step: run the app's test command in its builder image, on the run's commit, and hand on
+what its JUnit XML reports say.
+
+The pod's containers, in order:
+
+- ``fetch`` (git credentials): checks out the run's commit;
+- ``test`` (none): runs the test command in the builder image and keeps its exit code in the workspace,
+  whatever it is, so that a failing run still reports;
+- ``base`` (none; the toolbox): reads the exit code and the reports (:mod:`conveyor.reports`, run as it is),
+  prints each report's XML into the task log in a collapsed group and hands on the summary. It exits 0 when it
+  could report: the operator keeps the summary in Conveyor's records, then fails the task if the tests failed.
+"""
 
 from __future__ import annotations
+
+import shlex
+from functools import cache
+from importlib import resources
 
 from kubernetes.client import models as k8s
 
 from conveyor.pipeline import Pipeline, Step
-from conveyor.steps.common import SOURCE_DIR, PodContext, fetch_container, resources_of, step_pod
+from conveyor.reports import DEFAULT_PATTERNS
+from conveyor.steps.common import (
+    SOURCE_DIR,
+    TOOLBOX_RESOURCES,
+    PodContext,
+    fetch_container,
+    resources_of,
+    run_env,
+    script,
+    step_pod,
+    workspace_volume,
+)
+
+# Where the test container leaves the test command's exit code for the reporter (the workspace is shared).
+STATE_DIR = "/workspace/conveyor/unit-test"
+# Runs the test command (its arguments) and keeps its exit code; POSIX sh, which every builder image has.
+RUN_TESTS = 'mkdir -p "$CONVEYOR_TEST_STATE"; "$@"; echo "$?" > "$CONVEYOR_TEST_STATE/exit-code"'
+
+
+def report_patterns(pipeline: Pipeline) -> list[str]:
+    """Where the test command's JUnit XML reports are, relative to the repository (globs)."""
+    return list(DEFAULT_PATTERNS)
+
+
+@cache
+def report_script() -> str:
+    """unit_test.sh, with Conveyor's report reader (conveyor/reports.py, the standard library only) handed over
+    in ``$reports_py`` as the other step scripts get their Python helpers."""
+    reader = (resources.files("conveyor") / "reports.py").read_text()
+    return f"reports_py={shlex.quote(reader)}\n" + script("unit_test")
 
 
 def build_unit_test_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Pod:
     spec = pipeline.spec
-    main = k8s.V1Container(
-        name="base",
+    _, workspace = workspace_volume()
+    test = k8s.V1Container(
+        name="test",
         image=ctx.images.ref(spec.builder),
-        command=list(spec.test.command),
+        image_pull_policy="IfNotPresent",
+        command=["sh", "-c", RUN_TESTS, f"conveyor-{step.id}", *spec.test.command],
         working_dir=SOURCE_DIR,
-        env=[k8s.V1EnvVar(name=k, value=v) for k, v in sorted(spec.test.env.items())] or None,
+        env=[
+            # the run's facts, as the Jenkins pipeline's tests read them (BUILD_NUMBER, COMMIT_SHA, ...)
+            *run_env(pipeline, step, ctx.values),
+            *(k8s.V1EnvVar(name=k, value=v) for k, v in sorted(spec.test.env.items())),
+            k8s.V1EnvVar(name="CONVEYOR_TEST_STATE", value=STATE_DIR),
+        ],
+        volume_mounts=[workspace],
         resources=resources_of(pipeline),
     )
-    return step_pod(pipeline, step, ctx, main, init_containers=[fetch_container(pipeline, step, ctx)])
+    main = k8s.V1Container(
+        name="base",
+        image=ctx.images.ref("toolbox"),
+        command=["bash", "-c", report_script(), f"conveyor-{step.id}"],
+        args=report_patterns(pipeline),
+        env=[k8s.V1EnvVar(name="CONVEYOR_TEST_STATE", value=STATE_DIR)],
+        # the reporter only reads what the tests left
+        volume_mounts=[k8s.V1VolumeMount(name=workspace.name, mount_path=workspace.mount_path, read_only=True)],
+        resources=TOOLBOX_RESOURCES,
+    )
+    return step_pod(pipeline, step, ctx, main, init_containers=[fetch_container(pipeline, step, ctx), test])
