@@ -124,10 +124,9 @@ class StepNotifier(BaseNotifier):
         about = f"{event.kind} step {event.step} of {event.dag_id}"
         channels = self._channels(context["ti"].run_id, log)
         if channels.empty:
-            log.info("No one to tell that %s: no e-mail or webhook for it.", about)
+            log.info("No notice about %s: no e-mail address or webhook to send it to.", about)
             return
-        for line in send(compose_step(event), channels, log, about=about):
-            log.info("Step notice (%s): %s", event.kind, line)
+        send(compose_step(event), channels, log, about=about)  # logs how each channel took it
 
     def _channels(self, run_id: str, log: Any) -> Notifications:
         """The app's team and the notifier's own addresses and webhooks, each once."""

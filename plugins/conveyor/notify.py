@@ -176,6 +176,13 @@ def _not_sent(about: str, exc: Exception, log: logging.Logger | Any) -> list[str
 def _send(notice: Notice, channels: Notifications, log: logging.Logger | Any, about: str) -> list[str]:
     timeout = settings.notification_timeout()
     smtp_conn_id = settings.smtp_connection_id()
+    # The providers are imported here, before the threads: two threads importing them for the first time at
+    # once can deadlock (Python then raises _DeadlockError in one), and their import is no part of the timeout.
+    if channels.email:
+        import airflow.providers.smtp.hooks.smtp  # noqa: F401
+    if channels.webhooks:
+        import airflow.providers.apprise.hooks.apprise  # noqa: F401
+        import apprise  # noqa: F401
     jobs: list[tuple[str, Callable[[], None]]] = []
     if channels.email:
         label = f"e-mail to {', '.join(channels.email)} via {smtp_conn_id}"

@@ -25,6 +25,7 @@ from conveyor import gate as gate_rules
 from conveyor.credentials import bind_pod_secrets, remove_secrets, sync_secrets
 from conveyor.exceptions import ConveyorError, TamperedRecords
 from conveyor.pipeline import SecretRef
+from conveyor.run_view import RunReportLink
 from conveyor.spec import RELEASE_TAG, git_ref_problem
 from conveyor.timefmt import format_duration
 
@@ -131,6 +132,8 @@ class ConveyorPodOperator(KubernetesPodOperator):
     """
 
     template_fields: Sequence[str] = tuple(KubernetesPodOperator.template_fields)
+    # "Tests and quality" on the unit_test and sonar tasks: the run page with what their pods reported.
+    operator_extra_links = (RunReportLink(),)
 
     def __init__(
         self,

@@ -112,7 +112,8 @@ def ui_base_url() -> str:
 
 
 def smtp_connection_id() -> str:
-    """The Airflow SMTP connection that gate notices are e-mailed through (``[conveyor] smtp_connection_id``)."""
+    """The Airflow SMTP connection that notices (gates, failed and recovered steps) are e-mailed through
+    (``[conveyor] smtp_connection_id``)."""
     return _conf_get("smtp_connection_id", "smtp_default").strip() or "smtp_default"
 
 

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from conveyor.exceptions import SpecError, SpecProblem
+from conveyor.reports import DEFAULT_PATTERNS as DEFAULT_REPORT_PATTERNS
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 CONNECTION_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}$")
@@ -248,11 +249,36 @@ class Resources(_Model):
         return v
 
 
+def _report_patterns(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _report_pattern(value: str) -> str:
+    from conveyor.reports import pattern_problem
+
+    problem = pattern_problem(value)
+    if problem is None and not re.match(r"^[A-Za-z0-9._/*?\[\]-]+$", value):
+        problem = f"{value!r} may only contain letters, digits and . _ / - * ? [ ]"
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+ReportPatterns = Annotated[list[Annotated[str, AfterValidator(_report_pattern)]], BeforeValidator(_report_patterns)]
+
+
 class TestStep(_Model):
     """How the app's unit tests run."""
 
+    __test__ = False  # not a pytest test class
+
     command: Command = Field(description="the test command, as a list of arguments")
     env: dict[str, str] = Field(default_factory=dict)
+    report: ReportPatterns = Field(
+        default_factory=lambda: list(DEFAULT_REPORT_PATTERNS),
+        description="where the command writes its JUnit XML reports (globs relative to the repository); "
+        "shown on the run and decision pages",
+    )
 
     @field_validator("env")
     @classmethod
@@ -373,8 +399,9 @@ class Environments(_Model):
 
 
 class Notifications(_Model):
-    """Where notices about approval gates go: e-mail addresses (sent through the SMTP connection of
-    ``[conveyor] smtp_connection_id``) and chat webhooks (Airflow connections of type ``apprise``)."""
+    """Where the app's notices go (approval gates, and steps that fail or recover): e-mail addresses (sent
+    through the SMTP connection of ``[conveyor] smtp_connection_id``) and chat webhooks (Airflow connections of
+    type ``apprise``)."""
 
     email: list[str] = Field(default_factory=list, description="addresses sent e-mail through the SMTP connection")
     webhooks: list[ConnectionId] = Field(

@@ -110,6 +110,15 @@ VALUE_TYPES: tuple[ValueType, ...] = (
         examples=("dev", "clinic"),
     ),
     ValueType(
+        "ReportPatterns",
+        "report patterns",
+        spec.ReportPatterns,
+        "Where JUnit XML reports are: globs relative to the repository (letters, digits and . _ / - * ? [ ]), "
+        "as a list or one string.",
+        also=({"type": "string", "minLength": 1},),
+        examples=(["reports/*.xml"], "target/surefire-reports/*.xml"),
+    ),
+    ValueType(
         "Image",
         "image",
         spec.ImageName,

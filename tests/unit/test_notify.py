@@ -71,7 +71,9 @@ def team_chat(monkeypatch: pytest.MonkeyPatch) -> Iterator[Webhook]:
 
 @pytest.fixture(autouse=True)
 def short_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW__CONVEYOR__NOTIFICATION_TIMEOUT", "3")
+    # Long enough for a loaded machine's first Apprise and SMTP work (a server that never answers is tested
+    # with its own 1 s): every other channel here answers or refuses at once.
+    monkeypatch.setenv("AIRFLOW__CONVEYOR__NOTIFICATION_TIMEOUT", "10")
 
 
 def spec_with(**approve: Any) -> AppSpec:

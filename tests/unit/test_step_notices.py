@@ -141,7 +141,6 @@ def mailbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Mailbox]:
         }
         monkeypatch.setenv("AIRFLOW_CONN_SMTP_TEST", json.dumps(smtp))
         monkeypatch.setenv("AIRFLOW__CONVEYOR__SMTP_CONNECTION_ID", "smtp_test")
-        monkeypatch.setenv("AIRFLOW__CONVEYOR__NOTIFICATION_TIMEOUT", "3")
         yield box
 
 

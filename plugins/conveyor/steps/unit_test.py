@@ -20,7 +20,6 @@ from importlib import resources
 from kubernetes.client import models as k8s
 
 from conveyor.pipeline import Pipeline, Step
-from conveyor.reports import DEFAULT_PATTERNS
 from conveyor.steps.common import (
     SOURCE_DIR,
     TOOLBOX_RESOURCES,
@@ -40,8 +39,8 @@ RUN_TESTS = 'mkdir -p "$CONVEYOR_TEST_STATE"; "$@"; echo "$?" > "$CONVEYOR_TEST_
 
 
 def report_patterns(pipeline: Pipeline) -> list[str]:
-    """Where the test command's JUnit XML reports are, relative to the repository (globs)."""
-    return list(DEFAULT_PATTERNS)
+    """Where the test command's JUnit XML reports are, relative to the repository (globs; spec ``test.report``)."""
+    return list(pipeline.spec.test.report)
 
 
 @cache

@@ -111,8 +111,7 @@ mkdir -p "$layouts"
 if [[ -f "$layouts/$image_id/index.json" ]]; then
   say "image $image_id was built before: its layout in the cache is used (nothing new to write)"
 else
-  tmp="$layouts/.tmp-$image_id-$$"
-  rm -rf "$tmp"
+  tmp="$(mktemp -d "$layouts/.tmp-XXXXXXXX")"
   b push --quiet "$repository:$tag" "oci:$tmp:image"
   # Complete layouts only, under their image id; when another build was quicker, its equal layout stays.
   mv -T "$tmp" "$layouts/$image_id" 2>/dev/null || rm -rf "$tmp"

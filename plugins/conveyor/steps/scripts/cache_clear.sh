@@ -3,10 +3,10 @@
 # holds its layer storage any more (waiting up to 15 min), and left-overs older than a day go too.
 # usage: cache_clear.sh APPS/APP   (relative to the claim, mounted at /cache)
 folder="/cache/$1"; app="${1##*/}"
-trash="/cache/trash/$app-$(date +%s)-$$"
 mkdir -p /cache/trash
 if [[ -d "$folder" ]]; then
-  mv "$folder" "$trash"
+  trash="$(mktemp -d "/cache/trash/$app-XXXXXXXX")"
+  mv -T "$folder" "$trash"
   say "the caches of $app are cleared; its next build starts them again"
   if [[ ! -f "$trash/layers/.lock" ]] || flock -x -w 900 "$trash/layers/.lock" true; then
     rm -rf "$trash" 2>/dev/null || true

@@ -12,6 +12,9 @@ export PIP_CACHE_DIR="$deps/pip"
 export MAVEN_OPTS="${MAVEN_OPTS:+$MAVEN_OPTS }-Dmaven.repo.local=$repo"
 mkdir -p "$deps/pip" "$deps/maven" "$repo" /workspace/conveyor
 stamp=/workspace/conveyor/deps-cache.stamp
+# Names of this run's temporary files in the shared caches: the pod's name (its host name) and this
+# process, as runs in other pods may have the same process id.
+me="$(cat /proc/sys/kernel/hostname 2>/dev/null || echo run)-$$"
 cp -R -p "$deps/maven/." "$repo/" 2>/dev/null || true
 : > "$stamp"
 say "the app's dependency caches: pip in $PIP_CACHE_DIR, a copy of its Maven repository in $repo"
@@ -19,23 +22,32 @@ say "the app's dependency caches: pip in $PIP_CACHE_DIR, a copy of its Maven rep
 status=$?
 saved=0
 dir=
-(cd "$repo" && find . -type f ! -name '*.lastUpdated' ! -name '*.part' ! -name '.conveyor-*') > "$stamp.list"
-while IFS= read -r f; do
-  f="${f#./}"
-  target="$deps/maven/$f"
-  [ -e "$target" ] && [ ! "$repo/$f" -nt "$stamp" ] && continue
-  case "$f" in */*) d="${f%/*}" ;; *) d=. ;; esac
-  [ "$d" = "$dir" ] || { mkdir -p "$deps/maven/$d" || continue; dir="$d"; }
-  tmp="$deps/maven/$d/.conveyor-$$-${f##*/}"
-  if cp -p "$repo/$f" "$tmp" && mv -f "$tmp" "$target"; then saved=$((saved + 1)); else rm -f "$tmp"; fi
-done < "$stamp.list"
+# save_maven LIST ONLY_NEW: put the files of LIST (paths in $repo) into the cache; with ONLY_NEW, those it lacks
+save_maven() {
+  while IFS= read -r f; do
+    f="${f#./}"
+    target="$deps/maven/$f"
+    [ "$2" = yes ] && [ -e "$target" ] && continue
+    case "$f" in */*) d="${f%/*}" ;; *) d=. ;; esac
+    [ "$d" = "$dir" ] || { mkdir -p "$deps/maven/$d" || continue; dir="$d"; }
+    tmp="$deps/maven/$d/.conveyor-$me-${f##*/}"
+    if cp -p "$repo/$f" "$tmp" && mv -f "$tmp" "$target"; then saved=$((saved + 1)); else rm -f "$tmp"; fi
+  done < "$1"
+}
+# the files of the run's repository worth keeping (not failed downloads, partial files or ours)
+files() { (cd "$repo" && find . -type f "$@" ! -name '*.lastUpdated' ! -name '*.part' ! -name '.conveyor-*'); }
+# what the run changed, then what it added (a download may keep the server's older time)
+files -newer "$stamp" > "$stamp.changed"
+save_maven "$stamp.changed" no
+files > "$stamp.all"
+save_maven "$stamp.all" yes
 [ "$saved" -eq 0 ] || say "$saved new or changed file(s) put into the Maven cache"
 mkdir -p "$deps/.trash"
 for budget in ${CONVEYOR_CACHE_BUDGETS:-}; do
   name="${budget%%=*}"
   used="$(du -sk "$deps/$name" 2>/dev/null | cut -f1)"
-  if [ "${used:-0}" -gt "${budget#*=}" ] && mv "$deps/$name" "$deps/.trash/$name-$$" 2>/dev/null; then
-    touch "$deps/.trash/$name-$$"
+  if [ "${used:-0}" -gt "${budget#*=}" ] && mv "$deps/$name" "$deps/.trash/$name-$me" 2>/dev/null; then
+    touch "$deps/.trash/$name-$me"
     say "the $name cache held ${used} KiB, over its budget of ${budget#*=} KiB: emptied (the next run starts it again)"
   fi
 done
