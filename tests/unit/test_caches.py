@@ -77,6 +77,7 @@ def test_the_build_pod_claims_the_teams_cache_and_mounts_only_its_apps_folder(ap
             assert sub_path.startswith(f"apps/{app}/"), f"{name} mounts {sub_path}"
     # the image build keeps buildah's storage; the containers with credentials see no cache at all
     assert cache_mounts(containers(pod)["build"])[LAYERS_DIR] == f"apps/{app}/layers"
+    assert cache_mounts(containers(pod)["build"])["/var/tmp/buildah-cache"] == f"apps/{app}/layers/mounts"
     for name in ("fetch", "prepare", "base"):
         assert cache_mounts(containers(pod)[name]) == {}, f"{name} holds credentials and must not mount a cache"
 
@@ -117,7 +118,11 @@ def test_clearing_runs_in_the_apps_namespace_as_no_privileged_pod() -> None:
     container = pod["spec"]["containers"][0]
     assert container["command"][:3] == ["bash", "-c", script("cache_clear")]
     assert container["command"][-1] == "apps/appointments"
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"add": ["DAC_OVERRIDE", "FOWNER"], "drop": ["ALL"]},
+        "runAsUser": 0,
+    }
     assert pod["spec"]["automountServiceAccountToken"] is False
 
 

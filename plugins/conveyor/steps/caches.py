@@ -6,8 +6,9 @@ They live on one PersistentVolumeClaim per team CI namespace (``conveyor-cache``
 - ``deps/pip``: pip's cache, shared by the app's runs as it is (pip writes it safely while others use it);
 - ``deps/maven``: a Maven repository that no Maven writes directly: each run works on its own copy in the
   workspace and puts back what it added (Maven 3.8 has no lock on its local repository);
-- ``layers``: buildah's container storage (``--layers``: unchanged Dockerfile steps are not run again) and
-  the OCI layouts of the last images built, by image id, so an unchanged rebuild pushes nothing new.
+- ``layers``: buildah's container storage (``--layers``: unchanged Dockerfile steps are not run again), the
+  OCI layouts of the last images built, by image id, so an unchanged rebuild writes no new layout, and the
+  folders of the Dockerfile's ``RUN --mount=type=cache``.
 
 Another team's pods run in another namespace and cannot mount the claim; another app's pods mount only
 their own folder. Each cache has a budget (:data:`CACHES`): over it, it is emptied at the end of a run.
@@ -136,8 +137,16 @@ class LayerCache:
     env: tuple[k8s.V1EnvVar, ...]
 
 
+# Where buildah 1.28 keeps the folders of ``RUN --mount=type=cache`` (under $TMPDIR, /var/tmp by default).
+BUILDAH_CACHE_MOUNTS = "/var/tmp/buildah-cache"
+
+
 def layer_cache(pipeline: Pipeline, *, with_deps: bool) -> LayerCache:
-    mounts = [layers_mount(pipeline), *([deps_mount(pipeline)] if with_deps else [])]
+    # RUN --mount=type=cache folders of the app's Dockerfile outlive the pod too, inside the layer cache
+    run_mounts = k8s.V1VolumeMount(
+        name=VOLUME, mount_path=BUILDAH_CACHE_MOUNTS, sub_path=f"{app_folder(pipeline.app)}/layers/mounts"
+    )
+    mounts = [layers_mount(pipeline), run_mounts, *([deps_mount(pipeline)] if with_deps else [])]
     return LayerCache(
         volumes=(cache_volume(),),
         mounts=tuple(mounts),
@@ -170,8 +179,12 @@ def clear_pod(app: str, namespace: str, toolbox_image: str, pull_secret: str | N
                     resources=k8s.V1ResourceRequirements(
                         requests={"cpu": "50m", "memory": "32Mi"}, limits={"memory": "128Mi"}
                     ),
+                    # root with DAC_OVERRIDE and FOWNER (Pod Security "baseline" allows both): image layers hold
+                    # files only their owner may read and folders with the sticky bit
                     security_context=k8s.V1SecurityContext(
-                        allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"])
+                        run_as_user=0,
+                        allow_privilege_escalation=False,
+                        capabilities=k8s.V1Capabilities(drop=["ALL"], add=["DAC_OVERRIDE", "FOWNER"]),
                     ),
                 )
             ],
@@ -194,7 +207,10 @@ def clear(core: Any, pod: k8s.V1Pod, timeout: float = 960) -> str:
             if phase in ("Succeeded", "Failed"):
                 break
             time.sleep(1)
-        log = str(core.read_namespaced_pod_log(name, namespace)) if phase in ("Succeeded", "Failed") else ""
+        log = ""
+        if phase in ("Succeeded", "Failed"):
+            raw = core.read_namespaced_pod_log(name, namespace, _preload_content=False).data
+            log = raw.decode("utf-8", "replace")
         if phase != "Succeeded":
             raise ConveyorError(
                 f"Clearing the caches failed: pod {namespace}/{name} ended {phase or f'not within {timeout:.0f}s'}. "

@@ -16,14 +16,17 @@ fi
 # so the bases are there and every Dockerfile step whose inputs did not change is taken from the cache
 # (--layers), and the OCI layouts of recent images by image id, so an unchanged image is not pushed
 # again. Builds of the app share it (containers/storage locks itself), holding .lock shared; only
-# pruning takes it alone. Without the mount the build starts from nothing, as before.
+# pruning takes it alone. On that volume buildah's user namespace can mount overlayfs (the container's
+# own root cannot be an overlay's upper layer, hence vfs without it), so a layer is a diff, not a copy
+# of the whole image. Without the mount the build starts from nothing, as before.
 layers=/var/cache/conveyor/layers
 storage=()
 cached=false
 if [[ -d "$layers" ]]; then
   exec 9>>"$layers/.lock"
   flock -s 9
-  storage=(--root "$layers/storage-$STORAGE_DRIVER")
+  export STORAGE_DRIVER=overlay
+  storage=(--root "$layers/storage-$STORAGE_DRIVER" --storage-driver "$STORAGE_DRIVER")
   cached=true
 fi
 b() { buildah "${storage[@]}" "$@"; }
@@ -50,10 +53,13 @@ prune_layer_cache() {
   b rm --all >/dev/null 2>&1 || true
   find "$dir/layouts" -mindepth 1 -maxdepth 1 -name '.tmp-*' -exec rm -rf {} + 2>/dev/null || true
   ls -1t "$dir/layouts" | tail -n +4 | while IFS= read -r old; do rm -rf "${dir:?}/layouts/$old"; done
-  used="$(du -sk "$dir" | cut -f1)"
+  # (a few folders of the images only their owner may read are not counted; this root has no DAC_OVERRIDE)
+  used="$({ du -sk "$dir" 2>/dev/null || true; } | cut -f1)"
   if (( used > budget )); then
     say "the layer cache holds ${used} KiB, over its budget of ${budget} KiB: emptied (the next build starts it again)"
-    rm -rf "${dir:?}"/storage-* "${dir:?}/layouts"
+    b rmi --all --force >/dev/null 2>&1 || say "could not remove every image from the layer cache (buildah rmi --all)"
+    rm -rf "${dir:?}/layouts"
+    find "$dir/mounts" -mindepth 1 -maxdepth 1 -exec rm -rf {} + 2>/dev/null || true
   else
     say "the layer cache holds ${used} KiB of its ${budget} KiB"
   fi
