@@ -392,6 +392,26 @@ def prune(
         _fail(f"{failed} app(s) failed; see above")
 
 
+cache_app = typer.Typer(no_args_is_help=True, help="The apps' build caches (pip, Maven, image layers).")
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("clear")
+def cache_clear(name: Annotated[str, typer.Argument(metavar="APP", help="the app whose caches to empty")]) -> None:
+    """Empty every cache of an app (a pod in its team's CI namespace does it); its next build fills them again."""
+    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+    from conveyor.steps import caches
+
+    spec = _find_spec(name)
+    ci = team_ci(load_platform(), spec.team)
+    pod = caches.clear_pod(spec.name, ci.namespace, settings.load_step_images().ref("toolbox"), ci.image_pull_secret)
+    try:
+        typer.echo(caches.clear(KubernetesHook(conn_id=ci.connection_id).core_v1_client, pod).strip())
+    except ConveyorError as exc:
+        _fail(str(exc))
+
+
 records_app = typer.Typer(
     no_args_is_help=True,
     help="Conveyor's records: archive the oldest to files (bounded, not lost) and verify archive and database.",

@@ -8,7 +8,7 @@ caches. Clearing the caches (the `cache_clear` pod) makes the next build start f
 The app is a repository made on the local Git server for the test (`zz-cache-<id>.git`, deleted
 afterwards); the package it pip-installs is served by a small index on 10.88.0.1, where pods reach the
 host, with `Cache-Control: max-age` as a real index sends it. Images go to `conveyor-test/<app>` on the
-local registry and are deleted afterwards, and so are the app's caches.
+local registry and are deleted afterwards; the app's caches are cleared at the end.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def core() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, index: tuple[str, list[str]]) -> Iterator[App]:
+def app(tmp_path_factory: pytest.TempPathFactory, index: tuple[str, list[str]], core: Any) -> Iterator[App]:
     from conveyor.pipeline import build_pipeline
     from conveyor.spec import parse_spec
     from tests.integration.test_no_credentials import GIT_POD_URL, GIT_ROOT
@@ -177,7 +177,9 @@ def app(tmp_path_factory: pytest.TempPathFactory, index: tuple[str, list[str]]) 
             f"git_test_{uid}": _connection("git_default", f"git_test_{uid}"),
             f"registry_test_{uid}": _connection("registry", f"registry_test_{uid}"),
         }
-        yield App(uid, commit, "", "", build_pipeline(spec), connections)
+        made = App(uid, commit, "", "", build_pipeline(spec), connections)
+        yield made
+        _clear(core, made)  # the caches the tests' builds left
     finally:
         shutil.rmtree(bare, ignore_errors=True)
 
@@ -244,9 +246,6 @@ def build(core: Any, app: App, build_number: int, cleanup: list[Callable[[], obj
     logs, codes = {}, {}
     for c in [*(status.init_container_statuses or []), *(status.container_statuses or [])]:
         codes[c.name] = c.state.terminated.exit_code if c.state.terminated else None
-        if c.state.terminated:
-            t = c.state.terminated
-            print(f"  {name} {c.name}: {t.started_at:%H:%M:%S} -> {t.finished_at:%H:%M:%S}")
         if c.state.waiting is None:
             logs[c.name] = core.read_namespaced_pod_log(
                 name, CI_NS, container=c.name, _preload_content=False
@@ -278,7 +277,6 @@ def test_a_rebuild_takes_dependencies_and_layers_from_the_caches(
     core: Any, app: App, index: tuple[str, list[str]], cleanup: list[Callable[[], object]]
 ) -> None:
     repository = f"conveyor-test/{app.pipeline.app}"
-    cleanup.append(lambda: _clear(core, app))
     cold = build(core, app, 1, cleanup)
     _ok(cold)
     cleanup.append(lambda: _delete_image(repository, cold.digest))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +263,25 @@ def test_clearing_renames_the_apps_folder_away_then_deletes_it(tmp_path: Path) -
         ["bash", "-c", text, "conveyor-cache_clear", "apps/appointments"], capture_output=True, text=True, timeout=60
     )
     assert again.returncode == 0 and "appointments has no caches here" in again.stdout
+
+
+def test_clearing_also_deletes_the_caches_of_apps_unused_for_two_weeks(tmp_path: Path) -> None:
+    apps = tmp_path / "cache" / "apps"
+    old, recent, new = apps / "gone-app", apps / "busy-app", apps / "new-app"
+    for folder in (old, recent):
+        (folder / "deps").mkdir(parents=True)
+        (folder / "deps" / ".used").touch()
+    new.mkdir(parents=True)
+    weeks_ago = time.time() - 20 * 86400
+    for path in (old / "deps" / ".used", old / "deps", old):
+        os.utime(path, (weeks_ago, weeks_ago))
+    text = script("cache_clear").replace("/cache", str(tmp_path / "cache"))
+    result = subprocess.run(
+        ["bash", "-c", text, "conveyor-cache_clear", "apps/other"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "the caches of gone-app were not used for 14 days: deleted" in result.stdout
+    assert not old.exists() and recent.is_dir() and new.is_dir()
 
 
 def test_the_cache_scripts_parse() -> None:

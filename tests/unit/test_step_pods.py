@@ -202,7 +202,7 @@ def test_source_and_binary_builds_write_their_dockerfile_from_the_runtime_image(
     assert b2i["CONVEYOR_BASE_IMAGE"] == "registry.test:5000/conveyor/java-runtime:17"
     assert b2i["CONVEYOR_COPY"] == "target/*.jar"
     package = _container(b2i_pod, "package")
-    assert package["command"] == ["mvn", "clean", "package", "-Dmaven.test.skip=true"]
+    assert package["command"][4:] == ["mvn", "clean", "package", "-Dmaven.test.skip=true"]
 
 
 # --- who gets which credential -------------------------------------------------------------
@@ -364,8 +364,10 @@ def test_the_unit_test_step_reports_even_when_the_tests_fail() -> None:
     pod = pods("full")["unit_test"]
     fetch, test = pod["spec"]["initContainers"]
     assert fetch["name"] == "fetch" and test["name"] == "test"
-    # the app's command, as its own arguments, after a wrapper that keeps its exit code instead of failing
-    assert test["command"][:2] == ["sh", "-c"] and test["command"][3:] == ["conveyor-unit_test", "mvn", "-B", "test"]
+    # the app's command, as its own arguments, after a wrapper that keeps its exit code instead of failing,
+    # inside the dependency caches' wrapper (steps/caches.py)
+    assert test["command"][:2] == ["sh", "-c"] and test["command"][3:6] == ["conveyor-unit_test", "sh", "-c"]
+    assert test["command"][7:] == ["conveyor-unit_test", "mvn", "-B", "test"]
     assert test["image"] == "registry.example.com/builders/maven:3.9-jdk17"
     env = {e["name"]: e.get("value") for e in test["env"]}
     assert env["MAVEN_OPTS"] == "-Xmx512m" and env["BUILD_NUMBER"] == "{{ conveyor_run(ti).build_number }}"

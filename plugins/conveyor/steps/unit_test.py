@@ -20,6 +20,7 @@ from importlib import resources
 from kubernetes.client import models as k8s
 
 from conveyor.pipeline import Pipeline, Step
+from conveyor.steps.caches import dependency_caches
 from conveyor.steps.common import (
     SOURCE_DIR,
     TOOLBOX_RESOURCES,
@@ -54,19 +55,22 @@ def report_script() -> str:
 def build_unit_test_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Pod:
     spec = pipeline.spec
     _, workspace = workspace_volume()
+    # The app's pip and Maven caches (steps/caches.py): kept between runs, safe under concurrent ones.
+    deps = dependency_caches(pipeline, step.id)
     test = k8s.V1Container(
         name="test",
         image=ctx.images.ref(spec.builder),
         image_pull_policy="IfNotPresent",
-        command=["sh", "-c", RUN_TESTS, f"conveyor-{step.id}", *spec.test.command],
+        command=deps.command(["sh", "-c", RUN_TESTS, f"conveyor-{step.id}", *spec.test.command]),
         working_dir=SOURCE_DIR,
         env=[
             # the run's facts, as the Jenkins pipeline's tests read them (BUILD_NUMBER, COMMIT_SHA, ...)
             *run_env(pipeline, step, ctx.values),
             *(k8s.V1EnvVar(name=k, value=v) for k, v in sorted(spec.test.env.items())),
             k8s.V1EnvVar(name="CONVEYOR_TEST_STATE", value=STATE_DIR),
+            *deps.env,
         ],
-        volume_mounts=[workspace],
+        volume_mounts=[workspace, *deps.mounts],
         resources=resources_of(pipeline),
     )
     main = k8s.V1Container(
@@ -79,4 +83,11 @@ def build_unit_test_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.
         volume_mounts=[k8s.V1VolumeMount(name=workspace.name, mount_path=workspace.mount_path, read_only=True)],
         resources=TOOLBOX_RESOURCES,
     )
-    return step_pod(pipeline, step, ctx, main, init_containers=[fetch_container(pipeline, step, ctx), test])
+    return step_pod(
+        pipeline,
+        step,
+        ctx,
+        main,
+        init_containers=[fetch_container(pipeline, step, ctx), test],
+        extra_volumes=list(deps.volumes),
+    )

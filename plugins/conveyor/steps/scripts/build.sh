@@ -14,8 +14,8 @@ if [[ -f "$BUILD_STATE/reuse" ]]; then
 fi
 # The app's layer cache (steps/caches.py), when the pod mounts it: buildah's storage kept between runs,
 # so the bases are there and every Dockerfile step whose inputs did not change is taken from the cache
-# (--layers), and the OCI layouts of recent images by image id, so an unchanged image is not pushed
-# again. Builds of the app share it (containers/storage locks itself), holding .lock shared; only
+# (--layers), and the OCI layouts of recent images by image id, so an unchanged image is not written
+# out again (and the registry already has its layers). Builds of the app share it (containers/storage locks itself), holding .lock shared; only
 # pruning takes it alone. On that volume buildah's user namespace can mount overlayfs (the container's
 # own root cannot be an overlay's upper layer, hence vfs without it), so a layer is a diff, not a copy
 # of the whole image. Without the mount the build starts from nothing, as before.
@@ -25,6 +25,7 @@ cached=false
 if [[ -d "$layers" ]]; then
   exec 9>>"$layers/.lock"
   flock -s 9
+  touch "$layers/.used"  # unused for 14 days, the app's caches may go (cache_clear.sh)
   export STORAGE_DRIVER=overlay
   storage=(--root "$layers/storage-$STORAGE_DRIVER" --storage-driver "$STORAGE_DRIVER")
   cached=true

@@ -11,6 +11,7 @@ say() { printf '[conveyor] %s\n' "$*"; }
 export PIP_CACHE_DIR="$deps/pip"
 export MAVEN_OPTS="${MAVEN_OPTS:+$MAVEN_OPTS }-Dmaven.repo.local=$repo"
 mkdir -p "$deps/pip" "$deps/maven" "$repo" /workspace/conveyor
+touch "$deps/.used"
 stamp=/workspace/conveyor/deps-cache.stamp
 # Names of this run's temporary files in the shared caches: the pod's name (its host name) and this
 # process, as runs in other pods may have the same process id.
