@@ -267,8 +267,8 @@ def _git(args: list[str], cwd: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
-    """The probing app: its repository on the Git server and its pipeline."""
+def app(tmp_path_factory: pytest.TempPathFactory, core: Any) -> Iterator[App]:
+    """The probing app: its repository on the Git server and its pipeline (its build caches are emptied after)."""
     from conveyor.pipeline import build_pipeline
     from conveyor.spec import parse_spec
 
@@ -312,6 +312,15 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
         yield App(uid, commit, canary_env, canary_file, build_pipeline(spec), connections)
     finally:
         shutil.rmtree(bare, ignore_errors=True)
+        _clear_caches(core, f"nocreds-{uid}")
+
+
+def _clear_caches(core: Any, app: str) -> None:
+    """Each run of this module builds a throw-away app: its caches (~340 MB) go with it."""
+    from conveyor.settings import load_step_images
+    from conveyor.steps.caches import clear, clear_pod
+
+    clear(core, clear_pod(app, CI_NS, load_step_images().ref("toolbox"), "conveyor-registry"))
 
 
 def _run_values(run: str, commit: str) -> Any:
