@@ -8,9 +8,12 @@ The routes are thin: :mod:`conveyor.gate_view` gathers the facts and applies the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.common.db.common import SessionDep
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
@@ -117,18 +120,26 @@ def _hook_routes() -> APIRouter:
             400: {"model": ErrorBody, "description": "Not a push event Conveyor can read"},
             401: {"model": ErrorBody, "description": "Signature or token does not match the secret"},
             404: {"model": ErrorBody, "description": "No app builds the pushed repository"},
+            408: {"model": ErrorBody, "description": "Body not sent within 30 s"},
             413: {"model": ErrorBody, "description": "Body larger than 5 MiB"},
         },
     )
     async def git_hook(request: Request) -> JSONResponse:
-        from starlette.concurrency import run_in_threadpool
-
-        from conveyor import webhook
+        from conveyor import hooks, webhook
 
         client = _client(request)
         try:
-            body = await _limited_body(request, webhook.MAX_BODY_BYTES)
-            outcome = await run_in_threadpool(webhook.receive, dict(request.headers), body, client)
+            # Cheap refusals first: an event that names no provider or carries no signature is not read.
+            hooks.require_credentials(hooks.provider_of(dict(request.headers)), dict(request.headers))
+            try:
+                async with asyncio.timeout(webhook.READ_TIMEOUT_S):
+                    body = await _limited_body(request, webhook.MAX_BODY_BYTES)
+            except TimeoutError:
+                raise HookRefused(f"The event's body did not arrive within {webhook.READ_TIMEOUT_S} s.", 408) from None
+            # Its own few threads: a burst of events never takes the threads Airflow's API routes run in.
+            outcome = await anyio.to_thread.run_sync(
+                webhook.receive, dict(request.headers), body, client, limiter=_hook_threads()
+            )
         except HookRefused as exc:
             log.warning("Push event from %s refused (HTTP %s): %s", client, exc.status_code, exc)
             return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
@@ -136,6 +147,16 @@ def _hook_routes() -> APIRouter:
         return JSONResponse(status_code=code, content=outcome.as_json())
 
     return router
+
+
+_HOOK_THREADS: list[anyio.CapacityLimiter] = []
+
+
+def _hook_threads() -> anyio.CapacityLimiter:
+    """At most four events are handled at once (each reads the specs and writes runs); more wait their turn."""
+    if not _HOOK_THREADS:
+        _HOOK_THREADS.append(anyio.CapacityLimiter(4))
+    return _HOOK_THREADS[0]
 
 
 async def _limited_body(request: Request, limit: int) -> bytes:

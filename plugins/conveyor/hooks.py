@@ -86,6 +86,22 @@ def provider_of(headers: dict[str, str]) -> Provider:
     )
 
 
+# The header carrying each provider's signature or token: an event without it is refused before its body is read.
+CREDENTIAL_HEADER = {
+    Provider.GITHUB: "x-hub-signature-256",
+    Provider.GITLAB: "x-gitlab-token",
+    Provider.GITEE: "x-gitee-token",
+}
+
+
+def require_credentials(provider: Provider, headers: dict[str, str]) -> None:
+    """HookRefused 401 when the event carries no signature or token at all (checked before reading its body)."""
+    if not _header(headers, CREDENTIAL_HEADER[provider]):
+        raise HookRefused(
+            f"The event carries no {CREDENTIAL_HEADER[provider]} header: give the webhook the secret.", 401
+        )
+
+
 def verify(provider: Provider, headers: dict[str, str], body: bytes, secret: str, now: float | None = None) -> None:
     """Check that the event comes from who holds ``secret`` (HookRefused 401 otherwise): GitHub's HMAC-SHA256
     of the body, GitLab's token, Gitee's password or its HMAC-SHA256 signature of a recent timestamp."""

@@ -37,6 +37,7 @@ MANIFESTS_ENV = "CONVEYOR_MANIFESTS"
 MANIFESTS_SHA_ENV = "CONVEYOR_MANIFESTS_SHA256"
 BASE_COMMITS_ENV = "CONVEYOR_BASE_COMMITS"
 COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+SAFE_BRANCH = re.compile(r"[A-Za-z0-9._/-]+")  # as the trigger form's pattern (dag_builder.BRANCH_PATTERN)
 
 
 def is_release(params: dict[str, Any], auto_tag: bool) -> bool:
@@ -80,6 +81,9 @@ def params_problem(params: dict[str, Any]) -> str | None:
     if not isinstance(branch, str):
         return f"The branch param is {branch!r}, not a branch name. Trigger the run with a branch such as main."
     problem = git_ref_problem(branch)
+    if problem is None and not SAFE_BRANCH.fullmatch(branch):
+        # Kubernetes expands $(NAME) in a pod's args: a branch like $(GIT_PASSWORD) could print a secret.
+        problem = "may only contain letters, digits and . _ / - here"
     if problem:
         return (
             f"The branch {branch!r} is not a valid git branch name: it {problem}. "

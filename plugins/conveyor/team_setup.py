@@ -14,7 +14,7 @@ from typing import Any
 
 from conveyor import settings
 from conveyor.exceptions import ConfigurationError
-from conveyor.teams import PLATFORM_CONNECTIONS, PLATFORM_TEAM, Platform, bundle_configs, connection_teams
+from conveyor.teams import PLATFORM_TEAM, Platform, bundle_configs, connection_teams, platform_connections
 
 # The DAG files of a team's bundle; each finds its team from the name of the folder it is copied into.
 BUNDLE_FILES = ("conveyor_apps.py", "conveyor_spec_check.py")
@@ -48,14 +48,14 @@ def sync_airflow(platform: Platform, connections: Path | None) -> list[str]:
     """Create the teams Airflow lacks and upsert each ``<conn_id>.json`` of ``connections`` (Airflow's JSON
     connection format) with the team it is granted to. A file no team is granted is not stored: in Airflow a
     connection without a team is every team's, so credentials are shared only where someone said so (an
-    admin can still make such a connection). The platform's own connections (``PLATFORM_CONNECTIONS``) belong
+    admin can still make such a connection). The platform's own connections (``platform_connections()``) belong
     to the reserved team ``platform``, which no task runs as. Returns what it did, a line each. Needs Airflow's database
     (``airflow db migrate`` first)."""
     from airflow.models.connection import Connection
     from airflow.models.team import Team
     from airflow.utils.session import create_session
 
-    owners = {**connection_teams(platform), **dict.fromkeys(PLATFORM_CONNECTIONS, PLATFORM_TEAM)}
+    owners = {**connection_teams(platform), **dict.fromkeys(platform_connections(), PLATFORM_TEAM)}
     done: list[str] = []
     with create_session() as session:
         existing = Team.get_all_team_names(session=session)

@@ -34,6 +34,13 @@ TEAM_NAME = re.compile(r"^[a-z][a-z0-9]{2,29}$")
 # the push webhook's secret), so no team's tasks can read them; no app, member or bundle is ever its.
 PLATFORM_TEAM = "platform"
 PLATFORM_CONNECTIONS = ("conveyor_webhook",)
+
+
+def platform_connections() -> set[str]:
+    """The connections only the platform reads: the defaults and the configured webhook connection."""
+    return {*PLATFORM_CONNECTIONS, settings.webhook_connection_id()}
+
+
 # The Simple auth manager's user list is "name:role:team1|team2,...": none of ":,|" in a name.
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 # Airflow connection ids as the platform file may name them (they also name files of the local platform).
@@ -170,6 +177,11 @@ class Team(_Model):
         for connection in sorted(self.connections()):
             if not CONNECTION_ID.match(connection):
                 raise ValueError(f"'{connection}' is not a connection id (letters, digits, '_', '.', '-')")
+            if connection in platform_connections():
+                raise ValueError(
+                    f"'{connection}' is the platform's own connection (the push webhook's secret): no team may be "
+                    "granted it, or its pods could read it; grant the team a connection of its own"
+                )
         return self
 
     def connections(self) -> set[str]:

@@ -31,6 +31,7 @@ RUN_ID_PREFIX = "push__"
 # GitHub caps its payloads at 25 MB; a push event is far smaller unless it lists thousands of commits, and
 # nothing here needs more than the ref, the head commit and the repository.
 MAX_BODY_BYTES = 5 * 1024 * 1024
+READ_TIMEOUT_S = 30
 
 
 @dataclass
@@ -76,6 +77,15 @@ def _pipeline_git_login(spec: AppSpec) -> str:
         return str(Connection.get_connection_from_secrets(spec.git.connection, team_name=team).login or "")
     except Exception:  # noqa: BLE001 - no connection (or no backend answering) means no pipeline login to skip
         return ""
+
+
+def _airflow_user(pusher: str) -> str:
+    """The Airflow user a pusher is (the platform file's ``people[*].git_user`` where the names differ), so that
+    the rule "who triggered may not approve" finds them under their Airflow name."""
+    from conveyor.teams import load_platform
+
+    people = load_platform().people
+    return next((user for user, person in people.items() if pusher and person.git_user == pusher), pusher)
 
 
 def push_run_id(push: hooks.Push, now: datetime) -> str:
@@ -151,7 +161,7 @@ def _start(planned: hooks.PlannedRun, push: hooks.Push, session: Session, outcom
             triggered_by=DagRunTriggeredByType.REST_API,
             # The pusher the provider names: a run never counts as theirs for anything but self-approval
             # (who triggered a run may not approve it), so a wrong name can only take approvals away.
-            triggering_user_name=push.pusher or "push webhook",
+            triggering_user_name=_airflow_user(push.pusher) or "push webhook",
             run_id=run_id,
             conf=planned.conf,
             note=note,

@@ -113,7 +113,7 @@ def test_a_push_no_rule_matches_starts_nothing_and_says_why(api: Any) -> None:
     [
         ({"secret": "not-the-secret"}, 401, "does not match the webhook secret"),
         ({"url": "http://10.88.0.1:3000/nobody-builds-this.git"}, 404, "No Conveyor app builds"),
-        ({"unsigned": True}, 401, "not signed"),
+        ({"unsigned": True}, 401, "carries no x-hub-signature-256 header"),
         ({"body": b"{not json"}, 400, "not JSON"),
         ({"no_event_header": True}, 400, "Not a GitHub, GitLab or Gitee event"),
         ({"body": b"x" * (5 * 1024 * 1024 + 1)}, 413, "at most"),

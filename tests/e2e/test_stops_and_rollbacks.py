@@ -99,11 +99,16 @@ def test_a_step_stopped_mid_run_deletes_its_pod(
     run = trigger("appointments", {"branch": branch, "tag_name": None})
     selector = f"conveyor/app=appointments,conveyor/step=unit-test,conveyor/run={label_value(run.run_id)}"
 
-    def pod_running() -> bool:
+    def tests_running() -> bool:
+        # the app's tests run in the pod's init container "test" (the pod is Pending meanwhile)
         pods = json.loads(kubectl("get", "pods", "-n", "conveyor-ci", "-l", selector, "-o", "json"))["items"]
-        return any(p["status"].get("phase") == "Running" for p in pods)
+        return any(
+            c["name"] == "test" and "running" in c.get("state", {})
+            for p in pods
+            for c in p["status"].get("initContainerStatuses", [])
+        )
 
-    run.wait("the unit_test pod to run", pod_running, timeout=300)
+    run.wait("the unit_test pod to run the tests", tests_running, timeout=300)
     response = airflow("admin").patch(
         f"/api/v2/dags/appointments/dagRuns/{run.run_id}/taskInstances/unit_test", json={"new_state": "failed"}
     )

@@ -80,3 +80,10 @@ def test_until_skips_the_steps_after_it_and_only_those() -> None:
     # tag and deploy_prod run after skipped steps (none_failed): they too must see that the run stopped
     assert dag.get_task("tag").trigger_rule == "none_failed"
     assert all(past_until(dag.get_task(t), {"until": None}) is None for t in dag.task_ids)
+
+
+@pytest.mark.parametrize("branch", ["$(GIT_PASSWORD)", "main;id", "it's"])
+def test_a_branch_kubernetes_or_a_shell_could_expand_is_refused_after_the_trigger_form_too(branch: str) -> None:
+    assert re.search(BRANCH_PATTERN, branch) is None
+    problem = params_problem({"branch": branch})
+    assert problem is not None and "may only contain letters, digits and . _ / -" in problem

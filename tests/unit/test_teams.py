@@ -66,6 +66,8 @@ def test_different_roles_in_two_teams_cannot_be_said_to_the_simple_auth_manager(
         ({"web": {"members": {"alice": "owner"}}}, r"teams\.web\.members\.alice: Input should be 'developer'"),
         ({"web": {"members": {"al:ice": "viewer"}}}, r"teams\.web\.members: 'al:ice' is not a user name"),
         ({"web": {"ci": {"connection": "c", "namespace": "CI_web"}}}, r"teams\.web\.ci\.namespace: 'CI_web' is not"),
+        ({"platform": {}}, r"team 'platform' is reserved"),
+        ({"web": {"webhooks": ["conveyor_webhook"]}}, r"'conveyor_webhook' is the platform's own connection"),
     ],
 )
 def test_a_bad_team_is_refused_naming_the_field(tmp_path: Path, teams: dict[str, Any], message: str) -> None:

@@ -1,47 +1,37 @@
 # checkout: resolve the branch to one commit SHA and check the repo has what the spec needs.
 # usage: checkout.sh URL BRANCH [REQUIRED_PATH...]
-# env: CONVEYOR_REQUESTED_COMMIT  build exactly this commit (it must be on BRANCH, or be what
-#                                 CONVEYOR_REQUESTED_TAG already points at); empty: BRANCH's newest
+# env: CONVEYOR_REQUESTED_COMMIT  build exactly this commit (it must be on BRANCH; when the run's
+#                                 CONVEYOR_REQUESTED_TAG exists, it must point at it); empty: BRANCH's newest
 url="$1"; branch="$2"; shift 2
 wanted="${CONVEYOR_REQUESTED_COMMIT:-}"
 wanted_tag="${CONVEYOR_REQUESTED_TAG:-}"
 [[ -z "$wanted" || "$wanted" =~ ^[0-9a-f]{40}$ ]] \
   || fail "the param commit '$wanted' is not a commit SHA (40 lowercase hex digits); leave it empty to build the branch's newest commit."
 say "resolving branch '$branch' of $url"
-set +e
-heads="$(git_ "$url" ls-remote --heads --exit-code "$url" "refs/heads/$branch" 2>/tmp/ls-remote.err)"
-rc=$?
-set -e
-if [[ $rc -eq 2 ]]; then
-  fail "branch '$branch' does not exist in $url. Push it, or run with an existing branch (param 'branch')."
-elif [[ $rc -ne 0 ]]; then
-  fail "cannot reach $url: $(tail -n 3 /tmp/ls-remote.err | tr '\n' ' '). Check the URL, the network and the git connection's credentials."
-fi
-commit="$(printf '%s\n' "$heads" | head -n 1 | cut -f1)"
+commit="$(remote_ref "$url" "refs/heads/$branch")"
+[[ -n "$commit" ]] || fail "branch '$branch' does not exist in $url. Push it, or run with an existing branch (param 'branch')."
 say "branch '$branch' is at commit $commit"
 if [[ -n "$wanted" ]]; then
   tip="$commit"
   commit="$wanted"
-  fetch_commit "$url" "$commit" /workspace/src
-  tagged=""
   if [[ -n "$wanted_tag" ]]; then
-    # A lightweight tag names the commit itself, an annotated one its tag object: ^{} peels it.
-    tagged="$(git_ "$url" ls-remote --tags "$url" "refs/tags/$wanted_tag" "refs/tags/$wanted_tag^{}" | awk '{print $1}' | tail -n 1)"
-  fi
-  if [[ -n "$tagged" && "$tagged" == "$commit" ]]; then
-    say "building commit $commit, which tag $wanted_tag points at, as the run asks"
-  else
-    # The branch's history down to the asked commit (the workspace holds that commit already, so the fetch
-    # stops there when it is on the branch).
-    git_ "$url" -C /workspace/src fetch -q origin "+refs/heads/$branch:refs/remotes/origin/$branch" 2>/tmp/branch.err \
-      || fail "cannot fetch branch '$branch' of $url: $(tail -n 3 /tmp/branch.err | tr '\n' ' '). Check the Git server, then rerun checkout."
-    git -C /workspace/src merge-base --is-ancestor "$commit" "refs/remotes/origin/$branch" \
-      || fail "commit $commit is not on branch '$branch' of $url (the branch is at $tip; was the commit force-pushed away?). Build a commit of the branch, or run without the param commit to build its newest."
-    if [[ "$tip" == "$commit" ]]; then
-      say "building commit $commit, the branch's newest, as the run asks"
-    else
-      say "building commit $commit as the run asks; branch '$branch' has moved on to $tip since"
+    tagged="$(remote_ref "$url" "refs/tags/$wanted_tag")"
+    if [[ -n "$tagged" && "$tagged" != "$commit" ]]; then
+      fail "the run asks for commit $commit, but tag $wanted_tag of $url points at $tagged. Start the run from the tag's commit, or release under a new tag_name."
     fi
+  fi
+  fetch_commit "$url" "$commit" /workspace/src
+  # The branch's history down to the asked commit (the workspace holds that commit already, so the fetch
+  # stops there when it is on the branch). A tag's commit too must be on the branch: a release is of
+  # reviewed code, not of whatever someone tagged.
+  git_ "$url" -C /workspace/src fetch -q origin "+refs/heads/$branch:refs/remotes/origin/$branch" 2>/tmp/branch.err \
+    || fail "cannot fetch branch '$branch' of $url: $(tail -n 3 /tmp/branch.err | tr '\n' ' '). Check the Git server, then rerun checkout."
+  git -C /workspace/src merge-base --is-ancestor "$commit" "refs/remotes/origin/$branch" \
+    || fail "commit $commit is not on branch '$branch' of $url (the branch is at $tip; was the commit force-pushed away, or tagged elsewhere?). Build a commit of the branch, or run without the param commit to build its newest."
+  if [[ "$tip" == "$commit" ]]; then
+    say "building commit $commit, the branch's newest, as the run asks"
+  else
+    say "building commit $commit as the run asks; branch '$branch' has moved on to $tip since"
   fi
 else
   fetch_commit "$url" "$commit" /workspace/src

@@ -76,3 +76,16 @@ promote() {
   [[ "$now" == "$digest" ]] || fail "after the copy $repository:$tag points at $now, not $digest; check the registry."
   say "$repository:$tag -> $digest"
 }
+
+# remote_ref URL REF: the object REF names in the repository at URL (a tag peeled to its commit), or nothing
+# when there is no such ref. Only the exact name counts: `git ls-remote URL refs/heads/main` also lists
+# refs that merely end so (x/refs/heads/main), which anyone who may push a branch could plant.
+remote_ref() {
+  local url="$1" ref="$2" listed
+  listed="$(git_ "$url" ls-remote "$url" "$ref" "$ref^{}" 2>/tmp/ls-remote.err)" \
+    || fail "cannot reach $url: $(tail -n 3 /tmp/ls-remote.err | tr '\n' ' '). Check the URL, the network and the git connection's credentials."
+  printf '%s\n' "$listed" | awk -F '\t' -v ref="$ref" '
+    $2 == ref "^{}" { peeled = $1 }
+    $2 == ref { plain = $1 }
+    END { print (peeled != "" ? peeled : plain) }'
+}

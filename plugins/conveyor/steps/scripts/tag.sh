@@ -2,7 +2,7 @@
 # usage: tag.sh URL COMMIT TAG REPOSITORY DIGEST
 url="$1"; commit="$2"; tag="$3"; repository="$4"; digest="$5"
 [[ -n "$tag" ]] || fail "no release tag for this run; trigger it with the param tag_name (e.g. v1.2.3)."
-existing="$(git_ "$url" ls-remote --tags "$url" "refs/tags/$tag" "refs/tags/$tag^{}" | awk '{print $1}' | tail -n 1)"
+existing="$(remote_ref "$url" "refs/tags/$tag")"
 if [[ -n "$existing" && "$existing" != "$commit" ]]; then
   fail "git tag $tag already exists in $url at commit $existing, not at this run's $commit. Choose a new tag_name."
 elif [[ -n "$existing" ]]; then
