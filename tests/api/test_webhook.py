@@ -19,6 +19,8 @@ from tests.conftest import WEBHOOK_SECRET
 
 HOOK = "/conveyor/api/v1/hooks/git"
 APPOINTMENTS = "http://10.88.0.1:3000/appointments.git"
+# reminders sets no git.push: only a push to its branch main starts a run
+REMINDERS = "http://10.88.0.1:3000/reminders.git"
 
 
 def sha() -> str:
@@ -89,23 +91,22 @@ def test_a_newer_push_of_the_branch_supersedes_the_older_run_that_has_not_starte
     for older, newer in zip(branch_runs, branch_runs[1:], strict=False):
         assert now[older]["state"] == "failed", f"{older} was not superseded: {now[older]}"
         assert now[older]["note"].startswith(f"Superseded by {newer}: a newer push of refs/heads/main")
-    # the manual runs of the app and the pushes of other refs are left alone
+    # a push of another ref (here a release tag, which appointments' rules release) supersedes nothing
     headers, body = event(ref="refs/tags/v9.9.9")
-    assert api.post(HOOK, content=body, headers=headers).status_code == 200  # no rule for tags: nothing started
-    assert runs()[branch_runs[-1]]["state"] == "queued"
+    response = api.post(HOOK, content=body, headers=headers)
+    assert response.status_code == 202, response.text
+    assert response.json()["superseded"] == [] and runs()[branch_runs[-1]]["state"] == "queued"
+    assert runs()[response.json()["triggered"][0]["run_id"]]["conf"]["tag_name"] == "v9.9.9"
 
 
 def test_a_push_no_rule_matches_starts_nothing_and_says_why(api: Any) -> None:
-    before = set(runs())
-    headers, body = event(ref="refs/heads/feature/login")
+    before = set(runs("reminders"))
+    headers, body = event(ref="refs/heads/feature/login", url=REMINDERS)
     response = api.post(HOOK, content=body, headers=headers)
     assert response.status_code == 200, response.text
     assert response.json()["triggered"] == []
-    assert (
-        "no rule in git.push of appointments matches branch 'feature/login'"
-        in response.json()["ignored"]["appointments"]
-    )
-    assert set(runs()) == before
+    assert "no rule in git.push of reminders matches branch 'feature/login'" in response.json()["ignored"]["reminders"]
+    assert set(runs("reminders")) == before
 
 
 @pytest.mark.parametrize(
@@ -139,7 +140,7 @@ def test_a_bad_event_is_refused_with_a_clear_4xx_and_starts_nothing(
 
 def test_the_webhook_needs_no_airflow_login_but_nothing_else_opens_up(api: Any) -> None:
     assert api.get("/conveyor/api/v1/gates").status_code == 401
-    headers, body = event(ref="refs/heads/feature/x")
+    headers, body = event(ref="refs/heads/feature/x", url=REMINDERS)
     assert api.post(HOOK, content=body, headers=headers).status_code == 200
 
 
