@@ -93,3 +93,12 @@ def postgres_url() -> Iterator[str]:
 
     with postgres_server() as url:
         yield url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/e2e and tests/integration needs the running platform: mark it so even when its
+    file forgets ``pytestmark`` (`make test` deselects both marks)."""
+    for item in items:
+        suite = item.path.relative_to(REPO / "tests").parts[0] if item.path.is_relative_to(REPO / "tests") else ""
+        if suite in ("e2e", "integration"):
+            item.add_marker(getattr(pytest.mark, suite))

@@ -24,6 +24,8 @@ APP = "appointments"
 GIT = "http://127.0.0.1:3000"
 POD_URL = f"http://10.88.0.1:3000/{APP}.git"
 
+pytestmark = pytest.mark.e2e
+
 
 def git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
     result = subprocess.run(["git", *args], cwd=cwd, env=env or git_env(), capture_output=True, text=True, timeout=120)
