@@ -9,6 +9,7 @@ The tree::
     ├── RenderError          a manifest could not be rendered (unknown variable, bad file)
     ├── TamperedRecords      an app's records were changed outside Conveyor
     ├── LedgerConflict       appending to an app's records kept colliding with other writers
+    ├── RunSuperseded        a newer push of the branch or tag superseded a run before it started
     ├── HookRefused          a git push event was refused (bad signature 401, malformed 400)
     └── ApprovalError        an approval decision was refused
         ├── NotFound             no such app, run or gate (404)
@@ -68,6 +69,17 @@ class TamperedRecords(ConveyorError):
 
 class LedgerConflict(ConveyorError):
     """Appending to an app's records kept colliding with other writers; nothing was written."""
+
+
+class RunSuperseded(ConveyorError):
+    """A newer push of the same branch or tag superseded this run before its checkout started."""
+
+    def __init__(self, by: str, ref: str, commit: str) -> None:
+        super().__init__(
+            f"Superseded by run {by}: a newer push of {ref} ({commit[:12]}) came before this run started, so it "
+            "builds nothing. To build this commit anyway, trigger a new run with its commit."
+        )
+        self.by = by
 
 
 class HookRefused(ConveyorError):

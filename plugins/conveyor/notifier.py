@@ -20,6 +20,7 @@ from urllib.parse import quote
 from airflow.sdk import BaseNotifier
 
 from conveyor import settings
+from conveyor.exceptions import RunSuperseded
 from conveyor.notify import send
 from conveyor.spec import Notifications
 from conveyor.step_notices import StepEvent, compose_step, first_error_line, log_tail
@@ -81,6 +82,9 @@ class StepNotifier(BaseNotifier):
             log.info("No step notice: the gate has told people itself how it ended.")
             return
         error = context.get("exception")
+        if isinstance(getattr(error, "__cause__", None), RunSuperseded):
+            log.info("No step notice: a newer push superseded this run, which is not a failure of the step.")
+            return
         first_line = _masked(first_error_line(str(error or ""), type(error).__name__ if error else ""))
         if _announces_recovery(task):
             try:

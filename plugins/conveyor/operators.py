@@ -23,7 +23,7 @@ from kubernetes.client import models as k8s
 from conveyor import apps, records, release
 from conveyor import gate as gate_rules
 from conveyor.credentials import bind_pod_secrets, remove_secrets, sync_secrets
-from conveyor.exceptions import ConveyorError, TamperedRecords
+from conveyor.exceptions import ConveyorError, RunSuperseded, TamperedRecords
 from conveyor.pipeline import SecretRef
 from conveyor.run_view import RunReportLink
 from conveyor.spec import RELEASE_TAG, git_ref_problem
@@ -238,6 +238,8 @@ class ConveyorPodOperator(KubernetesPodOperator):
             )
         except TamperedRecords as exc:
             raise _fail(str(exc)) from None
+        except RunSuperseded as exc:
+            raise _fail(str(exc)) from exc  # the notifier knows it by its cause: no failure notice
         self.log.info(
             "Build #%s of %s; this run keeps the spec it started with (%s)",
             started.build_number,

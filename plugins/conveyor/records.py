@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from conveyor import reports, settings
+from conveyor.exceptions import RunSuperseded
 from conveyor.gate import Build, Decision
 from conveyor.ledger import Entry, Ledger, NewEntry
 from conveyor.spec import AppSpec
@@ -38,6 +39,7 @@ class Kind(StrEnum):
     DEPLOYED = "deployed"
     TEST_REPORT = "test_report"
     QUALITY_GATE = "quality_gate"
+    SUPERSEDED = "superseded"
 
 
 def _from_body(cls: type[T], body: dict[str, Any]) -> T:
@@ -89,6 +91,17 @@ class CheckedOut:
     change_pushers: list[str] = field(default_factory=list)
     change_commits: int = 1
     change_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class Superseded:
+    """A newer push of the same branch or tag came before this run started its checkout: it never starts."""
+
+    run_id: str
+    by: str
+    ref: str
+    commit: str
+    at: str
 
 
 @dataclass(frozen=True)
@@ -240,6 +253,7 @@ class RunRecords:
     quality_reports: list[QualityReport] = field(default_factory=list)
     opened: dict[str, list[GateOpened]] = field(default_factory=dict)
     decisions: dict[str, list[Decision]] = field(default_factory=dict)
+    superseded: Superseded | None = None
 
     @property
     def checked_out(self) -> CheckedOut | None:
@@ -328,6 +342,8 @@ class AppRecords:
             self._run(e.run_id).test_reports.append(_from_body(TestReport, body))
         elif kind == Kind.QUALITY_GATE:
             self._run(e.run_id).quality_reports.append(_from_body(QualityReport, body))
+        elif kind == Kind.SUPERSEDED:
+            self._run(e.run_id).superseded = _from_body(Superseded, body)
 
     def run(self, run_id: str) -> RunRecords:
         return self.runs.get(run_id) or RunRecords(run_id)
@@ -409,8 +425,11 @@ def start_run(
     """Record that a run started (its build number and spec), once: a rerun keeps what the run started with."""
 
     def compute(records: AppRecords) -> list[NewEntry]:
-        if records.run(run_id).started is not None:
+        run = records.run(run_id)
+        if run.started is not None:
             return []
+        if run.superseded is not None:
+            raise RunSuperseded(run.superseded.by, run.superseded.ref, run.superseded.commit)
         data, digest = spec_snapshot(spec)
         started = RunStarted(
             run_id=run_id,
@@ -427,6 +446,26 @@ def start_run(
     started = append(app, compute).run(run_id).started
     assert started is not None  # written above or before
     return started
+
+
+def supersede(app: str, run_id: str, *, by: str, ref: str, commit: str) -> bool:
+    """Record that run ``by`` supersedes ``run_id``, unless ``run_id`` has started already (then it runs on).
+
+    One append decides, so exactly one of this and :func:`start_run` wins: a superseded run's checkout refuses
+    to start, whatever Airflow's scheduler did with the run in the meantime. Returns whether it is superseded now
+    (False when it started, or was superseded before).
+    """
+    done: list[bool] = []
+
+    def compute(records: AppRecords) -> list[NewEntry]:
+        run = records.run(run_id)
+        done[:] = [run.started is None and run.superseded is None]
+        if not done[0]:
+            return []
+        return [entry(Kind.SUPERSEDED, Superseded(run_id, by, ref, commit, now_iso()))]
+
+    append(app, compute)
+    return done[0]
 
 
 def record(app: str, kind: Kind, item: Any, *, gate: str = "") -> None:

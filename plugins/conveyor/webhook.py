@@ -5,7 +5,8 @@ runs it supersedes. What an event says and which apps it builds is :mod:`conveyo
 A run a push starts is an ordinary manual run of the app's DAG with the params ``branch``, ``commit`` (the run
 builds exactly that commit, even if the branch moves on), ``tag_name`` (a tag push releases) and ``until`` (the
 last step its push rule runs). Its id starts with ``push__``. A newer push of the same branch or tag supersedes
-the older push runs of the app that have not started their checkout yet: they end as failed, with a note.
+the older push runs of the app that have not started their checkout yet: they end as failed, with a note, and
+their checkout refuses to start (the record of :func:`conveyor.records.supersede` decides, race-free).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from conveyor import apps, hooks, settings
-from conveyor.exceptions import HookRefused
+from conveyor.exceptions import ConveyorError, HookRefused
 from conveyor.teams import PLATFORM_TEAM
 
 if TYPE_CHECKING:
@@ -196,15 +197,19 @@ def _start(planned: hooks.PlannedRun, push: hooks.Push, session: Session, outcom
 
 
 def _supersede(planned: hooks.PlannedRun, new: DagRun, push: hooks.Push, session: Session, outcome: Outcome) -> None:
-    """End the app's older push runs of the same branch or tag that have not started their checkout."""
-    from airflow.api.common.mark_tasks import set_dag_run_state_to_failed
-    from airflow.models.dagbag import DBDagBag
+    """End the app's older push runs of the same branch or tag that have not started their checkout.
+
+    The record in Conveyor's records decides (:func:`conveyor.records.supersede`): a run whose checkout
+    recorded its start first runs on, any other never starts. Airflow's own state only follows: a run the
+    scheduler has not started yet is marked failed now; should the scheduler start it anyway (it may be doing so
+    this very moment), or had it started it, its checkout refuses to start, and the run fails there.
+    """
     from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.state import DagRunState, TaskInstanceState
+    from airflow.utils.state import DagRunState
     from sqlalchemy import select
 
-    not_started = {None, TaskInstanceState.SCHEDULED, TaskInstanceState.QUEUED}
+    from conveyor import records
+
     older = session.scalars(
         select(DagRun).where(
             DagRun.dag_id == planned.app,
@@ -214,23 +219,18 @@ def _supersede(planned: hooks.PlannedRun, new: DagRun, push: hooks.Push, session
             DagRun.state.in_([DagRunState.QUEUED, DagRunState.RUNNING]),
         )
     ).all()
-    dag = None
     for run in older:
         conf = run.conf or {}
         if (conf.get("branch"), conf.get("tag_name")) != (planned.conf["branch"], planned.conf["tag_name"]):
             continue
-        checkout = session.scalar(
-            select(TaskInstance.state).where(
-                TaskInstance.dag_id == planned.app,
-                TaskInstance.run_id == run.run_id,
-                TaskInstance.task_id == "checkout",
-            )
-        )
-        if checkout not in not_started:
-            continue  # it has its commit already: it runs on
-        dag = dag or DBDagBag().get_latest_version_of_dag(planned.app, session=session)
-        if dag is None:
-            return
-        set_dag_run_state_to_failed(dag=dag, run_id=run.run_id, commit=True, session=session)
+        try:
+            superseded = records.supersede(planned.app, run.run_id, by=new.run_id, ref=push.ref, commit=push.commit)
+        except ConveyorError as exc:
+            log.warning("Run %s of %s was not superseded: its records cannot be written: %s", run.run_id, run.dag_id, exc)
+            continue
+        if not superseded:
+            continue  # it has started its checkout: it builds its commit
+        if run.state == DagRunState.QUEUED:
+            run.set_state(DagRunState.FAILED)
         run.note = f"Superseded by {new.run_id}: a newer push of {push.ref} ({push.commit[:12]}) runs instead."
         outcome.superseded.append({"app": planned.app, "run_id": run.run_id, "by": new.run_id})

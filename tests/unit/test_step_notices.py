@@ -388,3 +388,16 @@ def test_a_pod_that_succeeded_or_whose_log_cannot_be_read_keeps_none() -> None:
     assert operator(logs)._failed_pod_log_tail(pod("Succeeded", base_exit=0)) == ()
     assert logs.asked == []
     assert operator(PodLogs(error=OSError("connection refused")))._failed_pod_log_tail(pod("Failed", 1)) == ()
+
+
+def test_a_run_superseded_by_a_newer_push_tells_no_one(team_chat: Webhook, variables: dict[str, str]) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from conveyor.exceptions import RunSuperseded
+
+    notifier = StepNotifier(webhooks=["team_chat"])
+    try:
+        raise AirflowFailException("superseded") from RunSuperseded("push__b", "refs/heads/main", "b" * 40)
+    except AirflowFailException as error:
+        notifier(context("failed", error=error, notifier=notifier))
+    assert team_chat.posts == [] and variables == {}
