@@ -219,18 +219,19 @@ def _supersede(planned: hooks.PlannedRun, new: DagRun, push: hooks.Push, session
             DagRun.state.in_([DagRunState.QUEUED, DagRunState.RUNNING]),
         )
     ).all()
+    app = planned.app
     for run in older:
         conf = run.conf or {}
         if (conf.get("branch"), conf.get("tag_name")) != (planned.conf["branch"], planned.conf["tag_name"]):
             continue
         try:
-            superseded = records.supersede(planned.app, run.run_id, by=new.run_id, ref=push.ref, commit=push.commit)
+            superseded = records.supersede(app, run.run_id, by=new.run_id, ref=push.ref, commit=push.commit)
         except ConveyorError as exc:
-            log.warning("Run %s of %s was not superseded: its records cannot be written: %s", run.run_id, run.dag_id, exc)
+            log.warning("Run %s of %s was not superseded: its records cannot be written: %s", run.run_id, app, exc)
             continue
         if not superseded:
             continue  # it has started its checkout: it builds its commit
         if run.state == DagRunState.QUEUED:
             run.set_state(DagRunState.FAILED)
         run.note = f"Superseded by {new.run_id}: a newer push of {push.ref} ({push.commit[:12]}) runs instead."
-        outcome.superseded.append({"app": planned.app, "run_id": run.run_id, "by": new.run_id})
+        outcome.superseded.append({"app": app, "run_id": run.run_id, "by": new.run_id})
