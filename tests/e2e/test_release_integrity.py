@@ -47,8 +47,8 @@ def test_a_gate_marked_success_by_a_user_releases_nothing(
     assert f"deploy_dev: no valid approval of build #{gate['build']['build_number']} ({digest}) for dev" in log
     assert "approve is success without a decision" in log and "Nothing was applied." in log
 
-    events: list[dict[str, Any]] = airflow("alice").get(
-        "/conveyor/api/v1/audit", params={"app": "appointments"}
-    ).json()["events"]
+    events: list[dict[str, Any]] = (
+        airflow("alice").get("/conveyor/api/v1/audit", params={"app": "appointments"}).json()["events"]
+    )
     (refused,) = [e for e in events if e["run_id"] == run.run_id and e["action"] == "deploy_dev"]
     assert refused["outcome"] == "refused" and refused["digest"] == digest

@@ -149,13 +149,13 @@ if __name__ == "__main__":
     main()
 '''
 
-TEST_PROBE = '''
+TEST_PROBE = """
 import probe
 
 
 def test_prints_what_it_can_reach():
     probe.main()
-'''
+"""
 
 DOCKERFILE = """\
 ARG REGISTRY=10.88.0.1:5000
@@ -426,8 +426,9 @@ def _registry_digest(repository: str, tag: str) -> tuple[str, dict[str, Any]]:
     """The digest of REPOSITORY:TAG on the registry and its config's labels (with the registry's password)."""
     auth = ("conveyor", (SECRETS / "registry-password").read_text(encoding="utf-8").strip())
     accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
-    answer = requests.get(f"{REGISTRY_FROM_HOST}/v2/{repository}/manifests/{tag}", auth=auth, timeout=10,
-                          headers={"Accept": accept})
+    answer = requests.get(
+        f"{REGISTRY_FROM_HOST}/v2/{repository}/manifests/{tag}", auth=auth, timeout=10, headers={"Accept": accept}
+    )
     assert answer.status_code == 200, f"{repository}:{tag} is not on the registry: HTTP {answer.status_code}"
     config = answer.json()["config"]["digest"]
     blob = requests.get(f"{REGISTRY_FROM_HOST}/v2/{repository}/blobs/{config}", auth=auth, timeout=10).json()
