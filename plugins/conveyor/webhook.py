@@ -53,16 +53,21 @@ class Outcome:
         }
 
 
+def _team(name: str) -> str | None:
+    """The team a connection is looked up under: Airflow knows teams only in multi-team mode."""
+    from airflow.configuration import conf
+
+    return name if conf.getboolean("core", "multi_team", fallback=False) else None
+
+
 def webhook_secret() -> str:
     """The secret events are checked against: the password of the webhook connection, which belongs to the
     platform's own team so that no team's task can read it ('' when there is none)."""
-    from airflow.configuration import conf
     from airflow.exceptions import AirflowNotFoundException
     from airflow.models.connection import Connection
 
-    team = PLATFORM_TEAM if conf.getboolean("core", "multi_team", fallback=False) else None
     try:
-        conn = Connection.get_connection_from_secrets(settings.webhook_connection_id(), team_name=team)
+        conn = Connection.get_connection_from_secrets(settings.webhook_connection_id(), team_name=_team(PLATFORM_TEAM))
     except AirflowNotFoundException:
         return ""
     return str(conn.password or "")
@@ -70,12 +75,10 @@ def webhook_secret() -> str:
 
 def _pipeline_git_login(spec: AppSpec) -> str:
     """The login of the git connection the app's pipeline pushes with ('' when it cannot be read)."""
-    from airflow.configuration import conf
     from airflow.models.connection import Connection
 
-    team = spec.team if conf.getboolean("core", "multi_team", fallback=False) else None
     try:
-        return str(Connection.get_connection_from_secrets(spec.git.connection, team_name=team).login or "")
+        return str(Connection.get_connection_from_secrets(spec.git.connection, team_name=_team(spec.team)).login or "")
     except Exception:  # noqa: BLE001 - no connection (or no backend answering) means no pipeline login to skip
         return ""
 
