@@ -35,8 +35,7 @@ def manifest_problems(spec: AppSpec, file: str, platform: Platform, manifests_ro
     """Each environment's manifests rendered with stand-in values: unknown variables, bad YAML and images
     that are neither the app's own, pinned by digest nor allowed, each with its file and line."""
     problems: list[SpecProblem] = []
-    for env_name in ("dev", "prod"):
-        env = getattr(spec.environments, env_name)
+    for env in spec.environments:
         variables = manifest_variables(
             spec,
             registry=PLACEHOLDER_REGISTRY,
@@ -54,7 +53,7 @@ def manifest_problems(spec: AppSpec, file: str, platform: Platform, manifests_ro
         except RenderError as exc:
             lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines()]
             problems += [
-                SpecProblem(file, f"environments.{env_name}.manifests", line)
+                SpecProblem(file, f"environments.{env.name}.manifests", line)
                 for line in lines
                 if line
                 and not line.startswith("Known variables")

@@ -12,7 +12,7 @@ from conveyor import apps, settings
 from conveyor.exceptions import ConveyorError, SpecError
 from conveyor.pipeline import RunValues, build_pipeline
 from conveyor.render import manifest_variables, render_folder
-from conveyor.spec import AppSpec, load_spec, spec_files
+from conveyor.spec import AppSpec, Environment, load_spec, spec_files
 from conveyor.teams import load_platform, team_ci
 
 app = typer.Typer(
@@ -46,6 +46,13 @@ def _find_spec(name: str) -> AppSpec:
         return apps.load_app(name)
     known = ", ".join(p.stem for p in spec_files(folder)) or "none"
     raise typer.BadParameter(f"no app named {name!r} in {folder} (apps: {known})", param_hint="APP")
+
+
+def _environment(spec: AppSpec, name: str) -> Environment:
+    try:
+        return spec.environment(name)
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc.args[0]), param_hint="--env") from None
 
 
 def _fail(message: str) -> None:
@@ -121,19 +128,17 @@ def _registry_host(spec: AppSpec, registry: str | None) -> str:
 @app.command()
 def render(
     name: Annotated[str, typer.Argument(metavar="APP", help="the app's name")],
-    env: Annotated[str, typer.Option("--env", help="dev or prod")] = "dev",
+    env: Annotated[str | None, typer.Option("--env", help="an environment of the app; default: the first")] = None,
     registry: Annotated[str | None, typer.Option(help="registry host; default: the registry connection's host")] = None,
     build_number: Annotated[int, typer.Option(help="$BUILD_NUMBER")] = 1,
     branch: Annotated[str | None, typer.Option(help="$BRANCH_NAME; default: the spec's branch")] = None,
-    tag_name: Annotated[str, typer.Option(help="$TAG_NAME (prod)")] = "",
+    tag_name: Annotated[str, typer.Option(help="$TAG_NAME (the environments after the first)")] = "",
     digest: Annotated[str, typer.Option(help="the image digest $IMAGE is pinned to")] = SAMPLE_DIGEST,
 ) -> None:
     """Print an environment's manifests as a deploy would apply them."""
-    if env not in ("dev", "prod"):
-        raise typer.BadParameter("must be dev or prod", param_hint="--env")
     try:
         spec = _find_spec(name)
-        environment = getattr(spec.environments, env)
+        environment = spec.environments[0] if env is None else _environment(spec, env)
         variables = manifest_variables(
             spec,
             registry=_registry_host(spec, registry),

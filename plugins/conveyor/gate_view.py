@@ -389,12 +389,12 @@ def decide(
 def pending_gates(session: Any, user: Any, apps: set[str]) -> list[GateInfo]:
     """The gates of these apps whose task waits for people."""
     from airflow.models.taskinstance import TaskInstance
-    from sqlalchemy import select
+    from sqlalchemy import or_, select
 
     rows = session.execute(
         select(TaskInstance.dag_id, TaskInstance.run_id, TaskInstance.task_id).where(
             TaskInstance.dag_id.in_(apps),
-            TaskInstance.task_id.in_(["approve", "approve_prod"]),
+            or_(TaskInstance.task_id == "approve", TaskInstance.task_id.startswith("approve_", autoescape=True)),
             TaskInstance.state.in_(sorted(rules.OPEN_STATES)),
         )
     ).all()

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from conveyor.pipeline import Step, build_pipeline
 from conveyor.spec import AppSpec
-from conveyor.teams import Platform, Team
+from conveyor.teams import PRODUCTION, Platform, Team
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,8 @@ def spec_problems(spec: AppSpec, platform: Platform) -> list[GrantProblem]:
                 f"of '{spec.registry.connection}', not to '{spec.registry.project}'",
             )
         )
-    for env_name in ("dev", "prod"):
-        env = getattr(spec.environments, env_name)
-        where = f"environments.{env_name}"
+    for env in spec.environments:
+        env_name, where = env.name, f"environments.{env.name}"
         if env.cluster in platform.ci_connections():
             problems.append(
                 GrantProblem(
@@ -98,10 +98,13 @@ def spec_problems(spec: AppSpec, platform: Platform) -> list[GrantProblem]:
                 )
             )
             continue
-        other = "prod" if env_name == "dev" else "dev"
-        if env_name == "dev" and env.cluster in platform.all_cluster_connections(other):
+        if env_name != PRODUCTION and env.cluster in platform.all_cluster_connections(PRODUCTION):
             problems.append(
-                GrantProblem(f"{where}.cluster", f"'{env.cluster}' is a production cluster; dev may not deploy to it")
+                GrantProblem(
+                    f"{where}.cluster",
+                    f"'{env.cluster}' is a production cluster (granted for {PRODUCTION}); {env_name} may not "
+                    "deploy to it",
+                )
             )
             continue
         clusters = [c for c in team.clusters.get(env_name, []) if c.connection == env.cluster]
@@ -132,9 +135,9 @@ def spec_problems(spec: AppSpec, platform: Platform) -> list[GrantProblem]:
         )
     problems += approval_problems(spec, team)
     hooks = list(spec.notifications.webhooks)
-    for gate in (spec.approvals.approve, spec.approvals.approve_prod):
-        if gate is not None and gate.notify is not None:
-            hooks += gate.notify.webhooks
+    for gate in build_pipeline(spec).gates():
+        if gate.policy is not None and gate.policy.notify is not None:
+            hooks += gate.policy.notify.webhooks
     for hook in dict.fromkeys(hooks):
         if hook not in team.webhooks:
             problems.append(
@@ -147,16 +150,23 @@ def spec_problems(spec: AppSpec, platform: Platform) -> list[GrantProblem]:
     return problems
 
 
+def _policy_field(spec: AppSpec, gate: Step) -> str:
+    """Where the spec sets the policy of a gate."""
+    if gate.policy is spec.approvals.approve:
+        return "approvals.approve"
+    if gate.policy is spec.approvals.approve_prod:
+        return "approvals.approve_prod"
+    return f"environments.{gate.releases_to[0]}.approval"
+
+
 def approval_problems(spec: AppSpec, team: Team) -> list[GrantProblem]:
     """Each gate's policy against the team's approvers of the environments it releases to: a spec cannot
     name its own approvers, lower the quorum or allow self-approval beyond what the platform grants."""
-    from conveyor.pipeline import build_pipeline
-
     problems: list[GrantProblem] = []
     for gate in build_pipeline(spec).gates():
         policy = gate.policy
         assert policy is not None  # every gate carries its policy
-        where = f"approvals.{gate.id}"
+        where = _policy_field(spec, gate)
         for env in gate.releases_to:
             grant = team.approvers.get(env)
             if grant is None:

@@ -133,7 +133,9 @@ def gate_channels(spec: AppSpec, gate: str, kind: str) -> Notifications:
     """Who hears about ``kind`` at ``gate``: a gate that opens tells its policy's ``notify`` channels (the
     approvers) when it has them; everything else, and a gate without them, goes to the app's ``notifications``."""
     if kind == "opened":
-        policy = {"approve": spec.approvals.approve, "approve_prod": spec.approvals.approve_prod}.get(gate)
+        from conveyor.pipeline import build_pipeline
+
+        policy = next((s.policy for s in build_pipeline(spec).gates() if s.id == gate), None)
         if policy is not None and policy.notify is not None:
             return policy.notify
     return spec.notifications

@@ -195,8 +195,9 @@ class ConveyorPodOperator(KubernetesPodOperator):
             deploy = self._verify_release(context, str(self.environment), applying=True)
             self._release_manifests = deploy.manifests[str(self.environment)]
         elif self.step_kind == "tag":
-            # A release tag names an approved build only: the gate before dev must approve this exact build.
-            self._verify_release(context, "dev", applying=False)
+            # A release tag names an approved build only: the gate before the first environment must approve
+            # this exact build.
+            self._verify_release(context, None, applying=False)
         made: list[str] = []
         self._killed_run_id = context["run_id"]  # on_kill gets no context: it deletes this run's Secrets
         try:
@@ -372,8 +373,9 @@ class ConveyorPodOperator(KubernetesPodOperator):
             return None
         return gate_rules.Build(str(checkout.get("commit") or ""), str(built.get("digest") or ""))
 
-    def _verify_release(self, context: Any, env: str, *, applying: bool) -> records.GateOpened:
-        """The build and manifests this step may release to ``env``, or AirflowFailException naming what is
+    def _verify_release(self, context: Any, env: str | None, *, applying: bool) -> records.GateOpened:
+        """The build and manifests this step may release to ``env`` (None: the first environment of the spec the
+        run started with), or AirflowFailException naming what is
         missing. ``applying``: a deploy, which must also deploy where the run started to, never over a newer
         build, and records that it is applying before its pod starts (no record, no deploy)."""
         from airflow.sdk import BaseHook
@@ -385,7 +387,16 @@ class ConveyorPodOperator(KubernetesPodOperator):
             run = release.RunRelease.of(history, run_id)
         except ConveyorError as exc:
             self._refuse(audit, "", f"{self.task_id}: refused — {exc}")
-        target = run.pipeline.environment(env)
+        env = env or run.spec.environments[0].name
+        try:
+            target = run.pipeline.environment(env)
+        except KeyError as exc:
+            self._refuse(
+                audit,
+                "",
+                f"{self.task_id}: refused — {exc.args[0]}. A run keeps the spec it started with: this task comes "
+                "from a newer spec; start a new run.",
+            )
         if applying and self.deploy_target and self.deploy_target != (target.cluster, target.namespace):
             self._refuse(
                 audit,
@@ -475,7 +486,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
             at=at or records.now_iso(),
             run_after=started.run_after if started else shown.run_after,
             build_number=shown.build_number,
-            tag=shown.release_tag if env == "prod" else "",
+            tag=shown.release_tag if self.release_only else "",  # the first environment's deploy is no release
             approvers=list(dict.fromkeys(d.user for d in decisions if d.decision == gate_rules.APPROVE)),
         )
 

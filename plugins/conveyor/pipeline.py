@@ -64,17 +64,17 @@ class Pipeline:
         raise KeyError(f"{self.app} has no step {step_id!r}; its steps are {', '.join(self.step_ids)}")
 
     def environment(self, name: str) -> Environment:
-        env: Environment = getattr(self.spec.environments, name)
-        return env
+        return self.spec.environment(name)
 
     def gates(self) -> list[Step]:
         return [s for s in self.steps if s.is_gate]
 
 
 def build_pipeline(spec: AppSpec) -> Pipeline:
-    """The steps of an app, in order:
-    checkout → unit_test → [sonar] → build → push → approve → deploy_dev → tag → [approve_prod] → deploy_prod."""
-    extra_gate = spec.approvals.approve_prod
+    """The steps of an app, in order: checkout → unit_test → [sonar] → build → push, then for each environment
+    its gate (if it has one) and its deploy, with tag right after the first environment's deploy:
+    approve → deploy_dev → tag → [approve_staging] → deploy_staging → [approve_prod] → deploy_prod.
+    Every run that passes ``approve`` deploys to the first environment; the later ones are released only."""
     steps: list[Step] = [
         Step(
             "checkout",
@@ -90,37 +90,58 @@ def build_pipeline(spec: AppSpec) -> Pipeline:
     steps += [
         Step("build", StepKind.BUILD, "Build the image without a Docker daemon and push the SNAPSHOT tags."),
         Step("push", StepKind.PUSH, "Promote the same digest to 'latest' (no rebuild)."),
-        Step(
-            "approve",
-            StepKind.GATE,
-            "Wait for an authorised human decision on this exact build.",
-            releases_to=("dev",) if extra_gate else ("dev", "prod"),
-            policy=spec.approvals.approve,
-        ),
-        Step("deploy_dev", StepKind.DEPLOY, "Apply the manifests to dev and wait for the rollout.", environment="dev"),
-        Step("tag", StepKind.TAG, "Push the git tag and tag the same image digest.", release_only=True),
     ]
-    if extra_gate:
-        steps.append(
-            Step(
-                "approve_prod",
-                StepKind.GATE,
-                "A second decision before production.",
-                releases_to=("prod",),
-                release_only=True,
-                policy=extra_gate,
+    first = spec.environments[0]
+    # Each gate releases to its own environment and to the following ones that have no gate of their own.
+    gated = [(n, env, policy) for n, env in enumerate(spec.environments) if (policy := spec.gate_policy(env))]
+    for g, (n, env, policy) in enumerate(gated):
+        end = gated[g + 1][0] if g + 1 < len(gated) else len(spec.environments)
+        covered = spec.environments[n:end]
+        gate = Step(
+            gate_id(spec, env.name),
+            StepKind.GATE,
+            "Wait for an authorised human decision on this exact build."
+            if n == 0
+            else f"A decision of its own before {env.name}.",
+            releases_to=tuple(e.name for e in covered),
+            release_only=n > 0,
+            policy=policy,
+        )
+        for m, target in enumerate(covered):
+            if m == 0:
+                steps.append(gate)
+            release = spec.is_release_environment(target.name)
+            steps.append(
+                Step(
+                    deploy_id(target.name),
+                    StepKind.DEPLOY,
+                    f"Apply the manifests to {target.name}"
+                    + (" with the tagged image" if release else "")
+                    + " and wait for the rollout.",
+                    environment=target.name,
+                    release_only=release,
+                )
             )
-        )
-    steps.append(
-        Step(
-            "deploy_prod",
-            StepKind.DEPLOY,
-            "Apply the manifests to prod with the tagged image and wait for the rollout.",
-            environment="prod",
-            release_only=True,
-        )
-    )
+            if target is first:
+                steps.append(
+                    Step("tag", StepKind.TAG, "Push the git tag and tag the same image digest.", release_only=True)
+                )
     return Pipeline(spec=spec, steps=tuple(steps))
+
+
+def gate_id(spec: AppSpec, environment: str) -> str:
+    """The task id of the gate before an environment's deploy: ``approve`` for the first environment (the
+    release's gate), ``approve_<name>`` for a later one."""
+    return "approve" if environment == spec.environments[0].name else f"approve_{environment}"
+
+
+def deploy_id(environment: str) -> str:
+    return f"deploy_{environment}"
+
+
+def is_gate_id(task_id: str) -> bool:
+    """Whether a task id names a gate (``approve`` or ``approve_<environment>``) of some app."""
+    return task_id == "approve" or task_id.startswith("approve_")
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,13 @@ def render_environment(spec: AppSpec, environment: str, checkout: CheckedOut, bu
     from conveyor.apps import image_policy
     from conveyor.teams import load_platform
 
-    env = getattr(spec.environments, environment)
+    env = spec.environment(environment)
     variables = manifest_variables(
         spec,
         registry=registry,
         build_number=str(checkout.build_number),
         branch=checkout.branch,
-        tag_name=checkout.release_tag if environment == "prod" else "",
+        tag_name=checkout.release_tag if spec.is_release_environment(environment) else "",
         digest=built.digest,
     )
     policy = image_policy(spec, registry, built.digest, load_platform())

@@ -11,7 +11,7 @@ import re
 import shlex
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -156,8 +156,8 @@ class _Model(BaseModel):
 
 # The pod steps: a spec may give each a timeout of its own, and a push rule may stop after one (``until``);
 # the gates have their approval timeout and are no place to stop at.
-PodStepId = Literal["checkout", "unit_test", "sonar", "build", "push", "deploy_dev", "tag", "deploy_prod"]
-POD_STEP_IDS: tuple[str, ...] = get_args(PodStepId)
+# Which ids exist depends on the app (sonar, its environments' deploy_<name>): AppSpec checks them.
+StepId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,40}$")]
 REF_PATTERN = re.compile(r"^[A-Za-z0-9._/*?-]{1,200}$")
 
 
@@ -183,7 +183,7 @@ class PushRule(_Model):
         default_factory=list,
         description="tag patterns, e.g. ['v*']; a matching tag releases (tag_name), so it must look like v1.2.3",
     )
-    until: PodStepId | None = Field(
+    until: StepId | None = Field(
         default=None, description="the last step a run of this rule runs; none = the whole pipeline"
     )
 
@@ -372,32 +372,6 @@ class Registry(_Model):
         return v
 
 
-class Environment(_Model):
-    """Where one environment's deploy goes."""
-
-    cluster: ConnectionId = Field(description="Airflow connection (type kubernetes) of the target cluster")
-    namespace: DnsLabel
-    manifests: RelativePath = Field(description="folder under include/manifests/ with this environment's manifests")
-    rollout_timeout: Duration = Field(default=300, description="how long a rollout may take, e.g. 5m")
-
-    @field_validator("manifests", mode="after")
-    @classmethod
-    def _manifests_exist(cls, v: str, info: ValidationInfo) -> str:
-        root = (info.context or {}).get("manifests_root")
-        if root is not None:
-            folder = Path(root) / v
-            if not folder.is_dir():
-                raise ValueError(f"the manifest folder {folder} does not exist; create it or fix the path")
-            if not any(folder.glob("*.y*ml")):
-                raise ValueError(f"the manifest folder {folder} has no .yaml files")
-        return v
-
-
-class Environments(_Model):
-    dev: Environment
-    prod: Environment
-
-
 class Notifications(_Model):
     """Where the app's notices go (approval gates, and steps that fail or recover): e-mail addresses (sent
     through the SMTP connection of ``[conveyor] smtp_connection_id``) and chat webhooks (Airflow connections of
@@ -453,13 +427,93 @@ class ApprovalPolicy(_Model):
         return self
 
 
+ENV_NAME_MAX = 20  # leaves room in task ids (approve_<env>, deploy_<env>) and pod names
+ENVIRONMENTS_MAX = 8
+LEGACY_ENVIRONMENTS = ("dev", "prod")  # the mapping form: dev, then prod (written in any order)
+
+
+class Environment(_Model):
+    """One environment the app is deployed to, in the order of ``environments``: its cluster, namespace and
+    manifests, and the approval gate before its deploy."""
+
+    name: DnsLabel = Field(description="the environment's name, e.g. dev, staging, prod: its step is deploy_<name>")
+    cluster: ConnectionId = Field(description="Airflow connection (type kubernetes) of the target cluster")
+    namespace: DnsLabel
+    manifests: RelativePath = Field(description="folder under include/manifests/ with this environment's manifests")
+    rollout_timeout: Duration = Field(default=300, description="how long a rollout may take, e.g. 5m")
+    gate: bool = Field(
+        default=True,
+        description="an approval gate of its own before this deploy (approve_<name>; the first environment's is "
+        "approve and is always there); false: the gate before the previous environment releases this one too",
+    )
+    approval: ApprovalPolicy | None = Field(
+        default=None, description="who may approve this environment's gate; none = approvals.approve"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _short(cls, v: str) -> str:
+        if len(v) > ENV_NAME_MAX:
+            raise ValueError(f"{v!r} is longer than {ENV_NAME_MAX} characters; choose a shorter environment name")
+        return v
+
+    @field_validator("manifests", mode="after")
+    @classmethod
+    def _manifests_exist(cls, v: str, info: ValidationInfo) -> str:
+        root = (info.context or {}).get("manifests_root")
+        if root is not None:
+            folder = Path(root) / v
+            if not folder.is_dir():
+                raise ValueError(f"the manifest folder {folder} does not exist; create it or fix the path")
+            if not any(folder.glob("*.y*ml")):
+                raise ValueError(f"the manifest folder {folder} has no .yaml files")
+        return v
+
+
+def _environment_list(value: Any) -> Any:
+    """The two-environment mapping ``{dev: ..., prod: ...}`` as the list it stands for: dev, then prod, whose
+    only gate is ``approvals.approve_prod`` when that is set (as before environments were a list)."""
+    if not isinstance(value, dict):
+        return value
+    extra = [k for k in value if k not in LEGACY_ENVIRONMENTS]
+    if extra:
+        raise ValueError(
+            f"as a mapping, environments has dev and prod only (found {', '.join(map(str, extra))}); to deploy to "
+            "more, write environments as an ordered list: '- name: dev', '- name: staging', '- name: prod', each "
+            "with its cluster, namespace and manifests"
+        )
+    missing = [k for k in LEGACY_ENVIRONMENTS if k not in value]
+    if missing:
+        raise ValueError(f"environments.{missing[0]} is required; add it (or write environments as a list)")
+    listed = []
+    for name in LEGACY_ENVIRONMENTS:
+        body = value[name]
+        if isinstance(body, dict):
+            if "name" in body:
+                raise ValueError(f"environments.{name}.name: the key names the environment; remove 'name'")
+            body = {"name": name, **({"gate": False} if name == "prod" else {}), **body}
+        listed.append(body)
+    return listed
+
+
+# The ordered list of environments; also written as the two-environment mapping {dev: ..., prod: ...}.
+Environments = Annotated[
+    list[Environment], BeforeValidator(_environment_list), Field(min_length=1, max_length=ENVIRONMENTS_MAX)
+]
+
+
 class Approvals(_Model):
-    approve: ApprovalPolicy = Field(description="the gate before deploy_dev, guarding the release")
-    approve_prod: ApprovalPolicy | None = Field(default=None, description="an extra gate before deploy_prod")
+    approve: ApprovalPolicy = Field(
+        description="the gate before the first environment's deploy, guarding the release; also the policy of "
+        "every other environment's gate that sets no approval of its own"
+    )
+    approve_prod: ApprovalPolicy | None = Field(
+        default=None, description="a gate of its own before deploy_prod (the same as prod's approval)"
+    )
 
 
 class Release(_Model):
-    """When ``tag`` and ``deploy_prod`` run."""
+    """When ``tag`` and the deploys after the first environment's run."""
 
     auto_tag: bool = Field(default=False, description="release every run without waiting for a tag_name")
     auto_tag_prefix: str = Field(default="v1.0", description="automatic tags are <prefix>.<build number>")
@@ -477,20 +531,9 @@ class Limits(_Model):
 
     max_active_runs: int = Field(default=8, ge=1, le=32, description="runs of this app at the same time")
     step_timeout: Duration = Field(default=3600, description="how long a pod step may run, e.g. 45m (default 1h)")
-    timeouts: dict[str, Duration] = Field(
+    timeouts: dict[StepId, Duration] = Field(
         default_factory=dict, description="step id -> its own timeout, e.g. {build: 90m, unit_test: 20m}"
     )
-
-    @field_validator("timeouts")
-    @classmethod
-    def _steps(cls, v: dict[str, int]) -> dict[str, int]:
-        for step in v:
-            if step not in POD_STEP_IDS:
-                raise ValueError(
-                    f"'{step}' is not a step with a timeout of its own; use one of {', '.join(POD_STEP_IDS)} "
-                    "(a gate's timeout is in approvals)"
-                )
-        return v
 
     def timeout_of(self, step_id: str) -> int:
         """Seconds the step may run."""
@@ -520,7 +563,11 @@ class AppSpec(_Model):
     image: ImageBuild = Field(default_factory=ImageBuild)
     sonar: Sonar = Field(default_factory=Sonar)
     registry: Registry
-    environments: Environments
+    environments: Environments = Field(
+        description="where the app is deployed, in order (e.g. dev, staging, prod), each with its own gate and "
+        "cluster: every run that passes the first gate deploys to the first environment; the others are released "
+        "(a tag) only. The mapping {dev: ..., prod: ...} is dev, then prod.",
+    )
     approvals: Approvals
     release: Release = Field(default_factory=Release)
     notifications: Notifications = Field(default_factory=Notifications)
@@ -550,28 +597,94 @@ class AppSpec(_Model):
             raise ValueError(f"{v!r} is not a cron expression; write five fields like '0 3 * * 1-5'")
         return v
 
+    @field_validator("environments")
+    @classmethod
+    def _environments_in_order(cls, v: list[Environment]) -> list[Environment]:
+        seen: set[str] = set()
+        for env in v:
+            if env.name in seen:
+                raise ValueError(f"the environment {env.name!r} is listed twice; give each environment its own name")
+            seen.add(env.name)
+        for env in v:
+            if env.approval is not None and not env.gate:
+                raise ValueError(f"the environment {env.name!r} has an approval but 'gate: false': remove one of them")
+        if not v[0].gate:
+            raise ValueError(
+                f"the first environment ({v[0].name}) always has its gate (approve): it guards every release; "
+                "remove 'gate: false'"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _one_policy_per_gate(self) -> AppSpec:
+        prod = self.environment("prod") if "prod" in self.environment_names else None
+        if self.approvals.approve_prod is not None and prod is None:
+            raise ValueError(
+                "approvals.approve_prod is the gate before prod, but no environment is named prod; set 'approval' "
+                "on the environment it should guard"
+            )
+        if self.approvals.approve_prod is not None and prod is not None and prod.approval is not None:
+            raise ValueError(
+                "prod has two approval policies: approvals.approve_prod and environments' prod approval; keep one"
+            )
+        return self
+
     @model_validator(mode="after")
     def _deploys_outlast_their_rollouts(self) -> AppSpec:
-        for env_name in ("dev", "prod"):
-            step, env = f"deploy_{env_name}", getattr(self.environments, env_name)
+        for n, env in enumerate(self.environments):
+            step = f"deploy_{env.name}"
             # applying and checking take a little besides waiting for the rollout
             if self.limits.timeout_of(step) < env.rollout_timeout + 60:
                 raise ValueError(
                     f"limits: {step} may run {self.limits.timeout_of(step)}s, but its rollout may take "
-                    f"{env.rollout_timeout}s (environments.{env_name}.rollout_timeout): give {step} at least a "
+                    f"{env.rollout_timeout}s (environments[{n}].rollout_timeout, {env.name}): give {step} at least a "
                     "minute more than that"
                 )
         return self
 
     @model_validator(mode="after")
-    def _push_rules_stop_at_a_step(self) -> AppSpec:
+    def _steps_named_exist(self) -> AppSpec:
+        """``git.push[].until`` and ``limits.timeouts`` name pod steps of this app's pipeline."""
+        from conveyor.pipeline import build_pipeline
+
+        steps = [s.id for s in build_pipeline(self).steps if not s.is_gate]
         for n, rule in enumerate(self.git.push or []):
-            if rule.until == "sonar" and not self.sonar.enabled:
+            if rule.until is not None and rule.until not in steps:
+                why = " (sonar.enabled is false)" if rule.until == "sonar" else ""
                 raise ValueError(
-                    f"git.push[{n}].until is 'sonar', but this app runs no sonar step (sonar.enabled is false); "
-                    "stop at unit_test or build instead"
+                    f"git.push[{n}].until is {rule.until!r}, which is not a step of this app{why}; use one of "
+                    f"{', '.join(steps)}"
+                )
+        for step in self.limits.timeouts:
+            if step not in steps:
+                raise ValueError(
+                    f"limits.timeouts: '{step}' is not a step with a timeout of its own; use one of "
+                    f"{', '.join(steps)} (a gate's timeout is in approvals)"
                 )
         return self
+
+    @property
+    def environment_names(self) -> list[str]:
+        return [env.name for env in self.environments]
+
+    def environment(self, name: str) -> Environment:
+        """The environment called ``name``; KeyError naming the app's environments when there is none."""
+        for env in self.environments:
+            if env.name == name:
+                return env
+        names = ", ".join(self.environment_names)
+        raise KeyError(f"{self.name} has no environment {name!r}; its environments are {names}")
+
+    def is_release_environment(self, name: str) -> bool:
+        """Whether deploys to the environment happen for releases only (a tag): every one after the first."""
+        return name != self.environments[0].name
+
+    def gate_policy(self, env: Environment) -> ApprovalPolicy | None:
+        """The policy of the gate before ``env``'s deploy; None when the previous gate releases it too."""
+        legacy = self.approvals.approve_prod if env.name == "prod" else None
+        if env is self.environments[0] or env.gate or legacy is not None:
+            return env.approval or legacy or self.approvals.approve
+        return None
 
     @property
     def sonar_enabled(self) -> bool:
@@ -617,6 +730,19 @@ def _problem_message(error: Any, model_fields: list[str] | None = None) -> str:
     return message
 
 
+def _as_written(loc: tuple[int | str, ...], data: dict[str, Any]) -> tuple[int | str, ...]:
+    """A problem's place as the file writes it: ``environments.prod.cluster`` in the dev/prod mapping form,
+    where the model sees the list it stands for (``environments[1].cluster``)."""
+    if (
+        len(loc) > 1
+        and loc[0] == "environments"
+        and isinstance(loc[1], int)
+        and isinstance(data.get("environments"), dict)
+    ):
+        return ("environments", LEGACY_ENVIRONMENTS[loc[1]], *loc[2:])
+    return loc
+
+
 def _known_fields(loc: tuple[int | str, ...]) -> list[str] | None:
     """The field names allowed next to an unknown field, to help a typo get fixed."""
     model: Any = AppSpec
@@ -625,9 +751,6 @@ def _known_fields(loc: tuple[int | str, ...]) -> list[str] | None:
             continue
         field = getattr(model, "model_fields", {}).get(item)
         if field is None:
-            if item in {"dev", "prod"} and model is Environments:
-                model = Environment
-                continue
             return None
         candidates, i = [field.annotation], 0
         while i < len(candidates):  # the type itself, and inside Optional[...] and list[...]
@@ -647,7 +770,7 @@ def parse_spec(data: Any, file: str, manifests_root: Path | None = None) -> AppS
         problems = [
             SpecProblem(
                 file,
-                _field_path(tuple(err["loc"])) or "(top level)",
+                _field_path(_as_written(tuple(err["loc"]), data)) or "(top level)",
                 _problem_message(err, _known_fields(tuple(err["loc"])) if err["type"] == "extra_forbidden" else None),
             )
             for err in exc.errors()

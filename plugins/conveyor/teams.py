@@ -24,7 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from conveyor import settings
 from conveyor.exceptions import ConfigurationError
-from conveyor.spec import DNS1123_LABEL
+from conveyor.spec import DNS1123_LABEL, ENV_NAME_MAX
+
+# The environment whose clusters are production: no other environment of any app may deploy to them.
+PRODUCTION = "prod"
 
 # Airflow's team names are 3-50 letters, digits, '-' and '_'; a team name is also part of environment
 # variable names (AIRFLOW_CONN__<TEAM>___<ID>), where '-' cannot appear, and of Kubernetes names,
@@ -161,8 +164,11 @@ class Team(_Model):
     @classmethod
     def _environments(cls, v: dict[str, Any]) -> dict[str, Any]:
         for env in v:
-            if env not in ("dev", "prod"):
-                raise ValueError(f"'{env}' is not an environment; use dev and prod")
+            if not isinstance(env, str) or not DNS1123_LABEL.match(env) or len(env) > ENV_NAME_MAX:
+                raise ValueError(
+                    f"{env!r} is not an environment name; use the names the apps' specs give their environments "
+                    f"(lowercase letters, digits and '-', at most {ENV_NAME_MAX} characters), e.g. dev, staging, prod"
+                )
         return v
 
     @field_validator("members")
@@ -376,8 +382,8 @@ def cluster_namespaces(platform: Platform) -> list[tuple[str, str, str]]:
     for name, team in sorted(platform.teams.items()):
         ci = team.ci or CiGrant(connection=default.connection_id, namespace=default.namespace)
         mine = [("ci", ci.namespace, ci.connection)]
-        for env in ("dev", "prod"):
-            for grant in team.clusters.get(env, []):
+        for grants in team.clusters.values():
+            for grant in grants:
                 mine += [("deploy", namespace, grant.connection) for namespace in grant.namespaces]
         for kind, namespace, _ in mine:
             other = used.setdefault(namespace, (name, kind))
