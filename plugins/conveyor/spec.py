@@ -150,6 +150,14 @@ Duration = Annotated[int, BeforeValidator(parse_duration)]
 Command = Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_split_command), Field(min_length=1)]
 
 
+class _At(ValueError):
+    """A problem a model validator finds in one field: ``loc`` is where, for the problem's location."""
+
+    def __init__(self, loc: tuple[int | str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
@@ -477,21 +485,22 @@ def _environment_list(value: Any) -> Any:
         return value
     extra = [k for k in value if k not in LEGACY_ENVIRONMENTS]
     if extra:
-        raise ValueError(
-            f"as a mapping, environments has dev and prod only (found {', '.join(map(str, extra))}); to deploy to "
-            "more, write environments as an ordered list: '- name: dev', '- name: staging', '- name: prod', each "
-            "with its cluster, namespace and manifests"
+        raise _At(
+            (extra[0],),
+            "as a mapping, environments has dev and prod only; to deploy to more environments, write them as an "
+            "ordered list: '- name: dev', '- name: staging', '- name: prod', each with its cluster, namespace and "
+            "manifests",
         )
     missing = [k for k in LEGACY_ENVIRONMENTS if k not in value]
     if missing:
-        raise ValueError(f"environments.{missing[0]} is required; add it (or write environments as a list)")
+        raise _At((missing[0],), "this field is required; add it (or write environments as a list)")
     listed = []
     for name in LEGACY_ENVIRONMENTS:
         body = value[name]
         if isinstance(body, dict):
             if "name" in body:
-                raise ValueError(f"environments.{name}.name: the key names the environment; remove 'name'")
-            body = {"name": name, **({"gate": False} if name == "prod" else {}), **body}
+                raise _At((name, "name"), "the key names the environment in this form; remove 'name'")
+            body = {"name": name, **({"gate": "approval" in body} if name == "prod" else {}), **body}
         listed.append(body)
     return listed
 
@@ -619,26 +628,29 @@ class AppSpec(_Model):
     def _one_policy_per_gate(self) -> AppSpec:
         prod = self.environment("prod") if "prod" in self.environment_names else None
         if self.approvals.approve_prod is not None and prod is None:
-            raise ValueError(
-                "approvals.approve_prod is the gate before prod, but no environment is named prod; set 'approval' "
-                "on the environment it should guard"
+            raise _At(
+                ("approvals", "approve_prod"),
+                "is the gate before prod, but no environment is named prod; set 'approval' on the environment "
+                "it should guard",
             )
         if self.approvals.approve_prod is not None and prod is not None and prod.approval is not None:
-            raise ValueError(
-                "prod has two approval policies: approvals.approve_prod and environments' prod approval; keep one"
+            raise _At(
+                ("approvals", "approve_prod"),
+                "prod has two approval policies: approvals.approve_prod and the prod environment's approval; keep one",
             )
         return self
 
     @model_validator(mode="after")
     def _deploys_outlast_their_rollouts(self) -> AppSpec:
-        for n, env in enumerate(self.environments):
+        for env in self.environments:
             step = f"deploy_{env.name}"
             # applying and checking take a little besides waiting for the rollout
             if self.limits.timeout_of(step) < env.rollout_timeout + 60:
-                raise ValueError(
-                    f"limits: {step} may run {self.limits.timeout_of(step)}s, but its rollout may take "
-                    f"{env.rollout_timeout}s (environments[{n}].rollout_timeout, {env.name}): give {step} at least a "
-                    "minute more than that"
+                raise _At(
+                    ("limits",),
+                    f"{step} may run {self.limits.timeout_of(step)}s, but its rollout may take "
+                    f"{env.rollout_timeout}s ({env.name}'s rollout_timeout): give {step} at least a minute more "
+                    "than that",
                 )
         return self
 
@@ -650,16 +662,17 @@ class AppSpec(_Model):
         steps = [s.id for s in build_pipeline(self).steps if not s.is_gate]
         for n, rule in enumerate(self.git.push or []):
             if rule.until is not None and rule.until not in steps:
-                why = " (sonar.enabled is false)" if rule.until == "sonar" else ""
-                raise ValueError(
-                    f"git.push[{n}].until is {rule.until!r}, which is not a step of this app{why}; use one of "
-                    f"{', '.join(steps)}"
+                why = ", as this app runs no sonar step (sonar.enabled is false)" if rule.until == "sonar" else ""
+                raise _At(
+                    ("git", "push", n, "until"),
+                    f"{rule.until!r} is not a step of this app{why}; stop at one of {', '.join(steps)}",
                 )
         for step in self.limits.timeouts:
             if step not in steps:
-                raise ValueError(
-                    f"limits.timeouts: '{step}' is not a step with a timeout of its own; use one of "
-                    f"{', '.join(steps)} (a gate's timeout is in approvals)"
+                raise _At(
+                    ("limits", "timeouts"),
+                    f"'{step}' is not a step with a timeout of its own; use one of {', '.join(steps)} "
+                    "(a gate's timeout is in approvals)",
                 )
         return self
 
@@ -730,6 +743,12 @@ def _problem_message(error: Any, model_fields: list[str] | None = None) -> str:
     return message
 
 
+def _located(error: Any) -> tuple[int | str, ...]:
+    """Where a problem is: pydantic's location, and below it the field a model validator named (:class:`_At`)."""
+    raised = (error.get("ctx") or {}).get("error")
+    return (*error["loc"], *raised.loc) if isinstance(raised, _At) else tuple(error["loc"])
+
+
 def _as_written(loc: tuple[int | str, ...], data: dict[str, Any]) -> tuple[int | str, ...]:
     """A problem's place as the file writes it: ``environments.prod.cluster`` in the dev/prod mapping form,
     where the model sees the list it stands for (``environments[1].cluster``)."""
@@ -770,7 +789,7 @@ def parse_spec(data: Any, file: str, manifests_root: Path | None = None) -> AppS
         problems = [
             SpecProblem(
                 file,
-                _field_path(_as_written(tuple(err["loc"]), data)) or "(top level)",
+                _field_path(_as_written(_located(err), data)) or "(top level)",
                 _problem_message(err, _known_fields(tuple(err["loc"])) if err["type"] == "extra_forbidden" else None),
             )
             for err in exc.errors()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
+import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, NoDefault
 from pydantic_core import core_schema
@@ -31,6 +32,11 @@ SCHEMA_FROM_SPECS = "../../docs/spec.schema.json"
 _MARK = "x-conveyor-value-type"  # tags a value type's schema while it is generated; never written out
 _ANNOTATIONS = ("title", "description", "default", "examples")
 
+# Looks up a generated schema's ``$ref`` (a model's definition); the schema itself when it is none.
+Resolve = Callable[[JsonSchemaValue], JsonSchemaValue]
+# Forms computed from what pydantic sees of the validated type, whose definitions ``Resolve`` looks up.
+ComputedForms = Callable[[JsonSchemaValue, Resolve], tuple[JsonSchemaValue, ...]]
+
 
 @dataclass(frozen=True)
 class ValueType:
@@ -42,7 +48,8 @@ class ValueType:
     :param alias: the ``Annotated`` type of spec.py it describes (its validator is found there)
     :param description: what a value looks like, in the user's words
     :param narrow: constraints added to what pydantic sees of the validated type
-    :param also: other forms the validator accepts besides that type (``anyOf`` alternatives)
+    :param also: other forms the validator accepts besides that type (``anyOf`` alternatives), or a function
+        making them from that type's schema when they are built from its models' definitions
     :param examples: values the validator accepts
     """
 
@@ -51,7 +58,7 @@ class ValueType:
     alias: Any
     description: str
     narrow: dict[str, Any] = field(default_factory=dict)
-    also: tuple[dict[str, Any], ...] = ()
+    also: tuple[JsonSchemaValue, ...] | ComputedForms = ()
     examples: tuple[Any, ...] = ()
 
     @property
@@ -61,10 +68,25 @@ class ValueType:
                 return item.func
         raise ConveyorError(f"{self.alias} has no validator for the value type {self.key} to describe")
 
-    def schema(self, inner: JsonSchemaValue) -> JsonSchemaValue:
+    def schema(self, inner: JsonSchemaValue, resolve: Resolve) -> JsonSchemaValue:
         """What this value type accepts, given what pydantic sees of the validated type."""
         narrowed = {**inner, **self.narrow}
-        return {"anyOf": [narrowed, *self.also]} if self.also else narrowed
+        also = self.also(inner, resolve) if callable(self.also) else self.also
+        return {"anyOf": [narrowed, *also]} if also else narrowed
+
+
+def _named_by_key(listed: JsonSchemaValue, resolve: Resolve) -> tuple[JsonSchemaValue, ...]:
+    """The dev/prod mapping form of the environments: each key's value is an environment without ``name``,
+    which the key gives (``spec._environment_list``)."""
+    environment = resolve(listed["items"])
+    keys = list(spec.LEGACY_ENVIRONMENTS)
+    unnamed = {
+        **environment,
+        "description": "An environment of the dev/prod mapping: its fields but `name`, which the key gives.",
+        "properties": {k: v for k, v in environment["properties"].items() if k != "name"},
+        "required": [k for k in environment.get("required", []) if k != "name"],
+    }
+    return ({"type": "object", "propertyNames": {"enum": keys}, "required": keys, "additionalProperties": unnamed},)
 
 
 # Every validator of spec.py that accepts another input form than the type it returns must be listed here
@@ -145,6 +167,30 @@ VALUE_TYPES: tuple[ValueType, ...] = (
         narrow={"minLength": 1, "maxLength": 200},
         examples=("main", "release/2.x"),
     ),
+    ValueType(
+        "Environments",
+        "environments",
+        spec.Environments,
+        "Where the app is deployed, as a list: the environments in the order a release goes through them, e.g. "
+        "dev → staging → prod, each with its own cluster, namespace, manifests and approval gate. Every run that "
+        "passes the first gate (approvals.approve) deploys to the first environment; the environments after it "
+        "get releases (a tag) only. Older specs write the two-environment shorthand instead: a mapping with the "
+        "keys dev and prod (both, and no other), whose values leave out `name` since the key gives it. It stands "
+        "for the list dev, prod, where prod has a gate of its own only with approvals.approve_prod or `gate: "
+        "true`; otherwise the dev gate releases prod too.",
+        also=_named_by_key,
+        examples=(
+            [
+                {"name": "dev", "cluster": "k8s_dev", "namespace": "shop-dev", "manifests": "shop"},
+                {"name": "staging", "cluster": "k8s_test", "namespace": "shop-staging", "manifests": "shop"},
+                {"name": "prod", "cluster": "k8s_prod", "namespace": "shop", "manifests": "shop"},
+            ],
+            {
+                "dev": {"cluster": "k8s_dev", "namespace": "shop-dev", "manifests": "shop"},
+                "prod": {"cluster": "k8s_prod", "namespace": "shop", "manifests": "shop"},
+            },
+        ),
+    ),
 )
 
 
@@ -167,13 +213,24 @@ class SpecJsonSchema(GenerateJsonSchema):
                 f"The spec validator {name} runs before the type check, so it may accept input that the JSON "
                 f"Schema would refuse. Describe what it accepts in {__name__}.VALUE_TYPES."
             )
-        return {**vt.schema(self.generate_inner(schema["schema"])), _MARK: vt.key}
+        return {**vt.schema(self.generate_inner(schema["schema"]), self.resolve_ref_schema), _MARK: vt.key}
 
     def function_after_schema(self, schema: core_schema.AfterValidatorFunctionSchema) -> JsonSchemaValue:
         vt = self._value_type(schema)
         if vt is None:
             return super().function_after_schema(schema)
-        return {**vt.schema(self.generate_inner(schema["schema"])), _MARK: vt.key}
+        return {**vt.schema(self.generate_inner(schema["schema"]), self.resolve_ref_schema), _MARK: vt.key}
+
+    def dict_schema(self, schema: core_schema.DictSchema) -> JsonSchemaValue:
+        made = super().dict_schema(schema)
+        patterns = made.get("patternProperties", {})
+        if len(patterns) != 1 or "additionalProperties" in made:
+            return made
+        # pydantic lets a key that does not match the pattern through, with any value: Conveyor refuses it
+        ((pattern, values),) = patterns.items()
+        made = {k: v for k, v in made.items() if k != "patternProperties"}
+        names = {**made.get("propertyNames", {}), "pattern": pattern}
+        return {**made, "propertyNames": names, "additionalProperties": values}
 
     def field_title_should_be_set(self, schema: Any) -> bool:
         return False  # "Rollout Timeout" says nothing the field's name does not
@@ -201,9 +258,12 @@ def _tidy(schema: JsonSchemaValue) -> JsonSchemaValue:
     return {**{k: v for k, v in schema.items() if k not in moved}, "anyOf": options}
 
 
-def _canonical(vt: ValueType) -> JsonSchemaValue:
-    made = _tidy(TypeAdapter(vt.alias).json_schema(schema_generator=SpecJsonSchema))
+def _canonical(vt: ValueType, used: dict[str, JsonSchemaValue]) -> JsonSchemaValue:
+    made = TypeAdapter(vt.alias).json_schema(schema_generator=SpecJsonSchema)
     made.pop(_MARK, None)
+    # the models it is made of are the app spec's own: its $refs name the definitions of the app spec's schema
+    made.pop("$defs", None)
+    made = _tidy(_hoist(made, used))
     return {"title": vt.title, "description": vt.description, **made, "examples": list(vt.examples)}
 
 
@@ -219,8 +279,9 @@ def _hoist(node: Any, used: dict[str, JsonSchemaValue]) -> Any:
     if key is None:
         return node
     node = _tidy(node)
-    vt = next(vt for vt in VALUE_TYPES if vt.key == key)
-    canonical = used.setdefault(key, _canonical(vt))
+    if key not in used:
+        used[key] = _canonical(next(vt for vt in VALUE_TYPES if vt.key == key), used)
+    canonical = used[key]
     extra = {k: v for k, v in node.items() if k in _ANNOTATIONS or canonical.get(k) != v}
     return {"$ref": f"#/$defs/{key}", **extra}
 
@@ -318,6 +379,15 @@ def _literal(value: Any) -> str:
     return f"`{shown}`"
 
 
+def _and(values: list[Any]) -> str:
+    shown = [_literal(v) for v in values]
+    return " and ".join([", ".join(shown[:-1]), shown[-1]] if len(shown) > 2 else shown)
+
+
+def _has_mapping(value: Any) -> bool:
+    return isinstance(value, dict) or (isinstance(value, list) and any(_has_mapping(v) for v in value))
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -343,6 +413,8 @@ def _constraints(schema: dict[str, Any], *, patterns: bool = True) -> str:
         parts.append(f"at most {schema['maxLength']} characters")
     if patterns and schema.get("pattern"):
         parts.append(f"matching `{schema['pattern']}`")
+    if schema.get("type") == "object" and "properties" not in schema and schema.get("required"):
+        parts.append(f"{_and(schema['required'])} required")  # the keys a map must have
     return ", ".join(parts)
 
 
@@ -366,7 +438,9 @@ class _Reference:
         if key is not None:
             target = self.defs[key]
             if key in self.value_types:
-                self.value_types_used.add(key)
+                if key not in self.value_types_used:
+                    self.value_types_used.add(key)
+                    self._visit(target, path)  # the objects it is made of
             elif "properties" in target:
                 known = key in self.sections
                 section = self.sections.setdefault(key, _Section(key, key, target))
@@ -374,12 +448,25 @@ class _Reference:
                 if not known:
                     self._walk(target, path)
             return
+        if self._fewer_fields_of(schema) is not None:
+            self._visit({"$ref": f"#/$defs/{schema['title']}"}, path)  # where that object's section is
+            return
         for option in schema.get("anyOf", []):
             self._visit(option, path)
         if isinstance(schema.get("items"), dict):
             self._visit(schema["items"], f"{path}[]")
         if isinstance(schema.get("additionalProperties"), dict):
-            self._visit(schema["additionalProperties"], f"{path}.<key>")
+            names = schema.get("propertyNames", {}).get("enum", ["<key>"])
+            for name in names:
+                self._visit(schema["additionalProperties"], f"{path}.{name}")
+
+    def _fewer_fields_of(self, schema: dict[str, Any]) -> list[str] | None:
+        """The fields left out, when ``schema`` is an object of ``$defs`` (named by its title) without some of
+        its fields, as a value type's other form may write it; None when it is not."""
+        full = self.defs.get(schema.get("title", ""), {}) if "properties" in schema else {}
+        if not schema.get("properties", {}).keys() < full.get("properties", {}).keys():
+            return None
+        return [name for name in full["properties"] if name not in schema["properties"]]
 
     def type_text(self, schema: dict[str, Any], *, nested: bool = False) -> str:
         """A field's type with its constraints, as a reader would say it."""
@@ -392,6 +479,8 @@ class _Reference:
                 text = self._enum(target["enum"])
             else:
                 text = f"[{key}](#{_anchor(key)})"
+        elif (left_out := self._fewer_fields_of(schema)) is not None:
+            text = f"[{schema['title']}](#{_anchor(schema['title'])}) without {_and(left_out)}"
         elif "anyOf" in schema:
             options = [o for o in schema["anyOf"] if o.get("type") != "null"]
             text = " or ".join(self.type_text(o, nested=True) for o in options)
@@ -403,7 +492,11 @@ class _Reference:
             text = f"list of {self.type_text(schema.get('items', {}), nested=True)}"
         elif schema.get("type") == "object":
             names = schema.get("propertyNames", {})
-            keys = self._enum(names["enum"]) if "enum" in names else "string"
+            keys = (
+                self._enum(names["enum"])
+                if "enum" in names
+                else self.type_text({"type": "string", **names}, nested=True)
+            )
             values = schema.get("additionalProperties")
             text = f"map of {keys} → {self.type_text(values, nested=True) if isinstance(values, dict) else 'anything'}"
         else:
@@ -455,8 +548,15 @@ class _Reference:
         forms = [{"type": target.get("type"), **o} for o in target.get("anyOf", [])] or [target]
         lines = [f"### {target['title']}", "", _text(target["description"]), ""]
         lines += [f"- {self.type_text(form)}" for form in forms]
-        if target.get("examples"):
-            lines.append("- for example " + ", ".join(_literal(e) for e in target["examples"]))
+        inline = [e for e in target.get("examples", []) if not _has_mapping(e)]
+        if inline:
+            lines.append("- for example " + ", ".join(_literal(e) for e in inline))
+        written = [e for e in target.get("examples", []) if _has_mapping(e)]
+        if written:
+            lines += ["", "For example:"]
+        for example in written:  # as a spec writes it
+            text = yaml.safe_dump(example, sort_keys=False, default_flow_style=None, allow_unicode=True)
+            lines += ["", "```yaml", text.rstrip("\n"), "```"]
         return [*lines, ""]
 
     def text(self) -> str:

@@ -49,8 +49,12 @@ def test_no_import_errors(dagbag: DagBag) -> None:
 def test_task_order_and_metadata(dagbag: DagBag, app: str) -> None:
     spec = load_spec(REPO / "include" / "apps" / f"{app}.yaml")
     dag = dagbag.dags[app]
-    expected = [t for t in ORDER if t != "sonar" or spec.sonar.enabled]
-    expected = [t for t in expected if t != "approve_prod" or spec.approvals.approve_prod]
+    first, *later = spec.environments
+    expected = [t for t in ORDER[:5] if t != "sonar" or spec.sonar.enabled]
+    expected += ["approve", f"deploy_{first.name}", "tag"]
+    for env in later:  # each later environment: its own gate unless it has none, then its deploy
+        expected += [f"approve_{env.name}"] if spec.gate_policy(env) else []
+        expected += [f"deploy_{env.name}"]
     # a straight chain, in the contract's order
     ids = [t.task_id for t in dag.topological_sort()]
     assert ids == expected
@@ -185,3 +189,17 @@ def test_gate_expiry_is_a_rejection_with_the_timeout(dagbag: DagBag, monkeypatch
     gate = dagbag.dags["appointments"].get_task("approve")
     with pytest.raises(AirflowFailException, match="Expired after 24h without the required approvals"):
         gate.execute({"params": {"tag_name": "v1.0.0"}})
+
+
+def test_every_environment_has_its_own_gate_cluster_and_deploy(dagbag: DagBag) -> None:
+    """reminders goes dev → staging → prod: staging has a gate of its own (carol) and its own cluster."""
+    dag = dagbag.dags["reminders"]
+    gate = dag.get_task("approve_staging")
+    assert isinstance(gate, ApprovalSensor) and gate.releases_to == ["staging"] and gate.trigger_rule == "none_failed"
+    assert dag.get_task("approve_prod").releases_to == ["prod"]
+    deploy = dag.get_task("deploy_staging")
+    assert isinstance(deploy, ConveyorPodOperator)
+    assert deploy.deploy_target == ("k8s_staging", "staging") and deploy.max_active_tis_per_dag == 1
+    with pytest.raises(AirflowSkipException, match="Step deploy_staging runs only when the run has a tag_name"):
+        deploy.execute({"params": {"branch": "main", "tag_name": None}})
+    assert "deploy_staging" in dag.params.get_param("until").schema["enum"]

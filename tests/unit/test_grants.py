@@ -45,7 +45,10 @@ def test_the_ci_cluster_and_production_are_never_dev_targets() -> None:
     ci = problems(spec_with(environments__dev__cluster="k8s_ci"))
     assert "'k8s_ci' is the CI cluster" in ci["environments.dev.cluster"]
     prod = problems(spec_with(environments__dev__cluster="k8s_prod", environments__dev__namespace="prod"))
-    assert "'k8s_prod' is a production cluster; dev may not deploy to it" in prod["environments.dev.cluster"]
+    assert (
+        "'k8s_prod' is a production cluster (granted for prod); dev may not deploy to it"
+        in (prod["environments.dev.cluster"])
+    )
     other_ns = problems(spec_with(environments__prod__namespace="kube-system"))
     assert (
         "may deploy to the namespaces prod of 'k8s_prod', not to 'kube-system'"

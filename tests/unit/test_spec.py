@@ -103,7 +103,7 @@ def test_one_bad_file_does_not_spoil_the_others() -> None:
     assert specs == []
     assert len(errors) == len(EXPECTED_FIELDS)
     specs, errors = load_specs(VALID, MANIFESTS)
-    assert sorted(s.name for s in specs) == ["b2i", "full", "minimal", "s2i"]
+    assert sorted(s.name for s in specs) == ["b2i", "full", "minimal", "s2i", "staged"]
     assert errors == []
 
 
@@ -119,7 +119,8 @@ def test_defaults_and_parsing() -> None:
     assert spec.approvals.approve.timeout == 24 * 3600
     full = load_spec(VALID / "full.yaml", MANIFESTS)
     assert full.approvals.approve.timeout == 36 * 3600
-    assert full.environments.prod.rollout_timeout == 600
+    assert full.environment("prod").rollout_timeout == 600
+    assert full.environment_names == ["dev", "prod"]
 
 
 @pytest.mark.parametrize("tag", ["v1.2.3", "v0.0.1", "v1.2.3-rc.1", "v10.20.30-beta"])
@@ -157,8 +158,8 @@ def test_jenkins_pipeline_is_expressible() -> None:
     assert " ".join(spec.package.command) == jenkins(r"sh '(mvn clean package[^']*)'")
     assert spec.registry.project == jenkins(r"HARBOR_NAMESPACE = '([^']+)'")
     assert spec.registry.connection == jenkins(r"usernamePassword\(credentialsId: '([^']+)'")
-    assert spec.environments.dev.cluster == jenkins(r"kubeconfigFile\(credentialsId: '([^']+)'")
-    assert spec.environments.dev.namespace == "middleware"
+    assert spec.environment("dev").cluster == jenkins(r"kubeconfigFile\(credentialsId: '([^']+)'")
+    assert spec.environment("dev").namespace == "middleware"
     assert spec.image.strategy is ImageStrategy.DOCKERFILE
 
 
@@ -195,7 +196,8 @@ def test_a_spec_sets_its_own_step_timeouts_and_concurrency() -> None:
         ({"timeouts": {"approve": "1h"}}, "limits.timeouts", "'approve' is not a step with a timeout of its own"),
         ({"max_active_runs": 0}, "limits.max_active_runs", "greater than or equal to 1"),
         ({"step_timeout": "soon"}, "limits.step_timeout", "'soon' is not a duration"),
-        ({"timeouts": {"deploy_dev": "2m"}}, "", "deploy_dev may run 120s, but its rollout may take"),
+        ({"timeouts": {"deploy_dev": "2m"}}, "limits", "deploy_dev may run 120s, but its rollout may take"),
+        ({"timeouts": {"deploy_staging": "2h"}}, "limits.timeouts", "'deploy_staging' is not a step with a timeout"),
     ],
 )
 def test_bad_limits_are_refused_naming_the_field(limits: dict, field: str, message: str) -> None:
@@ -247,8 +249,9 @@ def test_push_rules_match_globs_first_rule_first() -> None:
         ([{"until": "build"}], "git.push[0]", "a push rule needs 'branches' or 'tags'"),
         ([{"branches": ["refs/heads/main"]}], "git.push[0].branches", "no 'refs/' prefix"),
         ([{"branches": ["main; rm -rf /"]}], "git.push[0].branches", "is not a branch or tag pattern"),
-        ([{"branches": ["main"], "until": "approve"}], "git.push[0].until", "must be 'checkout'"),
-        ([{"branches": ["main"], "until": "sonar"}], "", "this app runs no sonar step"),
+        ([{"branches": ["main"], "until": "approve"}], "git.push[0].until", "'approve' is not a step of this app"),
+        ([{"branches": ["main"], "until": "sonar"}], "git.push[0].until", "this app runs no sonar step"),
+        ([{"branches": ["main"], "until": "deploy_staging"}], "git.push[0].until", "stop at one of checkout,"),
         ([{"branch": ["main"]}], "git.push[0].branch", "known fields here: branches, tags, until"),
     ],
 )

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import pytest
 import yaml
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError
 from pydantic import BaseModel, BeforeValidator, TypeAdapter
 from typer.testing import CliRunner
 
@@ -23,6 +23,13 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "apps"
 SAMPLES = sorted((REPO / "include" / "apps").glob("*.yaml")) + sorted((FIXTURES / "valid").glob("*.yaml"))
 MINIMAL = yaml.safe_load((FIXTURES / "valid" / "minimal.yaml").read_text())
+# the same spec with its environments written as a list (dev, prod) instead of the dev/prod mapping
+LISTED = {**MINIMAL, "environments": [{"name": k, **v} for k, v in MINIMAL["environments"].items()]}
+THREE = [
+    {"name": "dev", "cluster": "k8s_dev", "namespace": "dev", "manifests": "web"},
+    {"name": "staging", "cluster": "k8s_test", "namespace": "staging", "manifests": "web", "gate": False},
+    {"name": "prod", "cluster": "k8s_prod", "namespace": "prod", "manifests": "web"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +37,37 @@ def validator() -> Draft202012Validator:
     return Draft202012Validator(json_schema())
 
 
+def _as_written(error: ValidationError) -> list[ValidationError]:
+    """An error of a value with several forms (``anyOf``) as the errors of the forms of the value's own type
+    (the mapping form of a mapping), as Conveyor reports them; the error itself when no form has that type."""
+    if error.validator != "anyOf" or not error.context:
+        return [error]
+    forms: dict[Any, list[ValidationError]] = {}
+    for sub in error.context:
+        forms.setdefault(sub.relative_schema_path[0], []).append(sub)
+    fitting = [
+        sub
+        for errors in forms.values()
+        if not any(e.validator == "type" and not e.relative_path and len(e.relative_schema_path) == 2 for e in errors)
+        for sub in errors
+    ]
+    return [leaf for sub in fitting for leaf in _as_written(sub)] or [error]
+
+
 def schema_errors(validator: Draft202012Validator, data: Any) -> set[tuple[str, str]]:
     """Each error as (field path, the JSON Schema keyword that failed)."""
-    return {(".".join(map(str, e.absolute_path)), str(e.validator)) for e in validator.iter_errors(data)}
+    errors = [leaf for e in validator.iter_errors(data) for leaf in _as_written(e)]
+    return {(".".join(map(str, e.absolute_path)), str(e.validator)) for e in errors}
 
 
 def with_field(path: str, value: Any) -> dict[str, Any]:
-    """The minimal fixture spec with one field set (``a.b.c``)."""
-    data = json.loads(json.dumps(MINIMAL))
-    *parents, last = path.split(".")
+    """The minimal fixture spec with one field set (``a.b.c``); a path through a list item (``a[0].b``) sets it
+    in the minimal spec with its environments written as a list."""
+    data = json.loads(json.dumps(LISTED if "[" in path else MINIMAL))
+    *parents, last = re.findall(r"[^.\[\]]+|\[\d+\]", path)
     node = data
     for part in parents:
-        node = node.setdefault(part, {})
+        node = node[int(part[1:-1])] if part.startswith("[") else node.setdefault(part, {})
     node[last] = value
     return data
 
@@ -93,6 +119,9 @@ def test_invalid_fixtures_fail_where_conveyor_fails_them(validator: Draft202012V
         "test.command",
         "environments.dev.namespace",
     }
+    listed = yaml.safe_load((FIXTURES / "invalid" / "names.yaml").read_text())
+    listed["environments"] = [{"name": name, **env} for name, env in listed["environments"].items()]
+    assert "environments.0.namespace" in {path for path, _ in schema_errors(validator, listed)}
 
 
 # Both forms that Conveyor accepts pass the schema (pydantic alone would describe only the number of seconds
@@ -118,6 +147,24 @@ def test_invalid_fixtures_fail_where_conveyor_fails_them(validator: Draft202012V
         ("builder", "registry.example.com/builders/maven:3.9-jdk17", True),
         ("builder", "python; curl evil", False),
         ("environments.dev.namespace", "a" * 64, False),
+        # the environments as a list, the canonical form
+        ("environments[0].rollout_timeout", "3m", True),
+        ("environments[1].gate", False, True),
+        ("environments[0].rollout_timeout", "soon", False),
+        ("environments[1].namespace", "Prod", False),
+        ("environments[1].stage", 2, False),
+        ("environments", THREE, True),
+        ("environments", THREE[:1], True),
+        ("environments", [], False),
+        ("environments", [THREE[0]] * 9, False),
+        ("environments", [{k: v for k, v in THREE[0].items() if k != "name"}], False),
+        ("environments", [{**THREE[0], "name": "Dev"}], False),
+        # the dev/prod mapping, the shorthand older specs use: its keys give the names, and there are no others
+        ("environments.dev.gate", True, True),
+        ("environments.dev.approval", {"users": ["bob"]}, True),
+        ("environments.staging", {"cluster": "k8s_test", "namespace": "staging", "manifests": "web"}, False),
+        ("environments.dev.name", "dev", False),
+        ("environments", {"dev": {k: v for k, v in THREE[0].items() if k != "name"}}, False),
     ],
 )
 def test_schema_and_conveyor_agree_on_each_form(
@@ -132,6 +179,13 @@ def test_schema_and_conveyor_agree_on_each_form(
     except ValueError:
         model_accepts = False
     assert model_accepts is valid
+
+
+def test_limits_name_steps_as_conveyor_does(validator: Draft202012Validator) -> None:
+    assert not schema_errors(validator, with_field("limits.timeouts", {"deploy_staging": "20m"}))
+    assert schema_errors(validator, with_field("limits.timeouts", {"Build!": "20m"})) == {
+        ("limits.timeouts", "pattern")
+    }
 
 
 def test_duration_pattern_is_the_one_conveyor_parses(validator: Draft202012Validator) -> None:
@@ -187,6 +241,13 @@ def test_reference_shows_types_defaults_and_constraints() -> None:
     assert "| **yes** |" in rows["builder"]
     assert "# yaml-language-server: $schema=../../docs/spec.schema.json" in text
     assert "- string, not empty, matching `^(?:(\\d+)d)?" in text  # the duration's text form
+    assert "[environments](#environments)" in rows["environments"]
+    assert "At `environments[]`, `environments.dev`, `environments.prod`." in text
+    environments = text.split("### environments\n", 1)[1].split("\n### ", 1)[0]
+    assert "- list of [Environment](#environment), at least 1 item, at most 8 items" in environments
+    assert "- map of `dev` | `prod` → [Environment](#environment) without `name`" in environments
+    assert "dev → staging → prod" in environments and "shorthand" in environments
+    assert "- {name: staging, cluster: k8s_test" in environments  # the examples, as a spec writes them
     anchors = {re.sub(r"[^a-z0-9 _-]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, re.M)}
     links = set(re.findall(r"\]\(#([^)]+)\)", text))
     assert links <= anchors, f"links to no heading: {sorted(links - anchors)}"

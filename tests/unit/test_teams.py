@@ -118,8 +118,8 @@ def test_a_teams_pipeline_pods_run_in_its_own_ci_namespace() -> None:
 
 def test_no_team_deploys_to_a_ci_namespace() -> None:
     spec = load_spec(REPO / "include" / "apps" / "boot-preject.yaml")
-    env = spec.environments.dev.model_copy(update={"cluster": "middleware_ci", "namespace": "middleware-ci"})
-    bad = spec.model_copy(update={"environments": spec.environments.model_copy(update={"dev": env})})
+    env = spec.environments[0].model_copy(update={"cluster": "middleware_ci", "namespace": "middleware-ci"})
+    bad = spec.model_copy(update={"environments": [env, *spec.environments[1:]]})
     assert any("is the CI cluster" in p.message for p in spec_problems(bad, load_platform(PLATFORM_FILE)))
 
 
@@ -143,6 +143,7 @@ def test_the_cluster_gets_each_teams_ci_and_deploy_namespaces() -> None:
     assert cluster_namespaces(load_platform(PLATFORM_FILE)) == [
         ("ci", "conveyor-ci", "k8s_ci"),
         ("deploy", "dev", "k8s_dev"),
+        ("deploy", "staging", "k8s_staging"),
         ("deploy", "prod", "k8s_prod"),
         ("ci", "middleware-ci", "middleware_ci"),
         ("deploy", "middleware", "demo-kubeconfig"),
