@@ -94,8 +94,9 @@ def check_app(spec: AppSpec, file: str, platform: Platform, manifests_root: Path
         raise SpecError(file, problems)
 
 
-def load_apps(folder: Path | None = None) -> tuple[list[AppSpec], list[SpecError]]:
-    """Every valid app of the apps folder, and the errors of the others (one bad file spoils nothing else)."""
+def load_apps(folder: Path | None = None, *, only: str | None = None) -> tuple[list[AppSpec], list[SpecError]]:
+    """Every valid app of the apps folder, and the errors of the others (one bad file spoils nothing else);
+    ``only``: just the spec files of that app."""
     folder = folder or settings.apps_folder()
     manifests = settings.manifests_folder()
     specs: list[AppSpec] = []
@@ -105,7 +106,7 @@ def load_apps(folder: Path | None = None) -> tuple[list[AppSpec], list[SpecError
         platform_error = ""
     except ConfigurationError as exc:
         platform, platform_error = None, str(exc)
-    paths = spec_files(folder)
+    paths = [p for p in spec_files(folder) if only is None or p.stem == only]
     stems = [p.stem for p in paths]
     for path in paths:
         if stems.count(path.stem) > 1:

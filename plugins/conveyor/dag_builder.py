@@ -322,7 +322,11 @@ def register_apps(namespace: dict[str, Any], folder: Path | None = None, *, team
     reports the bad one as its import error. In strict mode (``[conveyor] strict``) any
     bad spec fails this file too, for CI.
     """
-    specs, errors = load_apps(folder)
+    from airflow.sdk import get_parsing_context
+
+    # A task's process parses this file to run one task of one DAG: Airflow says which, so only that app's spec is
+    # read and only its DAG built (with hundreds of apps, every step would otherwise pay for all of them).
+    specs, errors = load_apps(folder, only=get_parsing_context().dag_id)
     if team is not None:
         specs = [s for s in specs if s.team == team]
         errors = [e for e in errors if _declared_team(e.file) in (team, None)]

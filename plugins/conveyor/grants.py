@@ -87,6 +87,14 @@ def spec_problems(spec: AppSpec, platform: Platform) -> list[GrantProblem]:
                 f"of '{spec.registry.connection}', not to '{spec.registry.project}'",
             )
         )
+    if spec.environments[0].name == PRODUCTION:
+        problems.append(
+            GrantProblem(
+                f"environments.{PRODUCTION}",
+                f"{PRODUCTION} gets releases only, so it cannot be the app's first environment (whose deploy runs "
+                f"for every approved build): list dev (or another environment) before {PRODUCTION}",
+            )
+        )
     for env in spec.environments:
         env_name, where = env.name, f"environments.{env.name}"
         if env.cluster in platform.ci_connections():

@@ -428,6 +428,8 @@ class ConveyorPodOperator(KubernetesPodOperator):
         if problem:
             self._refuse(audit, gate_step.id, problem, shown)
         assert shown is not None  # check_release refuses without a shown build
+        if applying and run.spec.is_release_environment(env):
+            self._check_released(run, env, gate_step.id, audit, shown)
         if applying:
             self._record_applying(context, audit, shown, env, run.started)
         else:
@@ -439,6 +441,38 @@ class ConveyorPodOperator(KubernetesPodOperator):
             shown.manifests_hash,
         )
         return shown
+
+    def _check_released(
+        self, run: release.RunRelease, env: str, gate: str, audit: dict[str, str], shown: records.GateOpened
+    ) -> None:
+        """An environment after the first one gets releases only: the run must be a release (as its checkout
+        recorded it, under the spec it started with, whatever the DAG says now), and the first gate must have
+        approved this same build, whatever happened to that gate's task since."""
+        checkout = run.run.checked_out
+        if checkout is None or not checkout.release_tag:
+            self._refuse(
+                audit,
+                gate,
+                f"{self.task_id}: refused — {env} gets releases only, and run {run.run.run_id} is not a release "
+                "(it has no tag_name). Trigger a run with tag_name to release.",
+                shown,
+            )
+        first = run.covering_gate(run.spec.environments[0].name)
+        if first.id == gate:
+            return
+        assessment = gate_rules.assess(run.facts(first.id, now=datetime.now(UTC), task_state=None))
+        approved = run.run.gate_shown(first.id)
+        same = approved is not None and (approved.commit, approved.digest) == (shown.commit, shown.digest)
+        if assessment.status is not gate_rules.GateStatus.APPROVED or not same:
+            self._refuse(
+                audit,
+                gate,
+                f"{self.task_id}: refused — a release reaches {env} only after {first.id} approved the same build; "
+                f"{first.id} {assessment.explain()}"
+                + ("" if same else f", and showed another build than {gate} does")
+                + ". Start a new release run.",
+                shown,
+            )
 
     def _record_applying(
         self, context: Any, base: dict[str, str], shown: records.GateOpened, env: str, started: records.RunStarted
@@ -486,7 +520,8 @@ class ConveyorPodOperator(KubernetesPodOperator):
             at=at or records.now_iso(),
             run_after=started.run_after if started else shown.run_after,
             build_number=shown.build_number,
-            tag=shown.release_tag if self.release_only else "",  # the first environment's deploy is no release
+            # the first environment's deploy is no release (the spec the run started with says which is first)
+            tag=shown.release_tag if started is None or started.app_spec().is_release_environment(env) else "",
             approvers=list(dict.fromkeys(d.user for d in decisions if d.decision == gate_rules.APPROVE)),
         )
 

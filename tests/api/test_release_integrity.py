@@ -53,6 +53,14 @@ def edit_file() -> Iterator[Callable[[Path, Callable[[str], str]], None]]:
         path.write_text(text)
 
 
+def one_gate_for_dev_and_staging(edit_file: Any) -> None:
+    """reminders as an app whose first gate releases two environments: staging gets no gate of its own."""
+    approval = "    approval: {users: [carol], required: 1}\n"
+    edit_file(
+        APPS / "reminders.yaml", lambda text: text.replace(approval, "    gate: false\n") if approval in text else ""
+    )
+
+
 def test_a_gate_marked_success_by_hand_releases_nothing(dag_test: Callable[..., DagTest], api: Any, auth: Any) -> None:
     run = dag_test("appointments", {"tag_name": "v1.1.0"})
     waiting = run.wait_at_gate()
@@ -105,7 +113,8 @@ def test_a_production_gate_marked_skipped_by_hand_releases_nothing(
 def test_manifests_changed_after_the_approval_are_not_applied(
     dag_test: Callable[..., DagTest], api: Any, auth: Any, edit_file: Any, tmp_path: Path
 ) -> None:
-    # reminders has one gate for dev and prod: prod is deployed on the approval given before deploy_dev.
+    # staging is deployed on the approval given before deploy_dev (staging has no gate of its own here).
+    one_gate_for_dev_and_staging(edit_file)
     go = tmp_path / "tag-may-finish"
     run = dag_test("reminders", {"tag_name": "v2.0.0"}, block={"tag": str(go)})
     waiting = run.wait_at_gate()
@@ -117,13 +126,16 @@ def test_manifests_changed_after_the_approval_are_not_applied(
 
     output = run.finish()
     assert run.state(waiting.run_id, "deploy_dev") == "success"
-    assert run.state(waiting.run_id, "deploy_prod") == "failed"
-    assert run.pod("deploy_prod") is None
+    assert run.state(waiting.run_id, "deploy_staging") == "failed"
+    assert run.pod("deploy_staging") is None
     assert "the manifests changed after the approval" in output
     assert "what is in include/manifests now was never approved" in output
 
 
-def test_an_edited_xcom_releases_nothing(dag_test: Callable[..., DagTest], api: Any, auth: Any, tmp_path: Path) -> None:
+def test_an_edited_xcom_releases_nothing(
+    dag_test: Callable[..., DagTest], api: Any, auth: Any, tmp_path: Path, edit_file: Any
+) -> None:
+    one_gate_for_dev_and_staging(edit_file)
     go = tmp_path / "tag-may-finish"
     run = dag_test("reminders", {"tag_name": "v2.0.1"}, block={"tag": str(go)})
     waiting = run.wait_at_gate()
@@ -140,8 +152,8 @@ def test_an_edited_xcom_releases_nothing(dag_test: Callable[..., DagTest], api: 
     go.touch()
 
     output = run.finish()
-    assert run.state(waiting.run_id, "deploy_prod") == "failed"
-    assert run.pod("deploy_prod") is None
+    assert run.state(waiting.run_id, "deploy_staging") == "failed"
+    assert run.pod("deploy_staging") is None
     assert f"the run's XComs now say commit {waiting.commit[:12]}, image {other}" in output
     assert "an XCom was edited after the build" in output
     # What ran in dev is the approved image, whatever the XCom said since.

@@ -31,8 +31,8 @@ STATE = Path(os.environ.get("CONVEYOR_STATE", "/var/lib/conveyor"))
 KUBECONFIGS = Path(os.environ.get("CONVEYOR_KUBECONFIGS", STATE / "kubeconfigs"))
 CONNECTIONS = Path(os.environ.get("CONVEYOR_CONNECTIONS", STATE / "connections"))
 CI_NS = "conveyor-ci"
-ENVIRONMENTS = ("dev", "prod")
-OTHER = {"dev": "prod", "prod": "dev"}
+ENVIRONMENTS = ("dev", "staging", "prod")
+OTHER = {"dev": "prod", "staging": "prod", "prod": "staging"}
 BUSYBOX_IMAGE = "conveyor.local/busybox:1"  # imported into the node by scripts/cluster/up
 TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 UP = "run `make up`"
@@ -231,12 +231,13 @@ def test_a_privileged_deployment_gets_no_pod(
 
 
 def _sample_manifests() -> list[tuple[str, str]]:
-    """(app, manifest folder) of every sample app that deploys to the local dev or prod cluster."""
+    """(app, manifest folder) of every sample app that deploys to the local dev, staging or prod cluster."""
     found = set()
     for spec_file in sorted((REPO / "include" / "apps").glob("*.yaml")):
         spec = yaml.safe_load(spec_file.read_text())
-        for env in (spec.get("environments") or {}).values():
-            if env.get("cluster") in ("k8s_dev", "k8s_prod"):
+        environments = spec.get("environments") or []
+        for env in environments.values() if isinstance(environments, dict) else environments:
+            if env.get("cluster") in ("k8s_dev", "k8s_staging", "k8s_prod"):
                 found.add((spec["name"], env["manifests"]))
     return sorted(found)
 

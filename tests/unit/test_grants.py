@@ -262,3 +262,23 @@ def test_no_app_pushes_into_the_step_images_project(tmp_path: Path) -> None:
     spec = parse_spec(data, str(path))
     with pytest.raises(SpecError, match=r"registry\.project.*'conveyor' holds Conveyor's step images"):
         apps.check_app(spec, str(path), PLATFORM, REPO / "include" / "manifests")
+
+
+def test_production_is_never_the_first_environment() -> None:
+    """prod gets releases only: first, it would get every approved build of every branch, untagged."""
+    first = problems(
+        spec_with(
+            environments=[
+                {"name": "prod", "cluster": "k8s_prod", "namespace": "prod", "manifests": "appointments"},
+                {"name": "dev", "cluster": "k8s_dev", "namespace": "dev", "manifests": "appointments"},
+            ]
+        )
+    )
+    assert "prod gets releases only, so it cannot be the app's first environment" in first["environments.prod"]
+    alone = problems(
+        spec_with(
+            environments=[{"name": "prod", "cluster": "k8s_prod", "namespace": "prod", "manifests": "appointments"}],
+            approvals__approve_prod=None,
+        )
+    )
+    assert "cannot be the app's first environment" in alone["environments.prod"]
