@@ -37,7 +37,16 @@ def shown(run_id: str, gate_id: str, digest: str = DIGEST) -> records.GateOpened
 
 def approve(opened: records.GateOpened, user: str = "alice") -> None:
     decision = gate.Decision(
-        APP, opened.run_id, opened.gate, gate.APPROVE, user, ("admin",), opened.commit, opened.digest, "", records.now_iso()
+        APP,
+        opened.run_id,
+        opened.gate,
+        gate.APPROVE,
+        user,
+        ("admin",),
+        opened.commit,
+        opened.digest,
+        "",
+        records.now_iso(),
     )
     decision = gate.Decision(**{**decision.__dict__, "manifests": opened.manifests_hash})
     records.record(APP, records.Kind.DECISION, decision, gate=opened.gate)
