@@ -50,5 +50,6 @@ docs: install ## regenerate docs/spec-reference.md and docs/spec.schema.json fro
 	@bin/conveyor spec schema --output docs/spec.schema.json
 	@bin/conveyor spec reference --output docs/spec-reference.md
 
-bench: install ## time one release of the sample app per step (after `make up`); JSON in bench/results/
+bench: install ## time the DAG file with 500 apps, then one release of the sample app per step (after `make up`); JSON in bench/results/
+	@$(VENV)/bin/python bench/parsing.py 500
 	@$(VENV)/bin/python bench/release_flow.py

@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO / "plugins"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from release_flow import APP, STATE, PodWatcher, login, ts  # noqa: E402
+from results import publish  # noqa: E402
 
 from conveyor import settings  # noqa: E402
 from conveyor.apps import load_app  # noqa: E402
@@ -102,9 +103,7 @@ def measure(admin: httpx.Client, app: str = APP) -> dict[str, Any]:
 
 def main() -> None:
     result = measure(login("admin"))
-    out = REPO / "bench" / "results" / f"build-cache-{int(time.time())}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = publish("build-cache", result, ["warm_cold_build_ratio"])
     print(
         f"warm/cold build: {result['warm_cold_build_ratio']} of the pod time "
         f"(task time: {result['warm_cold_build_task_ratio']}); goal <= 0.33; {out}"

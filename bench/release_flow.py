@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import threading
 import time
@@ -30,6 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 
 from conveyor.steps.common import label_value  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+from results import publish  # noqa: E402
 
 STATE = Path(os.environ.get("CONVEYOR_STATE", "/var/lib/conveyor"))
 AIRFLOW = os.environ.get("CONVEYOR_AIRFLOW_URL", "http://localhost:8080")
@@ -99,6 +103,7 @@ def main() -> None:
     watcher.start()
     print(f"benchmarking {APP} run {run_id} (tag {tag})", flush=True)
     pending = dict(deciders)
+    decided: dict[str, float] = {}  # gate → when its last approval was recorded
     started = time.time()
     while time.time() - started < 1800:
         run = admin.get(f"/api/v2/dags/{APP}/dagRuns/{run_id}").json()
@@ -111,6 +116,7 @@ def main() -> None:
                 body = {"commit": gate["build"]["commit"], "digest": gate["build"]["digest"], "reason": "benchmark"}
                 for client in clients:
                     client.post(f"{gate_url}/approve", json=body).raise_for_status()
+                decided[gate_id] = time.time()
                 del pending[gate_id]
         time.sleep(1)
     watcher.stop.set()
@@ -145,6 +151,20 @@ def main() -> None:
         for i, s in enumerate(steps)
         if s["step"] not in gates
     )
+    # Per pod step, as issue #13 defines it: task start → pod running, pod end → task end, task end → next start.
+    per_step = [
+        (s["task_start_to_pod_start"] or 0) + (s["pod_end_to_task_end"] or 0) + (s["task_end_to_next_start"] or 0)
+        for s in steps
+        if s["pod_seconds"] is not None and s["state"] == "success"
+    ]
+    # A decision recorded → the pod of the step after its gate running.
+    after_gate: dict[str, float | None] = {}
+    for i, s in enumerate(steps):
+        if s["step"] in decided:
+            nxt = next((n for n in steps[i + 1 :] if n["step"] in watcher.pods), None)
+            pod_start = watcher.pods.get(nxt["step"], {}).get("pod_start") if nxt else None
+            after_gate[s["step"]] = round(pod_start - decided[s["step"]], 2) if pod_start else None
+    waits = [v for v in after_gate.values() if v is not None]
     # The build step cold (the app's caches cleared) and warm (the same commit again): bench/build_cache.py.
     from build_cache import measure
 
@@ -157,13 +177,15 @@ def main() -> None:
         "pod_seconds_total": round(pod_total, 2),
         "orchestration_seconds_total": round(overhead, 2),
         "orchestration_to_pod_ratio": round(overhead / pod_total, 3) if pod_total else None,
+        "step_overhead_median_s": round(statistics.median(per_step), 2) if per_step else None,
+        "approval_to_next_pod_s": max(waits) if waits else None,
+        "approval_to_next_pod_by_gate": after_gate,
         "steps": steps,
         "warm_cold_build_ratio": cache["warm_cold_build_ratio"] if cache else None,
         "build_cache": cache,
     }
-    out = REPO / "bench" / "results" / f"release-flow-{int(time.time())}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    headline = ("step_overhead_median_s", "approval_to_next_pod_s", "orchestration_to_pod_ratio", "wall_seconds")
+    out = publish("release-flow", result, [*headline, *(["warm_cold_build_ratio"] if cache else [])])
     print(f"{'step':12} {'pod s':>7} {'task s':>7} {'→pod':>6} {'pod→end':>8} {'→next':>6}")
     for s in steps:
         cells = [
@@ -177,6 +199,10 @@ def main() -> None:
     print(
         f"run {result['state']} in {result['wall_seconds']}s; pods {result['pod_seconds_total']}s, orchestration "
         f"{result['orchestration_seconds_total']}s (ratio {result['orchestration_to_pod_ratio']}); {out}"
+    )
+    print(
+        f"step_overhead_median_s {result['step_overhead_median_s']} (goal <= 1.5); approval_to_next_pod_s "
+        f"{result['approval_to_next_pod_s']} (goal <= 3; by gate {after_gate})"
     )
     if cache:
         print(

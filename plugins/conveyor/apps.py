@@ -35,7 +35,11 @@ def manifest_problems(spec: AppSpec, file: str, platform: Platform, manifests_ro
     """Each environment's manifests rendered with stand-in values: unknown variables, bad YAML and images
     that are neither the app's own, pinned by digest nor allowed, each with its file and line."""
     problems: list[SpecProblem] = []
+    checked: set[str] = set()
     for env in spec.environments:
+        if env.manifests in checked:
+            continue  # the same folder rendered with the same stand-in values: the same problems
+        checked.add(env.manifests)
         variables = manifest_variables(
             spec,
             registry=PLACEHOLDER_REGISTRY,
