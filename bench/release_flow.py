@@ -112,7 +112,7 @@ def main() -> None:
         for gate_id, clients in list(pending.items()):
             gate_url = f"/conveyor/api/v1/gates/{APP}/{run_id}/{gate_id}"
             gate = clients[0].get(gate_url).json()
-            if gate.get("task_state") == "up_for_reschedule" and gate["build"].get("digest"):
+            if gate.get("task_state") == "deferred" and gate["build"].get("digest"):
                 body = {"commit": gate["build"]["commit"], "digest": gate["build"]["digest"], "reason": "benchmark"}
                 for client in clients:
                     client.post(f"{gate_url}/approve", json=body).raise_for_status()

@@ -49,7 +49,7 @@ TEST_ENV = {
     # dag.test runs): else each may generate its own and cannot read the others' Variables.
     "AIRFLOW__CORE__FERNET_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
     "AIRFLOW__CONVEYOR__APPROVAL_SIGNING_KEY": "tests-signing-key-0123456789",
-    "AIRFLOW__CONVEYOR__GATE_POKE_INTERVAL": "1",
+    "AIRFLOW__CONVEYOR__GATE_POLL_INTERVAL": "1",
     "AIRFLOW__CONVEYOR__APPS_FOLDER": str(APPS),
     "AIRFLOW__CONVEYOR__MANIFESTS_FOLDER": str(MANIFESTS),
     "AIRFLOW__CONVEYOR__PLATFORM_FILE": str(REPO / "config" / "platform.yaml"),

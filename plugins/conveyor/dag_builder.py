@@ -21,8 +21,9 @@ from conveyor import settings
 from conveyor.apps import load_apps
 from conveyor.credentials import registry_host
 from conveyor.exceptions import ConveyorError, InvalidSpecs, SpecError
+from conveyor.gate_sensor import ApprovalSensor
 from conveyor.notifier import StepNotifier
-from conveyor.operators import ApprovalSensor, ConveyorPodOperator
+from conveyor.operators import ConveyorPodOperator
 from conveyor.pipeline import Pipeline, RunValues, Step, StepKind, build_pipeline, step_secrets
 from conveyor.spec import RELEASE_TAG, AppSpec, Environment
 from conveyor.steps import PodContext, build_step_pod
@@ -206,7 +207,7 @@ def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str])
             release_only=step.release_only,
             auto_tag=spec.release.auto_tag,
             timeout=step.policy.timeout,
-            poke_interval=settings.gate_poke_interval(),
+            poll_interval=settings.gate_poll_interval(),
             trigger_rule=trigger_rule,
             doc_md=step.doc,
             retries=0,

@@ -144,6 +144,19 @@ class Ledger:
                 time.sleep(0.05)
         raise AssertionError("unreachable")
 
+    def newest_about(self, app: str, after: int, run_id: str, gate: str) -> int | None:
+        """The sequence number of the newest entry after ``after`` about ``run_id`` or at ``gate`` (None: none).
+
+        One indexed query and no chain check: it only tells a waiting gate that it is worth looking again,
+        and the look itself reads the verified records."""
+        with self.engine.connect() as conn:
+            c = entries_table.c
+            return conn.execute(
+                sa.select(sa.func.max(c.seq)).where(
+                    c.app == app, c.seq > after, sa.or_(c.run_id == run_id, c.gate == gate)
+                )
+            ).scalar()
+
     def _verify(self, app: str, rows: Sequence[Any], head: Any, anchor: Anchor | None = None) -> list[Entry]:
         """The app's entries, once ``rows`` are checked to be one unbroken signed chain from the genesis, or
         from ``anchor`` (where the archived records end, see :func:`drop_archived`), up to the signed head."""

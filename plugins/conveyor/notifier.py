@@ -169,8 +169,8 @@ def gate_announced_its_end(task: Any, context: Any) -> bool:
     """Whether a failed approval gate has told people itself how its decision ended: rejected, expired
     (also by its sensor's timeout) or superseded, the gate notices of :mod:`conveyor.notify`. Any other
     failure of a gate (e.g. manifests that cannot be rendered) is a step failure like any other."""
-    operators = sys.modules.get("conveyor.operators")
-    if operators is None or not isinstance(task, operators.ApprovalSensor):
+    sensors = sys.modules.get("conveyor.gate_sensor")
+    if sensors is None or not isinstance(task, sensors.ApprovalSensor):
         return False  # not a gate (a task whose DAG never loaded Conveyor's operators cannot be one)
     from airflow.sdk.exceptions import AirflowSensorTimeout
 

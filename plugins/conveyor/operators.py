@@ -1,5 +1,5 @@
-"""The two operators Conveyor's DAGs are made of: a thin KubernetesPodOperator for pod steps
-and the approval sensor.
+"""The operator of Conveyor's pod steps, a thin KubernetesPodOperator, and the rules every step task shares
+(release runs, ``until``, run params). The approval gate is :mod:`conveyor.gate_sensor`.
 
 ``ConveyorPodOperator`` adds only what the stock operator cannot know: skipping steps that
 run only for a release (with the reason in the log), keeping what the steps found and built
@@ -16,8 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from airflow.sdk import BaseOperatorLink, BaseSensorOperator
-from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from kubernetes.client import models as k8s
 
 from conveyor import apps, records, release
@@ -27,7 +26,6 @@ from conveyor.exceptions import ConveyorError, RunSuperseded, TamperedRecords
 from conveyor.pipeline import SecretRef
 from conveyor.run_view import RunReportLink
 from conveyor.spec import RELEASE_TAG, git_ref_problem
-from conveyor.timefmt import format_duration
 
 NOT_A_RELEASE = (
     "Skipped: this run is not a release. Step {step} runs only when the run has a tag_name "
@@ -690,182 +688,3 @@ class ConveyorPodOperator(KubernetesPodOperator):
             self.log.warning("Could not read the last lines of container %s for the failure notice: %s", container, exc)
             return ()
         return tuple(f"[{container}] {line}" for line in str(text or "").splitlines())
-
-
-class DecisionPageLink(BaseOperatorLink):
-    """The "Decision page" button of a gate task in the Airflow UI."""
-
-    name = "Decision page"
-
-    def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        return release.decision_link(ti_key.dag_id, ti_key.run_id, ti_key.task_id)
-
-
-class ApprovalSensor(BaseSensorOperator):
-    """Waits for an authorised decision on this exact build: commit SHA, image digest and the
-    rendered manifests of the environments it releases to, under the policy the run started with.
-
-    On its first look at the build it keeps what it shows (with the rendered manifests) in
-    Conveyor's records: that is what approvers decide on and what the deploy steps apply.
-    Opens on enough distinct approvals; fails on a reject (with its reason), on expiry (a
-    rejection) and when a newer run of the app reaches the same gate (superseded). Decisions are
-    made through Conveyor's approval API; this sensor reads them, tells people when the gate
-    opens and ends, and runs in reschedule mode so it holds no worker slot.
-
-    :param app: the app's name
-    :param releases_to: the environments this decision releases to
-    :param release_only: skip (with the reason in the log) unless the run is a release
-    :param auto_tag: the app releases every run
-    """
-
-    template_fields: Sequence[str] = ()
-    ui_color = "#fde68a"
-    operator_extra_links = (DecisionPageLink(),)
-
-    def __init__(
-        self,
-        *,
-        app: str,
-        releases_to: Sequence[str],
-        release_only: bool = False,
-        auto_tag: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        kwargs.setdefault("mode", "reschedule")
-        super().__init__(**kwargs)
-        self.app = app
-        self.releases_to = list(releases_to)
-        self.release_only = release_only
-        self.auto_tag = auto_tag
-
-    def execute(self, context: Any) -> Any:
-        if skipped := past_until(self, context["params"]):
-            raise AirflowSkipException(skipped)
-        if self.release_only and not run_is_release(self.app, context, self.auto_tag):
-            raise AirflowSkipException(NOT_A_RELEASE.format(step=self.task_id))
-        try:
-            return super().execute(context)
-        except AirflowSensorTimeout:
-            # Expiry is a rejection, said in the people's words, not the sensor's.
-            message = (
-                f"Expired after {format_duration(float(self.timeout))} without the required approvals: "
-                "the gate counts as rejected. Trigger a new run to ask again."
-            )
-            self.log.error("%s", message)
-            self._notify("expired", context, None, reason=message)
-            raise _fail(message) from None
-
-    def poke(self, context: Any) -> bool:
-        from airflow.sdk import BaseHook
-
-        run_id = context["run_id"]
-        link = release.decision_link(self.app, run_id, self.task_id)
-        try:
-            outcome = release.show_build(self.app, run_id, self.task_id, BaseHook.get_connection)
-            run = release.RunRelease.of(_records(self.app), run_id)
-            step = run.gate(self.task_id)
-        except (ConveyorError, KeyError) as exc:
-            raise _fail(f"This gate cannot check the build: {str(exc).strip(chr(34))}") from None
-        if outcome.error:
-            raise _fail(f"Nothing to approve: {outcome.error}")
-        shown, new = outcome.build, outcome.new
-        if shown is None:
-            self.log.info("Waiting: %s.", outcome.waiting_for)
-            return False
-        if new:
-            self.log.info(
-                "Showing approvers build #%s: commit %s, image %s, manifests %s (kept: these bytes are what the "
-                "deploy applies).",
-                shown.build_number,
-                shown.commit,
-                shown.digest,
-                shown.manifests_hash,
-            )
-        assessment = gate_rules.assess(run.facts(self.task_id, now=datetime.now(UTC), task_state=None))
-        for line in assessment.not_counted:
-            self.log.warning("Not counted: %s", line)
-        status = assessment.status
-        if status is gate_rules.GateStatus.REJECTED and assessment.rejection is not None:
-            r = assessment.rejection
-            message = f"Rejected by {r.user} at {r.at}: {r.reason}"
-            self.log.error("%s", message)
-            self._notify("rejected", context, shown, people=(r.user,), reason=r.reason)
-            raise _fail(message)
-        if status is gate_rules.GateStatus.SUPERSEDED:
-            message = (
-                f"Superseded by run {assessment.superseded_by}: a newer run of {self.app} reached {self.task_id}, "
-                f"so only its build is released. This run's build (commit {shown.commit[:12]}, image {shown.digest}) "
-                "will not be deployed."
-            )
-            self.log.error("%s", message)
-            self._notify("superseded", context, shown, reason=message)
-            raise _fail(message)
-        if status is gate_rules.GateStatus.EXPIRED:
-            assert step.policy is not None
-            message = (
-                f"Expired after {format_duration(step.policy.timeout)} without the required approvals: "
-                "the gate counts as rejected. Trigger a new run to ask again."
-            )
-            self.log.error("%s", message)
-            self._notify("expired", context, shown, reason=message)
-            raise _fail(message)
-        if status is gate_rules.GateStatus.APPROVED:
-            self.log.info(
-                "Approved by %s for commit %s, image %s, manifests %s; releasing to %s.",
-                ", ".join(assessment.approvers),
-                shown.commit,
-                shown.digest,
-                shown.manifests_hash,
-                ", ".join(step.releases_to),
-            )
-            self._notify("approved", context, shown, people=tuple(assessment.approvers))
-            return True
-        if new and len(run.run.opened.get(self.task_id, [])) == 1:
-            assert step.policy is not None
-            people = tuple([*step.policy.users, *(f"role {r}" for r in step.policy.roles)])
-            self._notify("opened", context, shown, people=people)
-        self.log.info(
-            "Waiting: the gate %s, for commit %s, image %s. Decide at %s",
-            assessment.explain(),
-            shown.commit[:12],
-            shown.digest,
-            link,
-        )
-        return False
-
-    def _notify(
-        self,
-        kind: str,
-        context: Any,
-        shown: records.GateOpened | None,
-        *,
-        people: tuple[str, ...] = (),
-        reason: str = "",
-    ) -> None:
-        """Tell people; a notification that cannot be sent is logged and never fails the gate."""
-        try:
-            from conveyor import notify
-
-            tag, number = (shown.release_tag, shown.build_number) if shown else ("", 0)
-            version = f"{tag} (build {number})" if tag else (f"build {number}" if number else "")
-            event = notify.GateEvent(
-                kind=kind,  # type: ignore[arg-type]
-                app=self.app,
-                run_id=context["run_id"],
-                gate=self.task_id,
-                releases_to=tuple(self.releases_to),
-                link=release.decision_link(self.app, context["run_id"], self.task_id),
-                commit=shown.commit if shown else "",
-                message=shown.message if shown else "",
-                author=shown.author if shown else "",
-                digest=shown.digest if shown else "",
-                version=version,
-                people=people,
-                reason=reason,
-            )
-            run = release.RunRelease.of(records.load(self.app), context["run_id"])
-            channels = notify.gate_channels(run.spec, self.task_id, kind)
-            for line in notify.notify(event, channels, self.log):
-                self.log.info("Notification (%s): %s", kind, line)
-        except Exception as exc:  # never let telling people stop the release
-            self.log.warning("Could not send the %s notification: %s. The gate is not affected.", kind, exc)

@@ -312,6 +312,11 @@ class AppRecords:
         for e in self.entries:
             self._add(e)
 
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the newest record read (0: none)."""
+        return self.entries[-1].seq if self.entries else 0
+
     def _run(self, run_id: str) -> RunRecords:
         return self.runs.setdefault(run_id, RunRecords(run_id))
 
@@ -387,6 +392,12 @@ def _ledger() -> Ledger:
 def load(app: str) -> AppRecords:
     """The app's records, verified (``TamperedRecords`` when they were changed outside Conveyor)."""
     return AppRecords(app, _ledger().read(app))
+
+
+def newest_about(app: str, after: int, run_id: str, gate: str) -> int | None:
+    """The newest record of ``app`` after sequence number ``after`` about the run or at the gate, unverified:
+    a hint that a waiting gate should look again (see :meth:`Ledger.newest_about`)."""
+    return _ledger().newest_about(app, after, run_id, gate)
 
 
 def apps() -> list[str]:

@@ -76,9 +76,9 @@ def _seconds(key: str, default: str) -> float:
     return value
 
 
-def gate_poke_interval() -> float:
-    """Seconds between two checks of an approval gate."""
-    return _seconds("gate_poke_interval", "30")
+def gate_poll_interval() -> float:
+    """Seconds between two looks of a waiting gate's trigger at the records (one small query each)."""
+    return _seconds("gate_poll_interval", "1")
 
 
 def approval_signing_key() -> bytes:

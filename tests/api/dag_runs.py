@@ -162,8 +162,17 @@ class DagTest:
     def wait_at_gate(self, gate: str = "approve", commit: str = COMMIT, digest: str = DIGEST) -> Run:
         """The run, once its gate waits with the build shown to approvers."""
         run_id = self.run_id()
-        # A sensor waits (up_for_reschedule) only after its first look, which keeps the build it shows.
-        self.wait_for(f"{gate} to wait", lambda: self.state(run_id, gate) == "up_for_reschedule")
+        # A gate waits only after its first look, which keeps the build it shows. dag.test() runs the gate's
+        # trigger in line, with the task queued (a platform's gate is deferred meanwhile).
+        from conveyor import records
+
+        self.wait_for(
+            f"{gate} to wait",
+            lambda: (
+                self.state(run_id, gate) in ("queued", "deferred")
+                and records.load(self.dag_id).run(run_id).gate_shown(gate) is not None
+            ),
+        )
         return Run(self.dag_id, run_id, commit=commit, digest=digest)
 
     def finish(self, timeout: float = 120) -> str:

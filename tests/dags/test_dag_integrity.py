@@ -10,7 +10,8 @@ import pytest
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk.exceptions import AirflowSkipException
 
-from conveyor.operators import ApprovalSensor, ConveyorPodOperator
+from conveyor.gate_sensor import ApprovalSensor
+from conveyor.operators import ConveyorPodOperator
 from conveyor.spec import load_spec
 from conveyor.teams import load_platform
 from tests.conftest import FIXTURE_PLATFORM
@@ -72,7 +73,7 @@ def test_task_order_and_metadata(dagbag: DagBag, app: str) -> None:
             assert task.execution_timeout.total_seconds() == spec.limits.timeout_of(task.task_id)
         else:
             assert isinstance(task, ApprovalSensor)
-            assert task.mode == "reschedule"
+            assert task.poll_interval == 1.0  # a decision is seen within a second (AIRFLOW__CONVEYOR__GATE_POLL_INTERVAL)
             assert task.retries == 0
     assert dag.get_task("approve").timeout == spec.approvals.approve.timeout
     assert dag.max_active_runs == spec.limits.max_active_runs
@@ -182,13 +183,14 @@ def test_gate_expiry_is_a_rejection_with_the_timeout(dagbag: DagBag, monkeypatch
     from airflow.sdk import BaseSensorOperator
     from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
-    def timed_out(self: object, context: object) -> None:
+    def timed_out(self: object, next_method: str, next_kwargs: object, context: object) -> None:
         raise AirflowSensorTimeout("Sensor has timed out")
 
-    monkeypatch.setattr(BaseSensorOperator, "execute", timed_out)
+    # The deferral's backstop timeout (the triggerer did not wake the gate at its expiry) is an expiry too.
+    monkeypatch.setattr(BaseSensorOperator, "resume_execution", timed_out)
     gate = dagbag.dags["appointments"].get_task("approve")
     with pytest.raises(AirflowFailException, match="Expired after 24h without the required approvals"):
-        gate.execute({"params": {"tag_name": "v1.0.0"}})
+        gate.resume_execution("resume", {}, {"params": {"tag_name": "v1.0.0"}, "run_id": "manual__1"})
 
 
 def test_every_environment_has_its_own_gate_cluster_and_deploy(dagbag: DagBag) -> None:

@@ -78,7 +78,7 @@ class PipelineRun:
             tasks = self.tasks()
             if self.state() in TERMINAL:
                 pytest.fail(f"the run ended before {gate}: {tasks}")
-            return tasks.get(gate) == "up_for_reschedule"
+            return tasks.get(gate) == "deferred"
 
         self.wait(f"{gate} to wait for a decision", waiting)
         response = self.airflow("admin").get(self.gate_url(gate))

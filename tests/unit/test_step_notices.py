@@ -311,7 +311,7 @@ def test_a_notice_that_cannot_be_sent_does_not_raise(
 def test_a_gate_that_timed_out_has_announced_its_end_and_a_pod_step_has_not() -> None:
     from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
-    from conveyor.operators import ApprovalSensor
+    from conveyor.gate_sensor import ApprovalSensor
 
     gate = ApprovalSensor(task_id="approve", app="appointments", releases_to=["dev"], timeout=60)
     try:

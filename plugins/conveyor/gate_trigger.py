@@ -1,0 +1,85 @@
+"""What wakes a waiting approval gate: a trigger that runs in Airflow's triggerer, not a worker.
+
+A gate that has no decision yet defers to :class:`GateWakeTrigger` instead of sleeping between pokes:
+the trigger asks Conveyor's records once per ``poll_interval`` (one indexed query, see
+:func:`conveyor.records.newest_about`) whether anything new concerns this run or this gate, a decision,
+a newer run reaching the gate, the run being superseded, and fires as soon as something does, or when
+the gate's approval window closes. The gate then resumes on a worker and looks at the verified records
+itself: the trigger only says *when* to look, never *what* was decided, so nothing it reads is trusted.
+
+A decision reaches the next step about one poll interval plus a task start later, where a rescheduling
+sensor took up to a whole poke interval (10-30 s) and a worker process every time it looked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from conveyor import records
+
+
+class GateWakeTrigger(BaseTrigger):
+    """Fires once something after record ``after`` concerns ``run_id`` or ``gate`` of ``app``, or at ``wake_at``.
+
+    :param app: the app whose records to watch
+    :param run_id: the gate's run
+    :param gate: the gate's task id
+    :param after: the sequence number of the newest record the gate has already looked at
+    :param wake_at: when to fire regardless (ISO 8601, UTC): the gate's expiry; empty for never
+    :param poll_interval: seconds between two looks at the records
+    """
+
+    def __init__(
+        self, *, app: str, run_id: str, gate: str, after: int, wake_at: str = "", poll_interval: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.app = app
+        self.run_id = run_id
+        self.gate = gate
+        self.after = after
+        self.wake_at = wake_at
+        self.poll_interval = poll_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "app": self.app,
+                "run_id": self.run_id,
+                "gate": self.gate,
+                "after": self.after,
+                "wake_at": self.wake_at,
+                "poll_interval": self.poll_interval,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        deadline = datetime.fromisoformat(self.wake_at) if self.wake_at else None
+        failures = 0
+        while True:
+            if deadline is not None and datetime.now(UTC) >= deadline:
+                yield TriggerEvent({"woken_by": "expiry"})
+                return
+            try:
+                # The query is synchronous (SQLAlchemy, as the rest of the records): off the triggerer's event loop.
+                newest = await asyncio.to_thread(records.newest_about, self.app, self.after, self.run_id, self.gate)
+                failures = 0
+            except Exception as exc:  # the records database restarting must not end the wait
+                failures += 1
+                self.log.warning(
+                    "Could not read Conveyor's records for gate %s of %s (%s); trying again.", self.gate, self.app, exc
+                )
+                if failures >= 30:
+                    # The gate resumes and reports the problem from its own, verified read.
+                    yield TriggerEvent({"woken_by": "error", "error": str(exc)})
+                    return
+                newest = None
+            if newest is not None:
+                yield TriggerEvent({"woken_by": "record", "seq": newest})
+                return
+            await asyncio.sleep(self.poll_interval)
