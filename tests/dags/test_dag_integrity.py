@@ -73,7 +73,7 @@ def test_task_order_and_metadata(dagbag: DagBag, app: str) -> None:
             assert task.execution_timeout.total_seconds() == spec.limits.timeout_of(task.task_id)
         else:
             assert isinstance(task, ApprovalSensor)
-            assert task.poll_interval == 1.0  # a decision is seen within a second (AIRFLOW__CONVEYOR__GATE_POLL_INTERVAL)
+            assert task.poll_interval == 1.0  # a decision is seen within a second (gate_poll_interval)
             assert task.retries == 0
     assert dag.get_task("approve").timeout == spec.approvals.approve.timeout
     assert dag.max_active_runs == spec.limits.max_active_runs
