@@ -13,6 +13,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, NoReturn
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -24,6 +25,7 @@ from conveyor import gate as gate_rules
 from conveyor.credentials import bind_pod_secrets, remove_secrets, sync_secrets
 from conveyor.exceptions import ConveyorError, RunSuperseded, TamperedRecords
 from conveyor.pipeline import SecretRef
+from conveyor.pod_manager import PromptPodManager
 from conveyor.run_view import RunReportLink
 from conveyor.spec import RELEASE_TAG, git_ref_problem
 
@@ -162,6 +164,11 @@ class ConveyorPodOperator(KubernetesPodOperator):
         self._release_manifests: str | None = None
         self._base_commits: list[str] = []
         self._killed_run_id: str | None = None
+
+    @cached_property
+    def pod_manager(self) -> PromptPodManager:
+        """The stock PodManager, but one that notices the pod ending promptly (conveyor.pod_manager)."""
+        return PromptPodManager(kube_client=self.client, callbacks=self.callbacks)
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         # A step that will skip (not a release, or past the run's last step) must not fail first on rendering
