@@ -24,7 +24,7 @@ from conveyor.exceptions import ConveyorError, InvalidSpecs, SpecError
 from conveyor.gate_sensor import ApprovalSensor
 from conveyor.notifier import StepNotifier
 from conveyor.operators import ConveyorPodOperator
-from conveyor.pipeline import Pipeline, RunValues, Step, StepKind, build_pipeline, step_secrets
+from conveyor.pipeline import Pipeline, RunValues, Step, build_pipeline, step_secrets
 from conveyor.spec import RELEASE_TAG, AppSpec, Environment
 from conveyor.steps import PodContext, build_step_pod
 from conveyor.steps.common import label_value
@@ -215,9 +215,7 @@ def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str])
     pod = build_step_pod(pipeline, step, ctx)
     pod_dict = to_template_dict(ApiClient().sanitize_for_serialization(pod), templates)
     extra: dict[str, Any] = {}
-    if step.kind in (StepKind.CHECKOUT, StepKind.DEPLOY):
-        # One checkout per app at a time keeps build numbers unique; deploys to one
-        # environment of one app never overlap.
+    if step.type.one_at_a_time:
         extra["max_active_tis_per_dag"] = 1
     return ConveyorPodOperator(
         task_id=step.id,
@@ -233,7 +231,7 @@ def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str])
         namespace=ctx.ci.namespace,
         name=pod.metadata.name,
         pod_template_dict=pod_dict,
-        do_xcom_push=step.kind in (StepKind.CHECKOUT, StepKind.BUILD, StepKind.UNIT_TEST, StepKind.SONAR),
+        do_xcom_push=step.type.result,
         get_logs=True,
         # The step's init containers (fetch, prepare, package, the image build) log into the task log too.
         init_container_logs=True,

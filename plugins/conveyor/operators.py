@@ -24,7 +24,7 @@ from conveyor import apps, records, release
 from conveyor import gate as gate_rules
 from conveyor.credentials import bind_pod_secrets, remove_secrets, sync_secrets
 from conveyor.exceptions import ConveyorError, RunSuperseded, TamperedRecords
-from conveyor.pipeline import SecretRef
+from conveyor.pipeline import STEP_TYPES, SecretRef, StepKind
 from conveyor.pod_manager import PromptPodManager
 from conveyor.run_view import RunReportLink
 from conveyor.spec import RELEASE_TAG, git_ref_problem
@@ -165,6 +165,10 @@ class ConveyorPodOperator(KubernetesPodOperator):
         self._base_commits: list[str] = []
         self._killed_run_id: str | None = None
 
+    @property
+    def kind(self) -> StepKind:
+        return StepKind(self.step_kind)
+
     @cached_property
     def pod_manager(self) -> PromptPodManager:
         """The stock PodManager, but one that notices the pod ending promptly (conveyor.pod_manager)."""
@@ -188,18 +192,17 @@ class ConveyorPodOperator(KubernetesPodOperator):
         problem = params_problem(params)
         if problem:
             raise _fail(problem)
-        started = self._start_run(context) if self.step_kind == "checkout" else None
+        kind, step_type = self.kind, STEP_TYPES[self.kind]
+        started = self._start_run(context) if kind is StepKind.CHECKOUT else None
         if started is not None:
             # What earlier deployments already carried: the change this run brings is measured from there.
             self._base_commits = _records(self.app).deployed_commits()
-        before = (
-            _records(self.app).run(context["run_id"]) if self.step_kind in ("build", "unit_test", "sonar") else None
-        )
+        before = _records(self.app).run(context["run_id"]) if kind is StepKind.BUILD or step_type.reports else None
         deploy = None
-        if self.step_kind == "deploy":
+        if kind is StepKind.DEPLOY:
             deploy = self._verify_release(context, str(self.environment), applying=True)
             self._release_manifests = deploy.manifests[str(self.environment)]
-        elif self.step_kind == "tag":
+        elif step_type.release_check:
             # A release tag names an approved build only: the gate before the first environment must approve
             # this exact build.
             self._verify_release(context, None, applying=False)
@@ -216,9 +219,9 @@ class ConveyorPodOperator(KubernetesPodOperator):
             self._remove_secrets(made)
         if started is not None:
             result = self._record_checkout(params, started, result)
-        if self.step_kind == "build" and before is not None:
+        if kind is StepKind.BUILD and before is not None:
             self._record_build(context, before, result)
-        if self.step_kind in ("unit_test", "sonar"):
+        if step_type.reports:
             self._record_passed(context, before)
         if deploy is not None:
             self._record_deployed(context, deploy, "succeeded")
@@ -317,7 +320,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
         run_id = context["run_id"]
         pod_result = getattr(self, "_pod_result", None)
         failed: tuple[reports.FailedTest, ...] = ()
-        if self.step_kind == "unit_test":
+        if self.kind is StepKind.UNIT_TEST:
             results = reports.TestResults.from_pod(pod_result)
             kept: Any = records.TestReport(run_id, self.task_id, checkout.commit, results.to_dict(), records.now_iso())
             records.record(self.app, records.Kind.TEST_REPORT, kept)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from conveyor.spec import ApprovalPolicy, AppSpec, Environment
@@ -26,6 +26,65 @@ class StepKind(StrEnum):
 
 
 @dataclass(frozen=True)
+class StepType:
+    """What one kind of step is, in one place (``STEP_TYPES``): the pod builders (``conveyor.steps``), the
+    Secrets, the DAG's task options and the operator's records all read it here.
+
+    :param credentials: the kinds of credential the step's pod needs (``git``, ``registry``, ``sonar``,
+        ``kubeconfig``), each made from the app's connection of that kind (``kubeconfig``: the cluster of
+        the environment it deploys to)
+    :param containers: which container gets which of them ("base" is the main container); a container not
+        listed gets none. The containers that run code from the app's repository (unit_test's base, build's
+        package and build, sonar's base) get no git, registry or cluster credential, the scanner only its
+        Sonar token; those are held only by containers that run Conveyor's own scripts.
+    :param result: the pod reports a result (JSON; the task's XCom and, through the operator, the records)
+    :param one_at_a_time: at most one of these tasks runs per app (checkout: unique build numbers; deploy:
+        one environment's deploys never overlap)
+    :param reports: the pod reports a test or quality report, which the operator keeps
+    :param release_check: the operator checks, right before the pod, that this run's build was approved
+    """
+
+    credentials: tuple[str, ...] = ()
+    containers: dict[str, frozenset[str]] = field(default_factory=dict)
+    result: bool = False
+    one_at_a_time: bool = False
+    reports: bool = False
+    release_check: bool = False
+
+
+STEP_TYPES: dict[StepKind, StepType] = {
+    StepKind.CHECKOUT: StepType(
+        credentials=("git",), containers={"base": frozenset({"git"})}, result=True, one_at_a_time=True
+    ),
+    StepKind.UNIT_TEST: StepType(
+        credentials=("git",), containers={"fetch": frozenset({"git"})}, result=True, reports=True
+    ),
+    StepKind.SONAR: StepType(
+        credentials=("git", "sonar"),
+        containers={"fetch": frozenset({"git"}), "base": frozenset({"sonar"})},
+        result=True,
+        reports=True,
+    ),
+    StepKind.BUILD: StepType(
+        credentials=("git", "registry"),
+        containers={"fetch": frozenset({"git"}), "prepare": frozenset({"registry"}), "base": frozenset({"registry"})},
+        result=True,
+    ),
+    StepKind.PUSH: StepType(credentials=("registry",), containers={"base": frozenset({"registry"})}),
+    StepKind.TAG: StepType(
+        credentials=("git", "registry"), containers={"base": frozenset({"git", "registry"})}, release_check=True
+    ),
+    StepKind.DEPLOY: StepType(
+        credentials=("kubeconfig",),
+        containers={"base": frozenset({"kubeconfig"})},
+        one_at_a_time=True,
+        release_check=True,
+    ),
+    StepKind.GATE: StepType(),  # a sensor: no pod
+}
+
+
+@dataclass(frozen=True)
 class Step:
     """One step of a pipeline; ``id`` is the Airflow task id and part of the contract."""
 
@@ -40,6 +99,10 @@ class Step:
     @property
     def is_gate(self) -> bool:
         return self.kind is StepKind.GATE
+
+    @property
+    def type(self) -> StepType:
+        return STEP_TYPES[self.kind]
 
 
 @dataclass(frozen=True)
@@ -243,19 +306,7 @@ def step_secrets(pipeline: Pipeline, step: Step, run_id: str | None = None) -> t
             return SecretRef(kind, connection_id)
         return SecretRef.for_step(kind, connection_id, app=pipeline.app, run_id=run_id, step=step.id)
 
-    git = ref("git", spec.git.connection)
-    registry = ref("registry", spec.registry.connection)
-    if step.kind is StepKind.CHECKOUT or step.kind is StepKind.UNIT_TEST:
-        return (git,)
-    if step.kind is StepKind.SONAR:
-        return (git, ref("sonar", spec.sonar.connection))
-    if step.kind is StepKind.BUILD:
-        return (git, registry)
-    if step.kind is StepKind.PUSH:
-        return (registry,)
-    if step.kind is StepKind.TAG:
-        return (git, registry)
-    if step.kind is StepKind.DEPLOY:
-        assert step.environment is not None  # set by build_pipeline for every deploy step
-        return (ref("kubeconfig", pipeline.environment(step.environment).cluster),)
-    return ()
+    connections = {"git": spec.git.connection, "registry": spec.registry.connection, "sonar": spec.sonar.connection}
+    if step.environment is not None:
+        connections["kubeconfig"] = pipeline.environment(step.environment).cluster
+    return tuple(ref(kind, connections[kind]) for kind in step.type.credentials)

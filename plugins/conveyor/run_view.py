@@ -13,9 +13,10 @@ from urllib.parse import quote
 from airflow.sdk import BaseOperatorLink
 
 from conveyor import records, reports, settings
+from conveyor.pipeline import STEP_TYPES
 
 # The steps whose reports a run shows, and the kind of their report.
-REPORTING_STEPS = ("unit_test", "sonar")
+REPORTING_STEPS = tuple(kind.value for kind, step_type in STEP_TYPES.items() if step_type.reports)
 
 
 def run_link(app: str, run_id: str) -> str:

@@ -545,3 +545,16 @@ def test_prepare_never_reads_a_file_outside_the_repository(tmp_path: Path) -> No
         assert "c2VjcmV0" not in result.stdout + result.stderr
     missing = dockerfile_bases(tmp_path, "docker/Dockerfile")
     assert missing.returncode == 1 and "no Dockerfile at 'docker/Dockerfile'" in missing.stderr
+
+
+def test_every_step_kind_is_registered_once_with_credentials_its_containers_use() -> None:
+    """One registry: each pod step kind has a pod builder and a type; every credential it asks for reaches a
+    container, and no container is granted one the step does not ask for."""
+    from conveyor.pipeline import STEP_TYPES, StepKind
+    from conveyor.steps import POD_BUILDERS
+
+    assert set(STEP_TYPES) == set(StepKind)
+    assert set(POD_BUILDERS) == set(StepKind) - {StepKind.GATE}
+    for kind, step_type in STEP_TYPES.items():
+        granted = set().union(*step_type.containers.values()) if step_type.containers else set()
+        assert granted == set(step_type.credentials), kind

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kubernetes.client import models as k8s
 
 from conveyor.pipeline import Pipeline, Step, StepKind
@@ -14,24 +16,24 @@ from conveyor.steps.sonar import build_sonar_pod
 from conveyor.steps.tag import build_tag_pod
 from conveyor.steps.unit_test import build_unit_test_pod
 
-__all__ = ["PodContext", "build_step_pod"]
+__all__ = ["POD_BUILDERS", "PodContext", "build_step_pod"]
+
+
+# The pod builder of each kind of pod step (what else a kind needs: ``conveyor.pipeline.STEP_TYPES``).
+POD_BUILDERS: dict[StepKind, Callable[[Pipeline, Step, PodContext], k8s.V1Pod]] = {
+    StepKind.CHECKOUT: lambda pipeline, step, ctx: build_checkout_pod(pipeline, step, ctx, ctx.values.requested_branch),
+    StepKind.UNIT_TEST: build_unit_test_pod,
+    StepKind.SONAR: build_sonar_pod,
+    StepKind.BUILD: build_build_pod,
+    StepKind.PUSH: build_push_pod,
+    StepKind.TAG: build_tag_pod,
+    StepKind.DEPLOY: build_deploy_pod,
+}
 
 
 def build_step_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Pod:
     """The pod of any pod step (every step but the approval gates)."""
-    if step.kind is StepKind.CHECKOUT:
-        return build_checkout_pod(pipeline, step, ctx, ctx.values.requested_branch)
-    if step.kind is StepKind.UNIT_TEST:
-        return build_unit_test_pod(pipeline, step, ctx)
-    if step.kind is StepKind.SONAR:
-        return build_sonar_pod(pipeline, step, ctx)
-    if step.kind is StepKind.BUILD:
-        return build_build_pod(pipeline, step, ctx)
-    if step.kind is StepKind.PUSH:
-        return build_push_pod(pipeline, step, ctx)
-    if step.kind is StepKind.TAG:
-        return build_tag_pod(pipeline, step, ctx)
-    if step.kind is StepKind.DEPLOY:
-        assert step.environment is not None  # build_pipeline sets it on every deploy step
-        return build_deploy_pod(pipeline, step, ctx)
-    raise ValueError(f"step {step.id!r} is a {step.kind.value}, which runs no pod")
+    builder = POD_BUILDERS.get(step.kind)
+    if builder is None:
+        raise ValueError(f"step {step.id!r} is a {step.kind.value}, which runs no pod")
+    return builder(pipeline, step, ctx)

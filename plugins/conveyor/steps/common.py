@@ -121,26 +121,10 @@ CREDENTIAL_MOUNTS: dict[str, CredentialMount] = {
     ),
 }
 
-# Which credentials each container of a step gets, by container name ("base" is the main
-# container); a container not listed gets none. The containers that run code from the app's
-# repository are unit_test's base (the tests), build's package and build (the package command,
-# the Dockerfile's RUN lines) and sonar's base (the scanner): none of them gets a git, registry or
-# cluster credential, the scanner only its Sonar token. Those credentials are held only by
-# containers that run Conveyor's own scripts (fetch, checkout, prepare, publish, promote, tag, deploy).
-CONTAINER_CREDENTIALS: dict[StepKind, dict[str, frozenset[str]]] = {
-    StepKind.CHECKOUT: {"base": frozenset({"git"})},
-    StepKind.UNIT_TEST: {"fetch": frozenset({"git"})},
-    StepKind.SONAR: {"fetch": frozenset({"git"}), "base": frozenset({"sonar"})},
-    StepKind.BUILD: {"fetch": frozenset({"git"}), "prepare": frozenset({"registry"}), "base": frozenset({"registry"})},
-    StepKind.PUSH: {"base": frozenset({"registry"})},
-    StepKind.TAG: {"base": frozenset({"git", "registry"})},
-    StepKind.DEPLOY: {"base": frozenset({"kubeconfig"})},
-}
-
 
 def container_secrets(step: Step, refs: tuple[SecretRef, ...], container: str) -> tuple[SecretRef, ...]:
-    """The step's Secrets that one of its containers gets (see ``CONTAINER_CREDENTIALS``)."""
-    kinds = CONTAINER_CREDENTIALS.get(step.kind, {}).get(container, frozenset())
+    """The step's Secrets that one of its containers gets (``StepType.containers``)."""
+    kinds = step.type.containers.get(container, frozenset())
     return tuple(r for r in refs if r.kind in kinds)
 
 
@@ -224,7 +208,7 @@ def step_pod(
 ) -> k8s.V1Pod:
     """Assemble a step's pod around its main container (which must be named ``base``).
 
-    Each container gets exactly the credentials ``CONTAINER_CREDENTIALS`` lists for it, and the
+    Each container gets exactly the credentials its ``StepType.containers`` lists for it, and the
     pod has a volume only for the Secrets some container mounts. ``extra_volumes`` are further volumes
     its containers mount (such as the app's caches, ``steps/caches.py``); each name is added once.
     """
