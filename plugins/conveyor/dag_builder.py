@@ -11,6 +11,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def jinja_literal(text: str) -> str:
     """``text`` written so that Jinja renders it unchanged (spec values are data, not templates)."""
     if "{{" not in text and "{%" not in text and "{#" not in text:
         return text
-    return "".join("{{ '{' }}" if ch == "{" else ch for ch in text)
+    return text.replace("{", "{{ '{' }}")  # one pass: the braces it writes are not replaced again
 
 
 def template_strings(values: RunValues) -> list[str]:
@@ -195,6 +196,12 @@ def _environment(pipeline: Pipeline, step: Step) -> Environment | None:
     return pipeline.environment(step.environment) if step.environment else None
 
 
+@cache
+def _serializer() -> ApiClient:
+    """One client for turning pods into dicts (each ApiClient makes a connection pool and a configuration)."""
+    return ApiClient()
+
+
 def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str]) -> Any:
     spec = pipeline.spec
     trigger_rule = "none_failed" if step.release_only else "all_success"
@@ -213,7 +220,7 @@ def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str])
             retries=0,
         )
     pod = build_step_pod(pipeline, step, ctx)
-    pod_dict = to_template_dict(ApiClient().sanitize_for_serialization(pod), templates)
+    pod_dict = to_template_dict(_serializer().sanitize_for_serialization(pod), templates)
     extra: dict[str, Any] = {}
     if step.type.one_at_a_time:
         extra["max_active_tis_per_dag"] = 1

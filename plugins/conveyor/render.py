@@ -18,12 +18,11 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from conveyor.exceptions import RenderError
-from conveyor.spec import AppSpec
+from conveyor.spec import FAST_LOADER, AppSpec
 
 VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
@@ -123,12 +122,6 @@ class ImagePolicy:
     allowed: Callable[[str], bool]
 
 
-# libyaml's parser where PyYAML has it (its wheels do): the same safe loader, about ten times faster, which every
-# DAG parse needs for every app's manifests. Only line numbers are read from its marks; the image pinning, which
-# cuts the text at a node's index, keeps the pure-Python parser, whose index counts characters.
-FAST_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 def _image_scalars(text: str) -> Iterator[yaml.ScalarNode]:
     """The images of every container and image volume in a YAML stream, as nodes (with their place in the text)."""
 
@@ -157,7 +150,7 @@ def _image_scalars(text: str) -> Iterator[yaml.ScalarNode]:
         for child in children:
             yield from walk(child)
 
-    for document in yaml.compose_all(text, Loader=yaml.SafeLoader):
+    for document in yaml.compose_all(text, Loader=FAST_LOADER):
         if document is not None:
             yield from walk(document)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -166,8 +167,18 @@ class StepImages:
 
 
 def load_step_images(path: Path | None = None) -> StepImages:
-    """Read the image pins file (``images/images.yaml``)."""
+    """Read the image pins file (``images/images.yaml``), once per version of the file in a process (the DAG file
+    asks for every app)."""
     path = path or images_file()
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        stat = None
+    return _read_step_images(path, (stat.st_mtime_ns, stat.st_size) if stat else None)
+
+
+@lru_cache(maxsize=8)
+def _read_step_images(path: Path, _version: tuple[int, int] | None) -> StepImages:
     try:
         data: Any = yaml.safe_load(path.read_text())
     except FileNotFoundError:

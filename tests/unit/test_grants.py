@@ -107,6 +107,17 @@ def test_the_apps_own_image_by_tag_is_pinned_to_the_builds_digest() -> None:
     assert "SNAPSHOT-42" not in text
 
 
+def test_pinning_cuts_the_text_in_the_right_place_whatever_characters_and_line_ends_come_first() -> None:
+    own = "harbor.example.com/ks-devops/boot-preject:SNAPSHOT-42"
+    text = pod("harbor.example.com/library/busybox:1.36", own).replace(
+        "metadata: {name: x}", 'metadata: {name: x, annotations: {note: "Überweisung 🚑 für Patienten"}}'
+    )
+    for variant in (text, text.replace("\n", "\r\n")):
+        pinned, found = bind_images(variant, POLICY, "deploy.yml")
+        assert found == []
+        assert pinned == variant.replace(own, "harbor.example.com/ks-devops/boot-preject@sha256:" + "ab" * 32)
+
+
 def test_other_images_need_a_digest_or_the_platforms_leave() -> None:
     pinned = "docker.io/library/redis@sha256:" + "cd" * 32
     text, found = bind_images(

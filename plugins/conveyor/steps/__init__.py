@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+from kubernetes.client import Configuration
 from kubernetes.client import models as k8s
 
 from conveyor.pipeline import Pipeline, Step, StepKind
@@ -16,7 +18,7 @@ from conveyor.steps.sonar import build_sonar_pod
 from conveyor.steps.tag import build_tag_pod
 from conveyor.steps.unit_test import build_unit_test_pod
 
-__all__ = ["POD_BUILDERS", "PodContext", "build_step_pod"]
+__all__ = ["POD_BUILDERS", "PodContext", "build_step_pod", "shared_model_configuration"]
 
 
 # The pod builder of each kind of pod step (what else a kind needs: ``conveyor.pipeline.STEP_TYPES``).
@@ -36,4 +38,24 @@ def build_step_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Pod
     builder = POD_BUILDERS.get(step.kind)
     if builder is None:
         raise ValueError(f"step {step.id!r} is a {step.kind.value}, which runs no pod")
-    return builder(pipeline, step, ctx)
+    with shared_model_configuration():
+        return builder(pipeline, step, ctx)
+
+
+@contextmanager
+def shared_model_configuration() -> Iterator[None]:
+    """Kubernetes model objects made meanwhile share one client ``Configuration``.
+
+    Each model object the client library makes (a pod has dozens: containers, env vars, mounts) builds a
+    ``Configuration`` of its own unless given one, and each of those resets logging levels (which clears every
+    logger's cache): about a third of the DAG file's time with many apps. Passing one to every constructor
+    would clutter each step's pod builder, so for the duration of a build the class hands out one shared
+    instance; models only read ``client_side_validation`` from it, and the pods become plain dicts at once.
+    """
+    shared = Configuration.get_default_copy()
+    original = Configuration.__dict__["get_default_copy"]
+    Configuration.get_default_copy = classmethod(lambda cls: shared)
+    try:
+        yield
+    finally:
+        Configuration.get_default_copy = original
