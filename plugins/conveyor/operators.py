@@ -28,6 +28,7 @@ from conveyor.pipeline import STEP_TYPES, SecretRef, StepKind
 from conveyor.pod_manager import PromptPodManager
 from conveyor.run_view import RunReportLink
 from conveyor.spec import RELEASE_TAG, git_ref_problem
+from conveyor.steps.common import SCRIPTS_VOLUME, ensure_step_scripts, scripts_config_map_name
 
 NOT_A_RELEASE = (
     "Skipped: this run is not a release. Step {step} runs only when the run has a tag_name "
@@ -210,6 +211,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
         self._killed_run_id = context["run_id"]  # on_kill gets no context: it deletes this run's Secrets
         try:
             made = self._sync_secrets(context["run_id"])
+            self._put_scripts_in_place()
             result = super().execute(context)
         except Exception:
             if deploy is not None:
@@ -584,6 +586,10 @@ class ConveyorPodOperator(KubernetesPodOperator):
         pod = super().build_pod_request_obj(context, dry_run=dry_run)
         if context is not None:  # the Secrets of this step of this run, not the names the pod was built with
             bind_pod_secrets(pod, self._step_secrets(context["run_id"]))
+        for volume in pod.spec.volumes or []:
+            if volume.name == SCRIPTS_VOLUME and volume.config_map is not None:
+                # the scripts this worker has and put in place (_put_scripts_in_place), whichever version parsed
+                volume.config_map.name = scripts_config_map_name()
         if self._base_commits:
             for container in pod.spec.containers:
                 if container.name == "base":
@@ -622,6 +628,11 @@ class ConveyorPodOperator(KubernetesPodOperator):
 
     def _secrets_namespace(self) -> str:
         return str(self.namespace or self.hook.get_namespace() or "default")
+
+    def _put_scripts_in_place(self) -> None:
+        """The step scripts' ConfigMap in the pod's namespace (one per version of the scripts, made once)."""
+        name = ensure_step_scripts(self.client, str(self.namespace))
+        self.log.info("Step scripts: ConfigMap %s in %s", name, self.namespace)
 
     def _sync_secrets(self, run_id: str) -> list[str]:
         """Make the Secrets this step's pod mounts, right before it starts."""

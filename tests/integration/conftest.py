@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+KUBECONFIGS = Path(os.environ.get("CONVEYOR_KUBECONFIGS", "/var/lib/conveyor/kubeconfigs"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def step_scripts_in_place() -> None:
+    """The step scripts' ConfigMap in every team's CI namespace: tests that make step pods themselves do what
+    the operator does before each step (ConveyorPodOperator._put_scripts_in_place)."""
+    from kubernetes import client, config
+
+    from conveyor.steps.common import ensure_step_scripts
+    from conveyor.teams import load_platform, team_ci
+
+    if not (KUBECONFIGS / "admin.kubeconfig").is_file():
+        return  # no platform: the tests that need one say so themselves
+    platform = load_platform(REPO / "config" / "platform.yaml")
+    api = config.new_client_from_config(config_file=str(KUBECONFIGS / "admin.kubeconfig"))
+    try:
+        core = client.CoreV1Api(api)
+        for namespace in sorted({team_ci(platform, team).namespace for team in platform.teams}):
+            ensure_step_scripts(core, namespace)
+    finally:
+        api.close()
 
 
 @pytest.fixture

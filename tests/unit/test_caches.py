@@ -29,7 +29,7 @@ from conveyor.steps.caches import (
     dependency_caches,
     deps_script,
 )
-from conveyor.steps.common import script
+from conveyor.steps.common import SCRIPTS_DIR, script, scripts_config_map_name
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 IMAGES = StepImages(
@@ -87,7 +87,7 @@ def test_the_build_pod_claims_the_teams_cache_and_mounts_only_its_apps_folder(ap
 def test_the_package_command_runs_inside_the_dependency_cache_wrapper(app: str) -> None:
     package = containers(build_pod(app))["package"]
     spec = pipeline_of(app).spec
-    assert package["command"] == ["sh", "-c", deps_script(), "conveyor-build", *spec.package.command]
+    assert package["command"] == ["sh", f"{SCRIPTS_DIR}/deps_cache.sh", *spec.package.command]
     assert cache_mounts(package) == {DEPS_DIR: f"apps/{app}/deps"}
     budgets = {e["name"]: e["value"] for e in package["env"]}["CONVEYOR_CACHE_BUDGETS"]
     assert budgets == f"pip={1024 * 1024} maven={2048 * 1024}"
@@ -104,7 +104,7 @@ def test_the_unit_test_wiring_gets_one_volume_its_mount_and_its_budgets() -> Non
     assert [v.name for v in deps.volumes] == ["caches"]
     assert [(m.mount_path, m.sub_path) for m in deps.mounts] == [(DEPS_DIR, "apps/full/deps")]
     assert deps.command(["mvn", "test"])[-2:] == ["mvn", "test"]
-    assert deps.command(["mvn", "test"])[3] == "conveyor-unit_test"
+    assert deps.command(["mvn", "test"])[:2] == ["sh", f"{SCRIPTS_DIR}/deps_cache.sh"]
 
 
 def test_every_cache_has_a_budget() -> None:
@@ -115,9 +115,11 @@ def test_every_cache_has_a_budget() -> None:
 def test_clearing_runs_in_the_apps_namespace_as_no_privileged_pod() -> None:
     pod = ApiClient().sanitize_for_serialization(clear_pod("appointments", "conveyor-ci", "r/toolbox:1", "pull"))
     assert pod["metadata"]["namespace"] == "conveyor-ci"
-    assert pod["spec"]["volumes"] == [{"name": "caches", "persistentVolumeClaim": {"claimName": CACHE_CLAIM}}]
+    assert pod["spec"]["volumes"][0] == {"name": "caches", "persistentVolumeClaim": {"claimName": CACHE_CLAIM}}
+    assert pod["spec"]["volumes"][1]["configMap"]["name"] == scripts_config_map_name()  # the scripts, nothing else
+    assert len(pod["spec"]["volumes"]) == 2
     container = pod["spec"]["containers"][0]
-    assert container["command"][:3] == ["bash", "-c", script("cache_clear")]
+    assert container["command"][:2] == ["bash", f"{SCRIPTS_DIR}/cache_clear.sh"]
     assert container["command"][-1] == "apps/appointments"
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False,

@@ -7,7 +7,9 @@ Regenerate the golden files after an intended change with
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.server
+import json
 import os
 import re
 import subprocess
@@ -27,8 +29,8 @@ from conveyor.pipeline import RunValues, SecretRef, build_pipeline, step_secrets
 from conveyor.settings import CiCluster, StepImages
 from conveyor.spec import load_spec
 from conveyor.steps import PodContext, build_step_pod
-from conveyor.steps.common import script
-from conveyor.steps.unit_test import report_script
+from conveyor.steps.common import SCRIPTS_DIR as STEP_SCRIPTS_DIR
+from conveyor.steps.common import script, scripts_config_map, scripts_config_map_name, step_scripts
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GOLDEN = Path(__file__).parent / "golden"
@@ -50,7 +52,7 @@ APPS = ["minimal", "full", "s2i", "b2i"]
 
 
 SCRIPTS = ["checkout", "fetch", "prepare", "build", "publish", "promote", "tag", "deploy", "unit_test", "sonar"]
-SCRIPTS_DIR = resources.files("conveyor.steps") / "scripts"
+SCRIPTS_SOURCE = resources.files("conveyor.steps") / "scripts"
 
 
 def pipeline_of(app: str) -> Any:
@@ -76,12 +78,11 @@ def containers(pod: dict) -> list[dict]:
 
 
 def with_script_markers(pod: dict) -> dict:
-    """Golden files show which step script a container runs, not its text (tested separately)."""
-    for c in containers(pod):
-        command = c.get("command", [])
-        if command[:2] == ["bash", "-c"]:
-            name = "unit_test" if command[2] == report_script() else next(n for n in SCRIPTS if command[2] == script(n))
-            command[2] = f"<conveyor step script {name}.sh>"
+    """Golden files name the scripts' ConfigMap by a marker, not by the hash of the scripts' text (tested
+    separately): a change to a script does not change every golden file."""
+    for volume in pod["spec"].get("volumes", []):
+        if volume.get("configMap", {}).get("name") == scripts_config_map_name():
+            volume["configMap"]["name"] = "<conveyor step scripts>"
     return pod
 
 
@@ -170,7 +171,7 @@ def test_build_runs_its_containers_in_order_and_the_pusher_only_reads_the_worksp
     names = [c["name"] for c in pod["spec"]["initContainers"]]
     assert names == ["fetch", "prepare", *(["package"] if app in {"full", "b2i"} else []), "build"]
     main = pod["spec"]["containers"][0]
-    assert main["command"][2] == script("publish")
+    assert main["command"] == ["bash", f"{STEP_SCRIPTS_DIR}/publish.sh"]
     assert {"mountPath": "/workspace", "name": "workspace", "readOnly": True} in main["volumeMounts"]
     assert "securityContext" not in main
 
@@ -202,7 +203,14 @@ def test_source_and_binary_builds_write_their_dockerfile_from_the_runtime_image(
     assert b2i["CONVEYOR_BASE_IMAGE"] == "registry.test:5000/conveyor/java-runtime:17"
     assert b2i["CONVEYOR_COPY"] == "target/*.jar"
     package = _container(b2i_pod, "package")
-    assert package["command"][4:] == ["mvn", "clean", "package", "-Dmaven.test.skip=true"]
+    assert package["command"] == [
+        "sh",
+        f"{STEP_SCRIPTS_DIR}/deps_cache.sh",
+        "mvn",
+        "clean",
+        "package",
+        "-Dmaven.test.skip=true",
+    ]
 
 
 # --- who gets which credential -------------------------------------------------------------
@@ -345,13 +353,31 @@ def test_remove_secrets_deletes_what_the_step_made_and_ignores_what_is_gone() ->
         remove_secrets(FakeCoreV1(forbidden={"a"}), "conveyor-ci", ["a"])
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_step_scripts_are_safe_in_a_pod_spec(name: str) -> None:
-    text = script(name)
-    # kubelet rewrites $(VAR) and $$ in command/args; the scripts must use neither.
-    assert "$$" not in text
-    assert not re.search(r"\$\([A-Z_][A-Z0-9_]*\)", text)
-    assert text.startswith("# Shared helpers")
+@pytest.mark.parametrize("app", APPS)
+def test_pods_carry_arguments_only_and_mount_the_scripts_they_run(app: str) -> None:
+    """No script text in a pod spec: each container that runs a step script runs it from the scripts' ConfigMap,
+    mounted read-only, and the ConfigMap holds every script a pod names."""
+    scripts = step_scripts()
+    for step, pod in pods(app).items():
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        for c in containers(pod):
+            named = [part for part in c.get("command", []) if part.startswith(f"{STEP_SCRIPTS_DIR}/")]
+            if not named:
+                continue
+            assert named[0].removeprefix(f"{STEP_SCRIPTS_DIR}/") in scripts, (step, c["name"])
+            mount = next(m for m in c["volumeMounts"] if m["mountPath"] == STEP_SCRIPTS_DIR)
+            assert mount["readOnly"] is True
+            assert volumes[mount["name"]]["configMap"]["name"] == scripts_config_map_name()
+            assert all(len(part) < 300 for part in [*c.get("command", []), *c.get("args", [])]), (step, c["name"])
+
+
+def test_the_scripts_configmap_is_named_by_its_content() -> None:
+    config_map = scripts_config_map("conveyor-ci")
+    assert config_map.immutable is True
+    assert set(config_map.data) >= {f"{name}.sh" for name in SCRIPTS} | {"deps_cache.sh", "cache_clear.sh"}
+    assert all(text.startswith("# Shared helpers") for name, text in config_map.data.items() if name != "deps_cache.sh")
+    digest = hashlib.sha256(json.dumps(config_map.data, sort_keys=True).encode()).hexdigest()[:12]
+    assert config_map.metadata.name == f"conveyor-steps-{digest}"
 
 
 def test_scripts_parse_with_bash() -> None:
@@ -366,8 +392,8 @@ def test_the_unit_test_step_reports_even_when_the_tests_fail() -> None:
     assert fetch["name"] == "fetch" and test["name"] == "test"
     # the app's command, as its own arguments, after a wrapper that keeps its exit code instead of failing,
     # inside the dependency caches' wrapper (steps/caches.py)
-    assert test["command"][:2] == ["sh", "-c"] and test["command"][3:6] == ["conveyor-unit_test", "sh", "-c"]
-    assert test["command"][7:] == ["conveyor-unit_test", "mvn", "-B", "test"]
+    assert test["command"][:4] == ["sh", f"{STEP_SCRIPTS_DIR}/deps_cache.sh", "sh", "-c"]
+    assert test["command"][5:] == ["conveyor-unit_test", "mvn", "-B", "test"]
     assert test["image"] == "registry.example.com/builders/maven:3.9-jdk17"
     env = {e["name"]: e.get("value") for e in test["env"]}
     assert env["MAVEN_OPTS"] == "-Xmx512m" and env["BUILD_NUMBER"] == "{{ conveyor_run(ti).build_number }}"
@@ -375,9 +401,9 @@ def test_the_unit_test_step_reports_even_when_the_tests_fail() -> None:
     assert main["image"] == "registry.test:5000/conveyor/toolbox:1"
     assert main["args"] == ["reports/*.xml", "target/surefire-reports/*.xml", "build/test-results/**/*.xml"]
     assert {"mountPath": "/workspace", "name": "workspace", "readOnly": True} in main["volumeMounts"]
-    # the report reader travels in the script, and kubelet must leave it as it is
-    text = report_script()
-    assert "$$" not in text and not re.search(r"\$\([A-Z_][A-Z0-9_]*\)", text)
+    # the report reader travels in the script
+    text = script("unit_test")
+    assert "reports_py=" in text
     assert subprocess.run(["bash", "-n", "-c", text], capture_output=True).returncode == 0
 
 
@@ -444,7 +470,7 @@ def git_ls_remote(scope: str, url: str, tmp_path: Path) -> subprocess.CompletedP
         "GIT_PASSWORD": PASSWORD,
     }
     return subprocess.run(
-        ["bash", "-c", (SCRIPTS_DIR / "lib.sh").read_text() + '\ngit_ "$1" ls-remote "$2"', "test", scope, url],
+        ["bash", "-c", (SCRIPTS_SOURCE / "lib.sh").read_text() + '\ngit_ "$1" ls-remote "$2"', "test", scope, url],
         env=env,
         capture_output=True,
         text=True,
@@ -488,7 +514,7 @@ def dockerfile_bases(
     tmp_path: Path, dockerfile: str, text: str | None = None, *args: str
 ) -> subprocess.CompletedProcess[str]:
     """The prepare container's Dockerfile reader, run as it runs there (python3 -c <its text>)."""
-    helper = (SCRIPTS_DIR / "dockerfile_bases.py").read_text()
+    helper = (SCRIPTS_SOURCE / "dockerfile_bases.py").read_text()
     repo = tmp_path / "src"
     repo.mkdir(exist_ok=True)
     if text is not None:

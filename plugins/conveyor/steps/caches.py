@@ -19,15 +19,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache
-from importlib import resources
 from typing import Any
 
 from kubernetes.client import models as k8s
 
 from conveyor.exceptions import ConveyorError
 from conveyor.pipeline import Pipeline
-from conveyor.steps.common import script_command
+from conveyor.steps.common import SCRIPTS_DIR, ensure_step_scripts, script, script_command, scripts_volume
 
 # The claim in every CI namespace; and the volume's name in a step pod.
 CACHE_CLAIM = "conveyor-cache"
@@ -87,9 +85,8 @@ def budgets(*kinds: CacheKind) -> str:
     return " ".join(f"{CACHES[k].path.rsplit('/', 1)[-1]}={CACHES[k].budget_mib * 1024}" for k in kinds)
 
 
-@cache
 def deps_script() -> str:
-    return (resources.files("conveyor.steps") / "scripts" / "deps_cache.sh").read_text()
+    return script("deps_cache")
 
 
 @dataclass(frozen=True)
@@ -106,7 +103,7 @@ class DependencyCaches:
     def command(self, command: list[str]) -> list[str]:
         """``command`` run inside the cache wrapper (``scripts/deps_cache.sh``, POSIX sh): its exit code is
         the command's."""
-        return ["sh", "-c", deps_script(), f"conveyor-{self.step_id}", *command]
+        return ["sh", f"{SCRIPTS_DIR}/deps_cache.sh", *command]
 
 
 def dependency_caches(pipeline: Pipeline, step_id: str) -> DependencyCaches:
@@ -175,7 +172,7 @@ def clear_pod(app: str, namespace: str, toolbox_image: str, pull_secret: str | N
                     image=toolbox_image,
                     image_pull_policy="IfNotPresent",
                     command=[*script_command("cache_clear", "cache_clear"), app_folder(app)],
-                    volume_mounts=[k8s.V1VolumeMount(name=VOLUME, mount_path="/cache")],
+                    volume_mounts=[k8s.V1VolumeMount(name=VOLUME, mount_path="/cache"), scripts_volume()[1]],
                     resources=k8s.V1ResourceRequirements(
                         requests={"cpu": "50m", "memory": "32Mi"}, limits={"memory": "128Mi"}
                     ),
@@ -188,7 +185,7 @@ def clear_pod(app: str, namespace: str, toolbox_image: str, pull_secret: str | N
                     ),
                 )
             ],
-            volumes=[cache_volume()],
+            volumes=[cache_volume(), scripts_volume()[0]],
         ),
     )
 
@@ -197,6 +194,7 @@ def clear(core: Any, pod: k8s.V1Pod, timeout: float = 960) -> str:
     """Run a :func:`clear_pod` with ``core`` (a ``CoreV1Api`` of the CI cluster, allowed to make pods in its
     namespace) and return its log; the pod is deleted afterwards. Raises :class:`ConveyorError` when it fails."""
     namespace = pod.metadata.namespace
+    ensure_step_scripts(core, namespace)
     made = core.create_namespaced_pod(namespace, pod)
     name = made.metadata.name
     try:

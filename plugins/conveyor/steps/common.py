@@ -9,11 +9,13 @@ variable, never pasted into the script.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shlex
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from kubernetes.client import models as k8s
 
@@ -39,20 +41,98 @@ class PodContext:
     values: RunValues
 
 
-# Python helpers a step script runs (python3 -c "$<name>_py"), handed over in a shell variable.
-SCRIPT_HELPERS: dict[str, tuple[str, ...]] = {"prepare": ("dockerfile_bases",)}
+# Python helpers a step script runs (python3 -c "$<name>_py"), handed over in a shell variable: the variable's
+# name and the file, in Conveyor's package.
+SCRIPT_HELPERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "prepare": (("dockerfile_bases_py", "steps/scripts/dockerfile_bases.py"),),
+    "unit_test": (("reports_py", "reports.py"),),  # the report reader: the standard library only
+}
+# Scripts run by themselves, without lib.sh (deps_cache.sh runs in the app's builder image, with POSIX sh).
+STANDALONE_SCRIPTS = ("deps_cache",)
+# Where the step pods find the scripts: a ConfigMap of them (one per version of the scripts), mounted read-only.
+SCRIPTS_DIR = "/opt/conveyor/steps"
+SCRIPTS_VOLUME = "conveyor-steps"
 
 
 @cache
 def script(name: str) -> str:
-    folder = resources.files("conveyor.steps") / "scripts"
-    helpers = [f"{h}_py={shlex.quote((folder / f'{h}.py').read_text())}\n" for h in SCRIPT_HELPERS.get(name, ())]
+    """A step script as a pod runs it: lib.sh, its Python helpers, then the script itself."""
+    package = resources.files("conveyor")
+    folder = package / "steps" / "scripts"
+    if name in STANDALONE_SCRIPTS:
+        return (folder / f"{name}.sh").read_text()
+    helpers = [f"{var}={shlex.quote((package / path).read_text())}\n" for var, path in SCRIPT_HELPERS.get(name, ())]
     return (folder / "lib.sh").read_text() + "\n" + "".join(helpers) + (folder / f"{name}.sh").read_text()
 
 
+@cache
+def step_scripts() -> dict[str, str]:
+    """Every step script by file name (``<name>.sh``), as :func:`script` composes it: the ConfigMap's data."""
+    folder = resources.files("conveyor.steps") / "scripts"
+    names = sorted(p.name[: -len(".sh")] for p in folder.iterdir() if p.name.endswith(".sh") and p.name != "lib.sh")
+    return {f"{name}.sh": script(name) for name in names}
+
+
+@cache
+def scripts_config_map_name() -> str:
+    """The ConfigMap of this version of the scripts: named by their content, so a pod always gets the scripts
+    its DAG was built with, and two versions (an upgrade while runs go on) live side by side."""
+    digest = hashlib.sha256(json.dumps(step_scripts(), sort_keys=True).encode()).hexdigest()[:12]
+    return f"conveyor-steps-{digest}"
+
+
+def scripts_config_map(namespace: str) -> k8s.V1ConfigMap:
+    return k8s.V1ConfigMap(
+        api_version="v1",
+        kind="ConfigMap",
+        metadata=k8s.V1ObjectMeta(
+            name=scripts_config_map_name(),
+            namespace=namespace,
+            labels={"app.kubernetes.io/managed-by": "conveyor", "app.kubernetes.io/component": "step-scripts"},
+        ),
+        data=step_scripts(),
+        immutable=True,
+    )
+
+
+def ensure_step_scripts(core: Any, namespace: str) -> str:
+    """Make sure ``namespace`` has this version's scripts ConfigMap (``core``: a ``CoreV1Api`` allowed to manage
+    ConfigMaps there); returns its name. A ConfigMap of that name with other content (made by hand) is replaced."""
+    from kubernetes.client.exceptions import ApiException
+
+    wanted = scripts_config_map(namespace)
+    name = wanted.metadata.name
+    try:
+        core.create_namespaced_config_map(namespace, wanted)
+        return name
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    if (core.read_namespaced_config_map(name, namespace).data or {}) != wanted.data:
+        core.delete_namespaced_config_map(name, namespace)  # immutable: replaced, not patched
+        core.create_namespaced_config_map(namespace, wanted)
+    return name
+
+
 def script_command(name: str, step_id: str) -> list[str]:
-    """The container command that runs a step script; its arguments follow in ``args``."""
-    return ["bash", "-c", script(name), f"conveyor-{step_id}"]
+    """The container command that runs a step script from the scripts ConfigMap; its arguments follow in
+    ``args``. The pod carries arguments only: no script text, nothing for Jinja to escape."""
+    del step_id  # the container's name and the pod's labels say which step it is
+    return ["bash", f"{SCRIPTS_DIR}/{name}.sh"]
+
+
+def scripts_volume() -> tuple[k8s.V1Volume, k8s.V1VolumeMount]:
+    return (
+        k8s.V1Volume(
+            name=SCRIPTS_VOLUME,
+            config_map=k8s.V1ConfigMapVolumeSource(name=scripts_config_map_name(), default_mode=0o444),
+        ),
+        k8s.V1VolumeMount(name=SCRIPTS_VOLUME, mount_path=SCRIPTS_DIR, read_only=True),
+    )
+
+
+def runs_a_step_script(container: k8s.V1Container) -> bool:
+    return any(str(part).startswith(f"{SCRIPTS_DIR}/") for part in container.command or [])
 
 
 def label_value(value: str) -> str:
@@ -220,7 +300,14 @@ def step_pod(
         if not any(m.name == mount.name for m in main.volume_mounts or []):
             main.volume_mounts = [mount, *(main.volume_mounts or [])]
     volumes += {v.name: v for v in extra_volumes or []}.values()
-    for container in [*(init_containers or []), main]:
+    containers = [*(init_containers or []), main]
+    if any(runs_a_step_script(c) for c in containers):
+        scripts, scripts_mount = scripts_volume()
+        volumes.append(scripts)
+        for container in containers:
+            if runs_a_step_script(container):
+                container.volume_mounts = [*(container.volume_mounts or []), scripts_mount]
+    for container in containers:
         granted = container_secrets(step, refs, container.name)
         secret_vols, secret_mounts = secret_volumes(granted)
         volumes += [v for v in secret_vols if all(v.name != known.name for known in volumes)]

@@ -13,10 +13,6 @@ The pod's containers, in order:
 
 from __future__ import annotations
 
-import shlex
-from functools import cache
-from importlib import resources
-
 from kubernetes.client import models as k8s
 
 from conveyor.pipeline import Pipeline, Step
@@ -28,7 +24,7 @@ from conveyor.steps.common import (
     fetch_container,
     resources_of,
     run_env,
-    script,
+    script_command,
     step_pod,
     workspace_volume,
 )
@@ -42,14 +38,6 @@ RUN_TESTS = 'mkdir -p "$CONVEYOR_TEST_STATE"; "$@"; echo "$?" > "$CONVEYOR_TEST_
 def report_patterns(pipeline: Pipeline) -> list[str]:
     """Where the test command's JUnit XML reports are, relative to the repository (globs; spec ``test.report``)."""
     return list(pipeline.spec.test.report)
-
-
-@cache
-def report_script() -> str:
-    """unit_test.sh, with Conveyor's report reader (conveyor/reports.py, the standard library only) handed over
-    in ``$reports_py`` as the other step scripts get their Python helpers."""
-    reader = (resources.files("conveyor") / "reports.py").read_text()
-    return f"reports_py={shlex.quote(reader)}\n" + script("unit_test")
 
 
 def build_unit_test_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Pod:
@@ -76,7 +64,7 @@ def build_unit_test_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.
     main = k8s.V1Container(
         name="base",
         image=ctx.images.ref("toolbox"),
-        command=["bash", "-c", report_script(), f"conveyor-{step.id}"],
+        command=script_command("unit_test", step.id),
         args=report_patterns(pipeline),
         env=[k8s.V1EnvVar(name="CONVEYOR_TEST_STATE", value=STATE_DIR)],
         # the reporter only reads what the tests left
