@@ -245,6 +245,8 @@ def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str])
         log_events_on_failure=True,
         on_finish_action="delete_pod",
         startup_timeout_seconds=300,
+        # how often the operator looks whether the pod started (the default, 5 s, is most of a short step's time)
+        startup_check_interval_seconds=1,
         # the spec's limit (limits.step_timeout, limits.timeouts): a step past it fails and its pod is deleted
         execution_timeout=timedelta(seconds=spec.limits.timeout_of(step.id)),
         trigger_rule=trigger_rule,
