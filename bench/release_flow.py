@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "plugins"))
 from conveyor.steps.common import label_value  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
+from baseline import Recorder, run_back_to_back  # noqa: E402
 from results import publish  # noqa: E402
 
 STATE = Path(os.environ.get("CONVEYOR_STATE", "/var/lib/conveyor"))
@@ -101,6 +102,9 @@ def main() -> None:
     run_id = response.json()["dag_run_id"]
     watcher = PodWatcher(label_value(run_id))
     watcher.start()
+    admin_api = config.new_client_from_config(str(STATE / "kubeconfigs" / "admin.kubeconfig"))
+    recorder = Recorder(admin_api, f"conveyor/app={APP},conveyor/run={label_value(run_id)}")
+    recorder.start()
     print(f"benchmarking {APP} run {run_id} (tag {tag})", flush=True)
     pending = dict(deciders)
     decided: dict[str, float] = {}  # gate → when its last approval was recorded
@@ -120,6 +124,7 @@ def main() -> None:
                 del pending[gate_id]
         time.sleep(1)
     watcher.stop.set()
+    recorder.stop.set()
     tis = admin.get(f"/api/v2/dags/{APP}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
     tis.sort(key=lambda t: ts(t["start_date"]) or float("inf"))
     steps = []
@@ -165,6 +170,12 @@ def main() -> None:
             pod_start = watcher.pods.get(nxt["step"], {}).get("pod_start") if nxt else None
             after_gate[s["step"]] = round(pod_start - decided[s["step"]], 2) if pod_start else None
     waits = [v for v in after_gate.values() if v is not None]
+    # The same pods back to back by a bare script (bench/baseline.py): what they cost without orchestration.
+    print("baseline: the same pods again, back to back, created and waited for by a plain script ...", flush=True)
+    baseline = run_back_to_back(admin_api, [s["step"] for s in steps if s["step"] in recorder.pods], recorder)
+    started_at = {ti["task_id"]: ts(ti["start_date"]) for ti in tis}
+    people = sum(decided[g] - (started_at.get(g) or decided[g]) for g in decided)  # a gate open → its decision
+    wall = (ts(run["end_date"]) or time.time()) - (ts(run["start_date"]) or started)
     # The build step cold (the app's caches cleared) and warm (the same commit again): bench/build_cache.py.
     from build_cache import measure
 
@@ -178,13 +189,22 @@ def main() -> None:
         "orchestration_seconds_total": round(overhead, 2),
         "orchestration_to_pod_ratio": round(overhead / pod_total, 3) if pod_total else None,
         "step_overhead_median_s": round(statistics.median(per_step), 2) if per_step else None,
+        "release_ratio": round((wall - people) / baseline["total"], 3) if baseline["total"] else None,
+        "gate_waits_s": round(people, 2),
+        "baseline": baseline,
         "approval_to_next_pod_s": max(waits) if waits else None,
         "approval_to_next_pod_by_gate": after_gate,
         "steps": steps,
         "warm_cold_build_ratio": cache["warm_cold_build_ratio"] if cache else None,
         "build_cache": cache,
     }
-    headline = ("step_overhead_median_s", "approval_to_next_pod_s", "orchestration_to_pod_ratio", "wall_seconds")
+    headline = (
+        "step_overhead_median_s",
+        "release_ratio",
+        "approval_to_next_pod_s",
+        "orchestration_to_pod_ratio",
+        "wall_seconds",
+    )
     out = publish("release-flow", result, [*headline, *(["warm_cold_build_ratio"] if cache else [])])
     print(f"{'step':12} {'pod s':>7} {'task s':>7} {'→pod':>6} {'pod→end':>8} {'→next':>6}")
     for s in steps:
@@ -200,9 +220,12 @@ def main() -> None:
         f"run {result['state']} in {result['wall_seconds']}s; pods {result['pod_seconds_total']}s, orchestration "
         f"{result['orchestration_seconds_total']}s (ratio {result['orchestration_to_pod_ratio']}); {out}"
     )
+    problems = "; baseline problems: " + "; ".join(baseline["problems"]) if baseline["problems"] else ""
     print(
         f"step_overhead_median_s {result['step_overhead_median_s']} (goal <= 1.5); approval_to_next_pod_s "
-        f"{result['approval_to_next_pod_s']} (goal <= 3; by gate {after_gate})"
+        f"{result['approval_to_next_pod_s']} (goal <= 3; by gate {after_gate}); release_ratio "
+        f"{result['release_ratio']} (goal <= 1.25: {round(wall - people, 1)} s without the waits for people, "
+        f"{baseline['total']} s for the pods back to back){problems}"
     )
     if cache:
         print(

@@ -277,6 +277,13 @@ def teams_sync(
         _fail(str(exc))
 
 
+@teams_app.command("names")
+def teams_names() -> None:
+    """Print the platform file's team names, one a line (each team's deferred gates need a triggerer of its own)."""
+    for name in sorted(_platform().teams):
+        typer.echo(name)
+
+
 @teams_app.command("namespaces")
 def teams_namespaces() -> None:
     """Print what a cluster needs for the teams: "ci|deploy NAMESPACE CONNECTION" a line each."""

@@ -3,12 +3,15 @@
 A gate that has no decision yet defers to :class:`GateWakeTrigger` instead of sleeping between pokes:
 the trigger asks Conveyor's records once per ``poll_interval`` (one indexed query, see
 :func:`conveyor.records.newest_about`) whether anything new concerns this run or this gate, a decision,
-a newer run reaching the gate, the run being superseded, and fires as soon as something does, or when
-the gate's approval window closes. The gate then resumes on a worker and looks at the verified records
-itself: the trigger only says *when* to look, never *what* was decided, so nothing it reads is trusted.
+a newer run reaching the gate, the run being superseded, and looks as soon as something does, or when
+the gate's approval window closes.
 
-A decision reaches the next step about one poll interval plus a task start later, where a rescheduling
-sensor took up to a whole poke interval (10-30 s) and a worker process every time it looked.
+When the verified records (the same read and the same rules, :func:`conveyor.gate.assess`, as the gate's
+task) say the gate is approved, the trigger ends the task itself (``TaskSuccessEvent``), with the approval
+in the task's log and the "approved" notice sent: no worker process starts just to say so, and the next
+step is scheduled at once. Anything else (a reject, an expiry, a newer run) hands back to the gate's task,
+which fails with the reason and tells people. A decision reaches the next step about one poll interval
+plus a task start later, where a rescheduling sensor took up to a whole poke interval (10-30 s).
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
-from conveyor import records
+from conveyor import gate as gate_rules
+from conveyor import records, release
+from conveyor.gate_notices import announce
 
 
 class GateWakeTrigger(BaseTrigger):
@@ -32,10 +37,19 @@ class GateWakeTrigger(BaseTrigger):
     :param after: the sequence number of the newest record the gate has already looked at
     :param wake_at: when to fire regardless (ISO 8601, UTC): the gate's expiry; empty for never
     :param poll_interval: seconds between two looks at the records
+    :param end_on_approval: end the task (success) here when the records say the gate is approved
     """
 
     def __init__(
-        self, *, app: str, run_id: str, gate: str, after: int, wake_at: str = "", poll_interval: float = 1.0
+        self,
+        *,
+        app: str,
+        run_id: str,
+        gate: str,
+        after: int,
+        wake_at: str = "",
+        poll_interval: float = 1.0,
+        end_on_approval: bool = True,
     ) -> None:
         super().__init__()
         self.app = app
@@ -44,6 +58,7 @@ class GateWakeTrigger(BaseTrigger):
         self.after = after
         self.wake_at = wake_at
         self.poll_interval = poll_interval
+        self.end_on_approval = end_on_approval
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -55,6 +70,7 @@ class GateWakeTrigger(BaseTrigger):
                 "after": self.after,
                 "wake_at": self.wake_at,
                 "poll_interval": self.poll_interval,
+                "end_on_approval": self.end_on_approval,
             },
         )
 
@@ -80,6 +96,42 @@ class GateWakeTrigger(BaseTrigger):
                     return
                 newest = None
             if newest is not None:
-                yield TriggerEvent({"woken_by": "record", "seq": newest})
+                if self.end_on_approval and await asyncio.to_thread(self._approved_here):
+                    yield TaskSuccessEvent()
+                else:
+                    yield TriggerEvent({"woken_by": "record", "seq": newest})
                 return
             await asyncio.sleep(self.poll_interval)
+
+    def _approved_here(self) -> bool:
+        """Whether the verified records say the gate is approved; if so, say so (log and notice) as the gate's
+        task would. Any doubt (a record that cannot be read, a gate not open yet) leaves it to the task."""
+        try:
+            run = release.RunRelease.of(records.load(self.app), self.run_id)
+            shown = run.run.gate_shown(self.gate)
+            assessment = gate_rules.assess(run.facts(self.gate, now=datetime.now(UTC), task_state=None))
+            step = run.gate(self.gate)
+        except Exception as exc:
+            self.log.warning("Could not assess gate %s here (%s); the gate's task looks itself.", self.gate, exc)
+            return False
+        if shown is None or assessment.status is not gate_rules.GateStatus.APPROVED:
+            return False
+        self.log.info(
+            "Approved by %s for commit %s, image %s, manifests %s; releasing to %s.",
+            ", ".join(assessment.approvers),
+            shown.commit,
+            shown.digest,
+            shown.manifests_hash,
+            ", ".join(step.releases_to),
+        )
+        announce(
+            "approved",
+            app=self.app,
+            run_id=self.run_id,
+            gate=self.gate,
+            releases_to=step.releases_to,
+            shown=shown,
+            log=self.log,
+            people=tuple(assessment.approvers),
+        )
+        return True

@@ -211,7 +211,6 @@ class ConveyorPodOperator(KubernetesPodOperator):
         self._killed_run_id = context["run_id"]  # on_kill gets no context: it deletes this run's Secrets
         try:
             made = self._sync_secrets(context["run_id"])
-            self._put_scripts_in_place()
             result = super().execute(context)
         except Exception:
             if deploy is not None:
@@ -588,7 +587,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
             bind_pod_secrets(pod, self._step_secrets(context["run_id"]))
         for volume in pod.spec.volumes or []:
             if volume.name == SCRIPTS_VOLUME and volume.config_map is not None:
-                # the scripts this worker has and put in place (_put_scripts_in_place), whichever version parsed
+                # the scripts this worker has and puts in place (get_or_create_pod), whichever version parsed
                 volume.config_map.name = scripts_config_map_name()
         if self._base_commits:
             for container in pod.spec.containers:
@@ -629,10 +628,12 @@ class ConveyorPodOperator(KubernetesPodOperator):
     def _secrets_namespace(self) -> str:
         return str(self.namespace or self.hook.get_namespace() or "default")
 
-    def _put_scripts_in_place(self) -> None:
-        """The step scripts' ConfigMap in the pod's namespace (one per version of the scripts, made once)."""
-        name = ensure_step_scripts(self.client, str(self.namespace))
-        self.log.info("Step scripts: ConfigMap %s in %s", name, self.namespace)
+    def get_or_create_pod(self, pod_request_obj: k8s.V1Pod, context: Any) -> k8s.V1Pod:
+        """Right before the pod: the step scripts' ConfigMap it mounts, in its namespace (one per version of the
+        scripts, made by the first step that needs it)."""
+        name = ensure_step_scripts(self.client, pod_request_obj.metadata.namespace)
+        self.log.info("Step scripts: ConfigMap %s in %s", name, pod_request_obj.metadata.namespace)
+        return super().get_or_create_pod(pod_request_obj, context)
 
     def _sync_secrets(self, run_id: str) -> list[str]:
         """Make the Secrets this step's pod mounts, right before it starts."""

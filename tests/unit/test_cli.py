@@ -105,3 +105,11 @@ def test_show_unknown_app_or_step(cli: CliRunner) -> None:
     assert result.exit_code != 0 and "no app named 'nope'" in result.output
     result = cli.invoke(app, ["show", "appointments", "--step", "deploy_staging"])
     assert result.exit_code == 1 and "has no step 'deploy_staging'" in result.output
+
+
+def test_teams_names_lists_the_teams_that_each_get_a_triggerer(cli: CliRunner) -> None:
+    """`make up` starts a triggerer per team from this list: a team's deferred gates run only on its own."""
+    result = cli.invoke(app, ["teams", "names"])
+    assert result.exit_code == 0, result.output
+    platform = yaml.safe_load((REPO / "config" / "platform.yaml").read_text())
+    assert result.output.split() == sorted(platform["teams"])

@@ -7,9 +7,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
+
 from conveyor import records
 from conveyor.gate_trigger import GateWakeTrigger
 from conveyor.ledger import NewEntry
+from tests.unit.test_release_environments import APP, a_run, approve, shown
 
 
 def add(app: str, *, run_id: str = "", gate: str = "", kind: str = "note") -> int:
@@ -18,13 +21,19 @@ def add(app: str, *, run_id: str = "", gate: str = "", kind: str = "note") -> in
     return stored[-1].seq
 
 
-def first_event(trigger: GateWakeTrigger, within: float = 5.0) -> dict[str, Any] | None:
-    async def first() -> dict[str, Any] | None:
+def first_event(trigger: GateWakeTrigger, within: float = 5.0) -> Any:
+    """The payload of the trigger's first event (None: none within ``within`` seconds)."""
+    event = first_raw_event(trigger, within)
+    return event.payload if event is not None else None
+
+
+def first_raw_event(trigger: GateWakeTrigger, within: float = 5.0) -> TriggerEvent | None:
+    async def first() -> TriggerEvent | None:
         async for event in trigger.run():
-            return event.payload  # type: ignore[no-any-return]
+            return event
         return None
 
-    async def bounded() -> dict[str, Any] | None:
+    async def bounded() -> TriggerEvent | None:
         try:
             return await asyncio.wait_for(first(), within)
         except TimeoutError:
@@ -67,3 +76,25 @@ def test_it_serializes_to_what_rebuilds_it() -> None:
     path, kwargs = original.serialize()
     assert path == "conveyor.gate_trigger.GateWakeTrigger"
     assert GateWakeTrigger(**kwargs).serialize() == (path, kwargs)
+
+
+def test_an_approval_ends_the_gate_in_the_trigger_and_anything_else_hands_back_to_the_task() -> None:
+    run = a_run()
+    opened = shown(run, "approve")
+    seen = records.load(APP).last_seq
+    approve(opened, "alice")
+    wake = GateWakeTrigger(app=APP, run_id=run, gate="approve", after=seen, poll_interval=0.1)
+    assert isinstance(first_raw_event(wake), TaskSuccessEvent)  # no worker needed to say "approved"
+    # Without an approval (another gate's decision of the run), the task looks itself.
+    other = a_run()
+    opened_other = shown(other, "approve")
+    seen = records.load(APP).last_seq
+    approve(shown(other, "approve_staging"), "alice")
+    event = first_raw_event(GateWakeTrigger(app=APP, run_id=other, gate="approve", after=seen, poll_interval=0.1))
+    assert event is not None and not isinstance(event, TaskSuccessEvent)
+    assert event.payload["woken_by"] == "record"
+    # And a trigger told not to end the task never does, even on an approval.
+    seen = records.load(APP).last_seq
+    approve(opened_other, "alice")
+    kept = GateWakeTrigger(app=APP, run_id=other, gate="approve", after=seen, poll_interval=0.1, end_on_approval=False)
+    assert first_event(kept)["woken_by"] == "record"
