@@ -17,6 +17,7 @@ plus a task start later, where a rescheduling sensor took up to a whole poke int
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,9 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from conveyor import gate as gate_rules
 from conveyor import records, release
 from conveyor.gate_notices import announce
+
+# How long an approval waits for its notice to be sent before the gate opens anyway (the notice goes on).
+NOTICE_WAIT_SECONDS = 0.5
 
 
 class GateWakeTrigger(BaseTrigger):
@@ -124,14 +128,25 @@ class GateWakeTrigger(BaseTrigger):
             shown.manifests_hash,
             ", ".join(step.releases_to),
         )
-        announce(
-            "approved",
-            app=self.app,
-            run_id=self.run_id,
-            gate=self.gate,
-            releases_to=step.releases_to,
-            shown=shown,
-            log=self.log,
-            people=tuple(assessment.approvers),
+        # The notice goes beside the release: sending it (an SMTP server, a webhook) must not hold the next step.
+        # A quick one still finishes here, with its outcome in the task's log.
+        notice = threading.Thread(
+            target=announce,
+            args=("approved",),
+            kwargs={
+                "app": self.app,
+                "run_id": self.run_id,
+                "gate": self.gate,
+                "releases_to": step.releases_to,
+                "shown": shown,
+                "log": self.log,
+                "people": tuple(assessment.approvers),
+            },
+            name=f"conveyor-notice-{self.app}-{self.gate}",
+            daemon=True,
         )
+        notice.start()
+        notice.join(NOTICE_WAIT_SECONDS)
+        if notice.is_alive():
+            self.log.info("The approved notice is still being sent; the release goes on meanwhile.")
         return True
