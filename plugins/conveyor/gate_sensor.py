@@ -193,8 +193,7 @@ class ApprovalSensor(BaseSensorOperator):
                 shown.manifests_hash,
                 ", ".join(step.releases_to),
             )
-            self._notify("approved", context, shown, people=tuple(assessment.approvers))
-            return None
+            return None  # the "approved" notice: announce_approved, the gate's success callback
         if new and len(run.run.opened.get(self.task_id, [])) == 1:
             assert step.policy is not None
             people = tuple([*step.policy.users, *(f"role {r}" for r in step.policy.roles)])
@@ -208,6 +207,21 @@ class ApprovalSensor(BaseSensorOperator):
         )
         expires_at = assessment.expires_at or now + timedelta(seconds=float(self.timeout))
         return app_records.last_seq, expires_at
+
+    def announce_approved(self, context: Any) -> None:
+        """Send the "approved" notice, from the gate's success callback (conveyor.notifier.StepNotifier), whoever
+        ended the gate: this task, or its trigger (then the DAG processor runs the callback). Beside the release:
+        sending it never holds the next step."""
+        run_id = context["run_id"]
+        try:
+            run = release.RunRelease.of(_records(self.app), run_id)
+            shown = run.run.gate_shown(self.task_id)
+            assessment = gate_rules.assess(run.facts(self.task_id, now=datetime.now(UTC), task_state=None))
+        except Exception as exc:
+            self.log.warning("Could not tell who approved %s: %s. No approved notice.", self.task_id, exc)
+            return
+        if assessment.status is gate_rules.GateStatus.APPROVED:
+            self._notify("approved", context, shown, people=tuple(assessment.approvers))
 
     def _notify(
         self,

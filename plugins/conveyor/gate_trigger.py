@@ -8,8 +8,9 @@ the gate's approval window closes.
 
 When the verified records (the same read and the same rules, :func:`conveyor.gate.assess`, as the gate's
 task) say the gate is approved, the trigger ends the task itself (``TaskSuccessEvent``), with the approval
-in the task's log and the "approved" notice sent: no worker process starts just to say so, and the next
-step is scheduled at once. Anything else (a reject, an expiry, a newer run) hands back to the gate's task,
+in the task's log: no worker process starts just to say so, and the next step is scheduled at once (the
+"approved" notice comes from the gate's success callback, run by the DAG processor meanwhile). Anything
+else (a reject, an expiry, a newer run) hands back to the gate's task,
 which fails with the reason and tells people. A decision reaches the next step about one poll interval
 plus a task start later, where a rescheduling sensor took up to a whole poke interval (10-30 s).
 """
@@ -17,7 +18,6 @@ plus a task start later, where a rescheduling sensor took up to a whole poke int
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -26,10 +26,6 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from conveyor import gate as gate_rules
 from conveyor import records, release
-from conveyor.gate_notices import announce
-
-# How long an approval waits for its notice to be sent before the gate opens anyway (the notice goes on).
-NOTICE_WAIT_SECONDS = 0.5
 
 
 class GateWakeTrigger(BaseTrigger):
@@ -108,8 +104,9 @@ class GateWakeTrigger(BaseTrigger):
             await asyncio.sleep(self.poll_interval)
 
     def _approved_here(self) -> bool:
-        """Whether the verified records say the gate is approved; if so, say so (log and notice) as the gate's
-        task would. Any doubt (a record that cannot be read, a gate not open yet) leaves it to the task."""
+        """Whether the verified records say the gate is approved; if so, say so in the task's log as the gate's
+        task would (the "approved" notice comes from the gate's success callback, ApprovalSensor.announce_approved,
+        whoever ended it). Any doubt (a record that cannot be read, a gate not open yet) leaves it to the task."""
         try:
             run = release.RunRelease.of(records.load(self.app), self.run_id)
             shown = run.run.gate_shown(self.gate)
@@ -128,25 +125,4 @@ class GateWakeTrigger(BaseTrigger):
             shown.manifests_hash,
             ", ".join(step.releases_to),
         )
-        # The notice goes beside the release: sending it (an SMTP server, a webhook) must not hold the next step.
-        # A quick one still finishes here, with its outcome in the task's log.
-        notice = threading.Thread(
-            target=announce,
-            args=("approved",),
-            kwargs={
-                "app": self.app,
-                "run_id": self.run_id,
-                "gate": self.gate,
-                "releases_to": step.releases_to,
-                "shown": shown,
-                "log": self.log,
-                "people": tuple(assessment.approvers),
-            },
-            name=f"conveyor-notice-{self.app}-{self.gate}",
-            daemon=True,
-        )
-        notice.start()
-        notice.join(NOTICE_WAIT_SECONDS)
-        if notice.is_alive():
-            self.log.info("The approved notice is still being sent; the release goes on meanwhile.")
         return True

@@ -107,6 +107,9 @@ class StepNotifier(BaseNotifier):
 
     def _passed(self, context: Any, log: Any) -> None:
         ti = context["ti"]
+        sensors = sys.modules.get("conveyor.gate_sensor")
+        if sensors is not None and isinstance(context.get("task"), sensors.ApprovalSensor):
+            context["task"].announce_approved(context)  # a gate that passed was approved: tell people so
         failing = _take_failing(ti)
         if failing is None:
             return  # it did not fail for good since it last passed: nothing to say

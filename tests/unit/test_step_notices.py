@@ -401,3 +401,35 @@ def test_a_run_superseded_by_a_newer_push_tells_no_one(team_chat: Webhook, varia
     except AirflowFailException as error:
         notifier(context("failed", error=error, notifier=notifier))
     assert team_chat.posts == [] and variables == {}
+
+
+def test_a_gate_that_passed_tells_the_team_who_approved_it(team_chat: Webhook, variables: dict[str, str]) -> None:
+    """The "approved" notice comes from the gate's success callback, whoever ended the gate (its task, or its
+    trigger: then Airflow runs the callback in the DAG processor)."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from conveyor import records
+    from conveyor.gate_sensor import ApprovalSensor
+    from conveyor.spec import Notifications
+    from tests.unit.test_release_environments import APP, COMMIT, SPEC, approve, shown
+
+    run_id = f"manual__{uuid.uuid4().hex}"
+    spec = SPEC.model_copy(update={"notifications": Notifications(webhooks=["team_chat"])})
+    started = records.start_run(
+        APP, run_id, spec, triggered_by="dave", run_after=datetime.now(UTC), branch="main", tag_name="v1.0.0"
+    )
+    records.record(
+        APP, records.Kind.CHECKED_OUT, records.CheckedOut(run_id, COMMIT, "main", started.build_number, "v1.0.0")
+    )
+    gate = ApprovalSensor(task_id="approve", app=APP, releases_to=["dev"], timeout=60)
+    notifier = StepNotifier(app=APP)
+    ti = SimpleNamespace(dag_id=APP, task_id="approve", run_id=run_id, try_number=1, max_tries=0, state="success")
+    passed = {"ti": ti, "task": gate, "run_id": run_id, "exception": None}
+
+    notifier(passed)  # not approved (nothing shown yet): no approved notice
+    assert team_chat.posts == []
+    approve(shown(run_id, "approve"), "alice")
+    notifier(passed)
+    [(_, body)] = team_chat.posts
+    assert "approved" in body["title"] and "- Approved by: alice" in body["message"].splitlines()
