@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
 
 from kubernetes.client import Configuration
 from kubernetes.client import models as k8s
@@ -42,6 +43,11 @@ def build_step_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Pod
         return builder(pipeline, step, ctx)
 
 
+@cache
+def _shared_configuration() -> Configuration:
+    return Configuration.get_default_copy()
+
+
 @contextmanager
 def shared_model_configuration() -> Iterator[None]:
     """Kubernetes model objects made meanwhile share one client ``Configuration``.
@@ -52,7 +58,7 @@ def shared_model_configuration() -> Iterator[None]:
     would clutter each step's pod builder, so for the duration of a build the class hands out one shared
     instance; models only read ``client_side_validation`` from it, and the pods become plain dicts at once.
     """
-    shared = Configuration.get_default_copy()
+    shared = _shared_configuration()
     original = Configuration.__dict__["get_default_copy"]
     Configuration.get_default_copy = classmethod(lambda cls: shared)
     try:
