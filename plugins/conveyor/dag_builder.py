@@ -215,6 +215,7 @@ def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str])
             auto_tag=spec.release.auto_tag,
             timeout=step.policy.timeout,
             poll_interval=settings.gate_poll_interval(),
+            deferrable=settings.gate_deferrable(),
             trigger_rule=trigger_rule,
             doc_md=step.doc,
             retries=0,

@@ -55,6 +55,8 @@ class ApprovalSensor(BaseSensorOperator):
     :param release_only: skip (with the reason in the log) unless the run is a release
     :param auto_tag: the app releases every run
     :param poll_interval: seconds between the trigger's looks at the records while the gate waits
+    :param deferrable: wait deferred (the default); False: a sensor in reschedule mode that looks every
+        ``poll_interval`` (for an Airflow without a triggerer)
     """
 
     template_fields: Sequence[str] = ()
@@ -69,9 +71,14 @@ class ApprovalSensor(BaseSensorOperator):
         release_only: bool = False,
         auto_tag: bool = False,
         poll_interval: float = 1.0,
+        deferrable: bool = True,
         **kwargs: Any,
     ) -> None:
+        if not deferrable:  # a plain sensor: it looks every poll_interval, in reschedule mode (no worker slot held)
+            kwargs.setdefault("mode", "reschedule")
+            kwargs.setdefault("poke_interval", poll_interval)
         super().__init__(**kwargs)
+        self.deferrable = deferrable
         self.app = app
         self.releases_to = list(releases_to)
         self.release_only = release_only
@@ -83,7 +90,13 @@ class ApprovalSensor(BaseSensorOperator):
             raise AirflowSkipException(skipped)
         if self.release_only and not run_is_release(self.app, context, self.auto_tag):
             raise AirflowSkipException(NOT_A_RELEASE.format(step=self.task_id))
-        self._look_or_wait(context)
+        if self.deferrable:
+            self._look_or_wait(context)
+            return
+        try:
+            super().execute(context)  # poke, reschedule, poke ...
+        except AirflowSensorTimeout:
+            raise self._expired(context, None, self.timeout) from None
 
     def resume(self, context: Any, event: Any = None) -> None:
         """Where the trigger hands back: look again (and wait again when nothing is decided)."""

@@ -77,6 +77,12 @@ def _seconds(key: str, default: str) -> float:
     return value
 
 
+def gate_deferrable() -> bool:
+    """Whether a waiting gate defers to the triggerer (the default) or, where no triggerer runs, is a sensor in
+    reschedule mode that looks every ``gate_poll_interval`` (a worker process each time: set it to 10 s or more)."""
+    return _conf_get("gate_deferrable", "true").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def gate_poll_interval() -> float:
     """Seconds between two looks of a waiting gate's trigger at the records (one small query each)."""
     return _seconds("gate_poll_interval", "1")

@@ -163,7 +163,8 @@ class DagTest:
         """The run, once its gate waits with the build shown to approvers."""
         run_id = self.run_id()
         # A gate waits only after its first look, which keeps the build it shows. dag.test() runs the gate's
-        # trigger in line, with the task queued (a platform's gate is deferred meanwhile).
+        # trigger in line, with the task queued (a platform's gate is deferred meanwhile); a gate that is not
+        # deferrable waits up for reschedule.
         from conveyor import records
 
         self.wait_for(

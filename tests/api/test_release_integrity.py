@@ -18,6 +18,13 @@ from tests.conftest import APPS, MANIFESTS
 pytestmark = pytest.mark.airflow
 
 
+# Gates whose state a test sets by hand wait as sensors in reschedule mode here: dag.test() runs a deferred
+# task's trigger in line and queues the task again afterwards, so it would never see a state set meanwhile (on
+# the platform, Airflow ends the trigger of a task whose state is set by hand). The checks under test are the
+# deploy and tag steps', whichever way the gate waited.
+HAND_SET = {"AIRFLOW__CONVEYOR__GATE_DEFERRABLE": "false"}
+
+
 def set_state(api: Any, headers: dict[str, str], run: Any, task_id: str, state: str) -> None:
     """What anyone with the User role may do in Airflow's UI: mark a task's state."""
     response = api.patch(
@@ -62,7 +69,7 @@ def one_gate_for_dev_and_staging(edit_file: Any) -> None:
 
 
 def test_a_gate_marked_success_by_hand_releases_nothing(dag_test: Callable[..., DagTest], api: Any, auth: Any) -> None:
-    run = dag_test("appointments", {"tag_name": "v1.1.0"})
+    run = dag_test("appointments", {"tag_name": "v1.1.0"}, env=HAND_SET)
     waiting = run.wait_at_gate()
     set_state(api, auth("bob"), waiting, "approve", "success")  # bob has Airflow's User role
 
@@ -81,7 +88,7 @@ def test_a_gate_marked_success_by_hand_releases_nothing(dag_test: Callable[..., 
 
 
 def test_a_gate_marked_skipped_by_hand_releases_nothing(dag_test: Callable[..., DagTest], api: Any, auth: Any) -> None:
-    run = dag_test("appointments", {"tag_name": "v1.1.1"})
+    run = dag_test("appointments", {"tag_name": "v1.1.1"}, env=HAND_SET)
     waiting = run.wait_at_gate()
     set_state(api, auth("bob"), waiting, "approve", "skipped")
     # deploy_dev is skipped with its gate; tag (which runs after skipped steps) refuses to tag an unapproved build.
@@ -96,7 +103,7 @@ def test_a_gate_marked_skipped_by_hand_releases_nothing(dag_test: Callable[..., 
 def test_a_production_gate_marked_skipped_by_hand_releases_nothing(
     dag_test: Callable[..., DagTest], api: Any, auth: Any
 ) -> None:
-    run = dag_test("appointments", {"tag_name": "v1.1.2"})
+    run = dag_test("appointments", {"tag_name": "v1.1.2"}, env=HAND_SET)
     waiting = run.wait_at_gate()
     assert api.post(f"{waiting.gate_url()}/approve", headers=auth("alice"), json=waiting.build()).status_code == 201
     run.wait_at_gate("approve_prod")
