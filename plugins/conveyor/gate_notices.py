@@ -11,6 +11,14 @@ from typing import Any
 from conveyor import records, release
 
 
+def approved_line(approvers: Sequence[str], shown: records.GateOpened, releases_to: Sequence[str]) -> str:
+    """The log line of an approval, the same whoever sees it (the gate's task or its trigger)."""
+    return (
+        f"Approved by {', '.join(approvers)} for commit {shown.commit}, image {shown.digest}, manifests "
+        f"{shown.manifests_hash}; releasing to {', '.join(releases_to)}."
+    )
+
+
 def announce(
     kind: str,
     *,

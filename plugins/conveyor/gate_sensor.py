@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
 from conveyor import gate as gate_rules
 from conveyor import records, release
 from conveyor.exceptions import ConveyorError
-from conveyor.gate_notices import announce
+from conveyor.gate_notices import announce, approved_line
 from conveyor.gate_trigger import GateWakeTrigger
 from conveyor.operators import NOT_A_RELEASE, _fail, _records, past_until, run_is_release
 from conveyor.timefmt import format_duration
@@ -198,14 +198,7 @@ class ApprovalSensor(BaseSensorOperator):
             assert step.policy is not None
             raise self._expired(context, shown, step.policy.timeout)
         if status is gate_rules.GateStatus.APPROVED:
-            self.log.info(
-                "Approved by %s for commit %s, image %s, manifests %s; releasing to %s.",
-                ", ".join(assessment.approvers),
-                shown.commit,
-                shown.digest,
-                shown.manifests_hash,
-                ", ".join(step.releases_to),
-            )
+            self.log.info("%s", approved_line(assessment.approvers, shown, step.releases_to))
             return None  # the "approved" notice: announce_approved, the gate's success callback
         if new and len(run.run.opened.get(self.task_id, [])) == 1:
             assert step.policy is not None

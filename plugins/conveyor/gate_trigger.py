@@ -26,6 +26,7 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from conveyor import gate as gate_rules
 from conveyor import records, release
+from conveyor.gate_notices import approved_line
 
 
 class GateWakeTrigger(BaseTrigger):
@@ -117,12 +118,5 @@ class GateWakeTrigger(BaseTrigger):
             return False
         if shown is None or assessment.status is not gate_rules.GateStatus.APPROVED:
             return False
-        self.log.info(
-            "Approved by %s for commit %s, image %s, manifests %s; releasing to %s.",
-            ", ".join(assessment.approvers),
-            shown.commit,
-            shown.digest,
-            shown.manifests_hash,
-            ", ".join(step.releases_to),
-        )
+        self.log.info("%s", approved_line(assessment.approvers, shown, step.releases_to))
         return True

@@ -80,6 +80,10 @@ class DagTest:
     ) -> None:
         self.dag_id = dag_id
         self.log = log
+        # A deferred gate waits queued under dag.test() (its trigger runs in line); a gate that is not deferrable
+        # waits up for reschedule, and is queued only while it looks (a state set by hand then would be lost).
+        deferrable = (env or {}).get("AIRFLOW__CONVEYOR__GATE_DEFERRABLE", "true") != "false"
+        self.waiting_states = ("queued", "deferred") if deferrable else ("up_for_reschedule",)
         self.pod_dir = pod_dir
         pod_dir.mkdir(parents=True, exist_ok=True)
         self.runs_before = self._last_run_pk()
@@ -163,14 +167,13 @@ class DagTest:
         """The run, once its gate waits with the build shown to approvers."""
         run_id = self.run_id()
         # A gate waits only after its first look, which keeps the build it shows. dag.test() runs the gate's
-        # trigger in line, with the task queued (a platform's gate is deferred meanwhile); a gate that is not
-        # deferrable waits up for reschedule.
+        # trigger in line, with the task queued (a platform's gate is deferred meanwhile).
         from conveyor import records
 
         self.wait_for(
             f"{gate} to wait",
             lambda: (
-                self.state(run_id, gate) in ("queued", "deferred")
+                self.state(run_id, gate) in self.waiting_states
                 and records.load(self.dag_id).run(run_id).gate_shown(gate) is not None
             ),
         )
