@@ -1,6 +1,7 @@
-"""The notices of one approval gate (opened, approved, rejected, expired, superseded), told by whoever sees the
-outcome first: the gate's task (conveyor.gate_sensor) or, for an approval, its trigger (conveyor.gate_trigger).
-A notice that cannot be sent is logged and never changes the gate."""
+"""The notices of one approval gate (opened, approved, rejected, expired, superseded), sent by the gate's task
+(conveyor.gate_sensor; "approved" from its success callback, whoever ended the gate), and the approval's log
+line, which the gate's trigger (conveyor.gate_trigger) writes too. A notice that cannot be sent is logged and
+never changes the gate."""
 
 from __future__ import annotations
 

@@ -175,7 +175,7 @@ class ApprovalSensor(BaseSensorOperator):
                 shown.digest,
                 shown.manifests_hash,
             )
-        assessment = gate_rules.assess(run.facts(self.task_id, now=now, task_state=None))
+        assessment = run.assess(self.task_id, now=now)
         for line in assessment.not_counted:
             self.log.warning("Not counted: %s", line)
         status = assessment.status
@@ -222,7 +222,7 @@ class ApprovalSensor(BaseSensorOperator):
         try:
             run = release.RunRelease.of(_records(self.app), run_id)
             shown = run.run.gate_shown(self.task_id)
-            assessment = gate_rules.assess(run.facts(self.task_id, now=datetime.now(UTC), task_state=None))
+            assessment = run.assess(self.task_id)
         except Exception as exc:
             self.log.warning("Could not tell who approved %s: %s. No approved notice.", self.task_id, exc)
             return

@@ -111,7 +111,7 @@ class GateWakeTrigger(BaseTrigger):
         try:
             run = release.RunRelease.of(records.load(self.app), self.run_id)
             shown = run.run.gate_shown(self.gate)
-            assessment = gate_rules.assess(run.facts(self.gate, now=datetime.now(UTC), task_state=None))
+            assessment = run.assess(self.gate)
             step = run.gate(self.gate)
         except Exception as exc:
             self.log.warning("Could not assess gate %s here (%s); the gate's task looks itself.", self.gate, exc)

@@ -469,7 +469,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
         first = run.covering_gate(run.spec.environments[0].name)
         if first.id == gate:
             return
-        assessment = gate_rules.assess(run.facts(first.id, now=datetime.now(UTC), task_state=None))
+        assessment = run.assess(first.id)
         approved = run.run.gate_shown(first.id)
         same = approved is not None and (approved.commit, approved.digest) == (shown.commit, shown.digest)
         if assessment.status is not gate_rules.GateStatus.APPROVED or not same:

@@ -9,14 +9,14 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 from conveyor import settings
 from conveyor.credentials import registry_host
 from conveyor.exceptions import ConveyorError
-from conveyor.gate import GateFacts, change_owners
+from conveyor.gate import Assessment, GateFacts, assess, change_owners
 from conveyor.pipeline import Pipeline, Step, build_pipeline
 from conveyor.records import AppRecords, Built, CheckedOut, GateOpened, RunRecords, RunStarted
 from conveyor.render import manifest_variables, render_folder
@@ -168,6 +168,10 @@ class RunRelease:
             change_commits=checkout.change_commits,
             change_truncated=checkout.change_truncated,
         )
+
+    def assess(self, gate_id: str, *, now: datetime | None = None, task_state: str | None = None) -> Assessment:
+        """The gate's outcome now (conveyor.gate.assess on :meth:`facts`), without the task's state."""
+        return assess(self.facts(gate_id, now=now or datetime.now(UTC), task_state=task_state))
 
     def facts(self, gate_id: str, *, now: datetime, task_state: str | None) -> GateFacts:
         """What the gate's rules need, from the records (and the gate task's state, when it matters)."""

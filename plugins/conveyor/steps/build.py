@@ -91,7 +91,7 @@ def build_build_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Po
             name="prepare",
             image=ctx.images.ref("toolbox"),
             image_pull_policy="IfNotPresent",
-            command=script_command("prepare", step.id),
+            command=script_command("prepare"),
             args=[image.strategy.value, image.dockerfile, repository, tags[-1]],
             env=[*commit_env, *registry_env, *base_image],
             volume_mounts=[workspace],
@@ -118,7 +118,7 @@ def build_build_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Po
             name="build",
             image=ctx.images.ref("toolbox"),
             image_pull_policy="IfNotPresent",
-            command=script_command("build", step.id),
+            command=script_command("build"),
             args=[image.strategy.value, image.context, image.dockerfile, repository, tags[0]],
             env=[*commit_env, *registry_env, *base_image, *generated, *layers.env],
             volume_mounts=[workspace, *layers.mounts],
@@ -129,7 +129,7 @@ def build_build_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Po
     main = k8s.V1Container(
         name="base",
         image=ctx.images.ref("toolbox"),
-        command=script_command("publish", step.id),
+        command=script_command("publish"),
         args=[repository, *tags],
         env=registry_env[1:],
         # the pusher only reads what the build left: the image layout

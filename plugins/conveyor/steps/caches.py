@@ -171,7 +171,7 @@ def clear_pod(app: str, namespace: str, toolbox_image: str, pull_secret: str | N
                     name="base",
                     image=toolbox_image,
                     image_pull_policy="IfNotPresent",
-                    command=[*script_command("cache_clear", "cache_clear"), app_folder(app)],
+                    command=[*script_command("cache_clear"), app_folder(app)],
                     volume_mounts=[k8s.V1VolumeMount(name=VOLUME, mount_path="/cache"), scripts_volume()[1]],
                     resources=k8s.V1ResourceRequirements(
                         requests={"cpu": "50m", "memory": "32Mi"}, limits={"memory": "128Mi"}

@@ -27,7 +27,7 @@ def build_checkout_pod(pipeline: Pipeline, step: Step, ctx: PodContext, branch: 
     main = k8s.V1Container(
         name="base",
         image=ctx.images.ref("toolbox"),
-        command=script_command("checkout", step.id),
+        command=script_command("checkout"),
         args=[pipeline.spec.git.url, branch, *required_paths(pipeline)],
         env=[
             k8s.V1EnvVar(name="CONVEYOR_REQUESTED_COMMIT", value=ctx.values.requested_commit),

@@ -114,10 +114,9 @@ def ensure_step_scripts(core: Any, namespace: str) -> str:
     return name
 
 
-def script_command(name: str, step_id: str) -> list[str]:
+def script_command(name: str) -> list[str]:
     """The container command that runs a step script from the scripts ConfigMap; its arguments follow in
     ``args``. The pod carries arguments only: no script text, nothing for Jinja to escape."""
-    del step_id  # the container's name and the pod's labels say which step it is
     return ["bash", f"{SCRIPTS_DIR}/{name}.sh"]
 
 
@@ -269,7 +268,7 @@ def fetch_container(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Co
         name="fetch",
         image=ctx.images.ref("toolbox"),
         image_pull_policy="IfNotPresent",
-        command=script_command("fetch", step.id),
+        command=script_command("fetch"),
         args=[pipeline.spec.git.url, ctx.values.commit, SOURCE_DIR],
         volume_mounts=[mount],
         resources=TOOLBOX_RESOURCES,

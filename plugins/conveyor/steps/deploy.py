@@ -19,7 +19,7 @@ def build_deploy_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1P
     main = k8s.V1Container(
         name="base",
         image=ctx.images.ref("toolbox"),
-        command=script_command("deploy", step.id),
+        command=script_command("deploy"),
         args=[step.environment, env.namespace, str(env.rollout_timeout)],
         env=[k8s.V1EnvVar(name="TAG_NAME", value=ctx.values.release_tag)],
         resources=TOOLBOX_RESOURCES,

@@ -13,7 +13,7 @@ def build_push_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Pod
     main = k8s.V1Container(
         name="base",
         image=ctx.images.ref("toolbox"),
-        command=script_command("promote", step.id),
+        command=script_command("promote"),
         args=[image_repository(pipeline, ctx.values), ctx.values.digest, "latest"],
         env=[k8s.V1EnvVar(name="REGISTRY_TLS_VERIFY", value=ctx.values.registry_tls_verify)],
         resources=TOOLBOX_RESOURCES,

@@ -33,7 +33,7 @@ def build_sonar_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Po
     main = k8s.V1Container(
         name="base",
         image=ctx.images.ref(spec.sonar.image),
-        command=script_command("sonar", step.id),
+        command=script_command("sonar"),
         args=[
             "-Dsonar.host.url=$(SONAR_HOST_URL)",
             f"-Dsonar.scanner.javaExePath={SCANNER_JAVA}",

@@ -13,7 +13,7 @@ def build_tag_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Pod:
     main = k8s.V1Container(
         name="base",
         image=ctx.images.ref("toolbox"),
-        command=script_command("tag", step.id),
+        command=script_command("tag"),
         args=[
             pipeline.spec.git.url,
             ctx.values.commit,

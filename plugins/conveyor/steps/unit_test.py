@@ -64,7 +64,7 @@ def build_unit_test_pod(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.
     main = k8s.V1Container(
         name="base",
         image=ctx.images.ref("toolbox"),
-        command=script_command("unit_test", step.id),
+        command=script_command("unit_test"),
         args=report_patterns(pipeline),
         env=[k8s.V1EnvVar(name="CONVEYOR_TEST_STATE", value=STATE_DIR)],
         # the reporter only reads what the tests left
