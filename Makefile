@@ -36,8 +36,8 @@ test: install ## run the test suite: lint, types, unit, DAG integrity, approval 
 test-integration: install ## run the tests against the local platform (after `make up`)
 	@scripts/test integration
 
-test-e2e: install ## run whole pipelines through the running Airflow and platform (after `make up`)
-	@scripts/test e2e
+test-e2e: install ## run whole pipelines through the running Airflow and platform (after `make up`; E2E=files for some)
+	@scripts/test e2e $(E2E)
 
 lint: install ## ruff and mypy
 	@$(VENV)/bin/ruff check plugins dags tests
@@ -50,6 +50,7 @@ docs: install ## regenerate docs/spec-reference.md and docs/spec.schema.json fro
 	@bin/conveyor spec schema --output docs/spec.schema.json
 	@bin/conveyor spec reference --output docs/spec-reference.md
 
-bench: install ## time the DAG file with 500 apps, then one release of the sample app per step (after `make up`); JSON in bench/results/
+bench: install ## time the DAG file with 500 apps, one release of the sample app per step, 20 releases at once (after `make up`); JSON in bench/results/
 	@$(VENV)/bin/python bench/parsing.py 500
 	@$(VENV)/bin/python bench/release_flow.py
+	@$(VENV)/bin/python bench/concurrent.py 20

@@ -34,7 +34,7 @@ from conveyor.steps.common import label_value  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
 from baseline import Recorder, run_back_to_back  # noqa: E402
-from results import publish  # noqa: E402
+from results import layout, publish  # noqa: E402
 
 STATE = Path(os.environ.get("CONVEYOR_STATE", "/var/lib/conveyor"))
 AIRFLOW = os.environ.get("CONVEYOR_AIRFLOW_URL", "http://localhost:8080")
@@ -91,6 +91,72 @@ class PodWatcher(threading.Thread):
                     break
 
 
+GATES = ("approve", "approve_prod")
+
+
+def task_instances(admin: httpx.Client, app: str, run_id: str) -> list[dict[str, Any]]:
+    """The run's task instances in the order they started."""
+    tis = admin.get(f"/api/v2/dags/{app}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+    return sorted(tis, key=lambda t: ts(t["start_date"]) or float("inf"))
+
+
+def step_table(tis: list[dict[str, Any]], pods: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """Per task: its pod's own time and the orchestration around it (seconds; None where it did not happen)."""
+    steps = []
+    for i, ti in enumerate(tis):
+        queued, start, end = ts(ti.get("queued_when")), ts(ti["start_date"]), ts(ti["end_date"])
+        pod = pods.get(ti["task_id"], {})
+        nxt = ts(tis[i + 1]["start_date"]) if i + 1 < len(tis) else None
+        steps.append(
+            {
+                "step": ti["task_id"],
+                "state": ti["state"],
+                "task_seconds": round(end - start, 2) if start and end else None,
+                "pod_seconds": round(pod["pod_end"] - pod["pod_start"], 2)
+                if {"pod_start", "pod_end"} <= set(pod)
+                else None,
+                "queued_to_task_start": round(start - queued, 2) if queued and start else None,
+                "task_start_to_pod_start": round(pod["pod_start"] - start, 2) if start and "pod_start" in pod else None,
+                "pod_end_to_task_end": round(end - pod["pod_end"], 2) if end and "pod_end" in pod else None,
+                "task_end_to_next_start": round(nxt - end, 2) if nxt and end else None,
+            }
+        )
+    return steps
+
+
+def orchestration_seconds(steps: list[dict[str, Any]]) -> float:
+    """All orchestration of a run but the waits for people: the step before a gate and the gate are left out."""
+    return sum(
+        (s["task_start_to_pod_start"] or 0)
+        + (s["pod_end_to_task_end"] or 0)
+        + (0 if i + 1 < len(steps) and steps[i + 1]["step"] in GATES else s["task_end_to_next_start"] or 0)
+        for i, s in enumerate(steps)
+        if s["step"] not in GATES
+    )
+
+
+def step_overheads(steps: list[dict[str, Any]]) -> list[float]:
+    """Per pod step, as issue #13 defines it: task start → pod running, pod end → task end, task end → next
+    start."""
+    return [
+        (s["task_start_to_pod_start"] or 0) + (s["pod_end_to_task_end"] or 0) + (s["task_end_to_next_start"] or 0)
+        for s in steps
+        if s["pod_seconds"] is not None and s["state"] == "success"
+    ]
+
+
+def approve_if_open(app: str, run_id: str, gate_id: str, clients: list[httpx.Client]) -> bool:
+    """Approve the gate (each client once: production needs two people) when it waits for a decision."""
+    gate_url = f"/conveyor/api/v1/gates/{app}/{run_id}/{gate_id}"
+    gate = clients[0].get(gate_url).json()
+    if gate.get("task_state") not in ("deferred", "up_for_reschedule") or not gate.get("build", {}).get("digest"):
+        return False
+    body = {"commit": gate["build"]["commit"], "digest": gate["build"]["digest"], "reason": "benchmark"}
+    for person in clients:
+        person.post(f"{gate_url}/approve", json=body).raise_for_status()
+    return True
+
+
 def main() -> None:
     admin = login("admin")
     # Who approves each gate: production needs two approvers.
@@ -114,54 +180,17 @@ def main() -> None:
         if run["state"] in ("success", "failed"):
             break
         for gate_id, clients in list(pending.items()):
-            gate_url = f"/conveyor/api/v1/gates/{APP}/{run_id}/{gate_id}"
-            gate = clients[0].get(gate_url).json()
-            if gate.get("task_state") == "deferred" and gate["build"].get("digest"):
-                body = {"commit": gate["build"]["commit"], "digest": gate["build"]["digest"], "reason": "benchmark"}
-                for client in clients:
-                    client.post(f"{gate_url}/approve", json=body).raise_for_status()
+            if approve_if_open(APP, run_id, gate_id, clients):
                 decided[gate_id] = time.time()
                 del pending[gate_id]
         time.sleep(1)
     watcher.stop.set()
     recorder.stop.set()
-    tis = admin.get(f"/api/v2/dags/{APP}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
-    tis.sort(key=lambda t: ts(t["start_date"]) or float("inf"))
-    steps = []
-    for i, ti in enumerate(tis):
-        queued, start, end = ts(ti.get("queued_when")), ts(ti["start_date"]), ts(ti["end_date"])
-        pod = watcher.pods.get(ti["task_id"], {})
-        nxt = ts(tis[i + 1]["start_date"]) if i + 1 < len(tis) else None
-        steps.append(
-            {
-                "step": ti["task_id"],
-                "state": ti["state"],
-                "task_seconds": round(end - start, 2) if start and end else None,
-                "pod_seconds": round(pod["pod_end"] - pod["pod_start"], 2)
-                if {"pod_start", "pod_end"} <= set(pod)
-                else None,
-                "queued_to_task_start": round(start - queued, 2) if queued and start else None,
-                "task_start_to_pod_start": round(pod["pod_start"] - start, 2) if start and "pod_start" in pod else None,
-                "pod_end_to_task_end": round(end - pod["pod_end"], 2) if end and "pod_end" in pod else None,
-                "task_end_to_next_start": round(nxt - end, 2) if nxt and end else None,
-            }
-        )
+    tis = task_instances(admin, APP, run_id)
+    steps = step_table(tis, watcher.pods)
     pod_total = sum(s["pod_seconds"] or 0 for s in steps)
-    # The wait at a gate is people, not orchestration: leave out the step before a gate and the gate itself.
-    gates = {"approve", "approve_prod"}
-    overhead = sum(
-        (s["task_start_to_pod_start"] or 0)
-        + (s["pod_end_to_task_end"] or 0)
-        + (0 if i + 1 < len(steps) and steps[i + 1]["step"] in gates else s["task_end_to_next_start"] or 0)
-        for i, s in enumerate(steps)
-        if s["step"] not in gates
-    )
-    # Per pod step, as issue #13 defines it: task start → pod running, pod end → task end, task end → next start.
-    per_step = [
-        (s["task_start_to_pod_start"] or 0) + (s["pod_end_to_task_end"] or 0) + (s["task_end_to_next_start"] or 0)
-        for s in steps
-        if s["pod_seconds"] is not None and s["state"] == "success"
-    ]
+    overhead = orchestration_seconds(steps)
+    per_step = step_overheads(steps)
     # A decision recorded → the pod of the step after its gate running.
     after_gate: dict[str, float | None] = {}
     for i, s in enumerate(steps):
@@ -181,6 +210,7 @@ def main() -> None:
 
     cache = measure(admin) if os.environ.get("CONVEYOR_BENCH_CACHE", "1") != "0" else None
     result = {
+        "layout": layout(),
         "app": APP,
         "run_id": run_id,
         "state": run["state"],
@@ -205,7 +235,13 @@ def main() -> None:
         "orchestration_to_pod_ratio",
         "wall_seconds",
     )
-    out = publish("release-flow", result, [*headline, *(["warm_cold_build_ratio"] if cache else [])])
+    # The newest figures of each layout too (README, "Benchmark": one table per layout).
+    result[f"release_flow_{result['layout']}"] = {key: result[key] for key in (*headline, "baseline")}
+    out = publish(
+        "release-flow",
+        result,
+        [*headline, f"release_flow_{result['layout']}", *(["warm_cold_build_ratio"] if cache else [])],
+    )
     print(f"{'step':12} {'pod s':>7} {'task s':>7} {'→pod':>6} {'pod→end':>8} {'→next':>6}")
     for s in steps:
         cells = [

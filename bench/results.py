@@ -4,12 +4,21 @@ figure of every key (the keys of issue #13's goals), plus a dated copy of it, so
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+STATE = Path(os.environ.get("CONVEYOR_STATE", "/var/lib/conveyor"))
+
+
+def layout() -> str:
+    """The running Airflow's layout: ``local`` (LocalExecutor, SQLite) or ``celery`` (CeleryExecutor,
+    PostgreSQL, Redis), as scripts/airflow/up last started it."""
+    executor = STATE / "airflow" / "executor"
+    return executor.read_text().strip() if executor.is_file() else "local"
 
 
 def publish(name: str, figures: dict[str, Any], headline: Sequence[str] | None = None) -> Path:
