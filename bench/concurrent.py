@@ -13,7 +13,7 @@ end. The figures, all from the same session:
   figure (goal <= 2), the wall time, and the platform's peak memory (bench/memory.py; goal <= 4 GiB).
 
 Which layout ran (``local``: LocalExecutor + SQLite, ``celery``: CeleryExecutor + PostgreSQL + Redis) is part of
-the result: ``concurrent_20`` in bench/results/latest.json is the newest run, ``concurrent_20_<layout>`` the newest
+the result: ``concurrent_<N>`` in bench/results/latest.json is the newest run, ``concurrent_<N>_<layout>`` the newest
 of each layout.
 
 usage: bench/concurrent.py [N]   (after `make up`; `CONVEYOR_EXECUTOR=celery make up` for the Celery layout)
@@ -219,8 +219,9 @@ def main() -> None:
         "machine_used_peak_gib": sampler.gib("machine_used"),
         "parallelism": int(os.environ.get("AIRFLOW__CORE__PARALLELISM", "4")),
     }
-    result = {"concurrent_20": summary, f"concurrent_20_{executor}": summary, "single": single, "runs": runs}
-    out = publish("concurrent", result, ["concurrent_20", f"concurrent_20_{executor}"])
+    key = f"concurrent_{count}"
+    result = {key: summary, f"{key}_{executor}": summary, "single": single, "runs": runs}
+    out = publish("concurrent", result, [key, f"{key}_{executor}"])
     failed = [f"{r['app']} ({', '.join(r['failed_steps'])})" for r in runs if r["state"] != "success"]
     print(
         f"{summary['succeeded']} of {count} releases succeeded in {wall}s ({executor} layout)"
