@@ -333,13 +333,14 @@ def register_apps(namespace: dict[str, Any], folder: Path | None = None, *, team
     """
     from airflow.sdk import get_parsing_context
 
+    strict = settings.strict()  # read first: a mistyped value is an import error even when every spec is good
     # A task's process parses this file to run one task of one DAG: Airflow says which, so only that app's spec is
     # read and only its DAG built (with hundreds of apps, every step would otherwise pay for all of them).
     specs, errors = load_apps(folder, only=get_parsing_context().dag_id)
     if team is not None:
         specs = [s for s in specs if s.team == team]
         errors = [e for e in errors if _declared_team(e.file) in (team, None)]
-    if errors and settings.strict():
+    if errors and strict:
         raise (
             errors[0]
             if len(errors) == 1

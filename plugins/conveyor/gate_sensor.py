@@ -19,7 +19,7 @@ from conveyor import records, release
 from conveyor.exceptions import ConveyorError
 from conveyor.gate_notices import announce, approved_line
 from conveyor.gate_trigger import GateWakeTrigger
-from conveyor.operators import NOT_A_RELEASE, _fail, _records, past_until, run_is_release
+from conveyor.task_rules import NOT_A_RELEASE, fail, load_records, past_until, run_is_release
 from conveyor.timefmt import format_duration
 
 # How long a gate that has no build to show yet waits for a record before it looks again anyway.
@@ -140,7 +140,7 @@ class ApprovalSensor(BaseSensorOperator):
         )
         self.log.error("%s", message)
         self._notify("expired", context, shown, reason=message)
-        return _fail(message)
+        return fail(message)
 
     def _look(self, context: Any) -> tuple[int, datetime] | None:
         """Look at the build and the decisions: None when the gate opens; fails the task when it is rejected,
@@ -151,13 +151,13 @@ class ApprovalSensor(BaseSensorOperator):
         link = release.decision_link(self.app, run_id, self.task_id)
         try:
             outcome = release.show_build(self.app, run_id, self.task_id, BaseHook.get_connection)
-            app_records = _records(self.app)
+            app_records = load_records(self.app)
             run = release.RunRelease.of(app_records, run_id)
             step = run.gate(self.task_id)
         except (ConveyorError, KeyError) as exc:
-            raise _fail(f"This gate cannot check the build: {str(exc).strip(chr(34))}") from None
+            raise fail(f"This gate cannot check the build: {str(exc).strip(chr(34))}") from None
         if outcome.error:
-            raise _fail(f"Nothing to approve: {outcome.error}")
+            raise fail(f"Nothing to approve: {outcome.error}")
         now = datetime.now(UTC)
         shown, new = outcome.build, outcome.new
         if shown is None:
@@ -184,7 +184,7 @@ class ApprovalSensor(BaseSensorOperator):
             message = f"Rejected by {r.user} at {r.at}: {r.reason}"
             self.log.error("%s", message)
             self._notify("rejected", context, shown, people=(r.user,), reason=r.reason)
-            raise _fail(message)
+            raise fail(message)
         if status is gate_rules.GateStatus.SUPERSEDED:
             message = (
                 f"Superseded by run {assessment.superseded_by}: a newer run of {self.app} reached {self.task_id}, "
@@ -193,7 +193,7 @@ class ApprovalSensor(BaseSensorOperator):
             )
             self.log.error("%s", message)
             self._notify("superseded", context, shown, reason=message)
-            raise _fail(message)
+            raise fail(message)
         if status is gate_rules.GateStatus.EXPIRED:
             assert step.policy is not None
             raise self._expired(context, shown, step.policy.timeout)
@@ -220,7 +220,7 @@ class ApprovalSensor(BaseSensorOperator):
         sending it never holds the next step."""
         run_id = context["run_id"]
         try:
-            run = release.RunRelease.of(_records(self.app), run_id)
+            run = release.RunRelease.of(load_records(self.app), run_id)
             shown = run.run.gate_shown(self.task_id)
             assessment = run.assess(self.task_id)
         except Exception as exc:

@@ -1,5 +1,5 @@
-"""The operator of Conveyor's pod steps, a thin KubernetesPodOperator, and the rules every step task shares
-(release runs, ``until``, run params). The approval gate is :mod:`conveyor.gate_sensor`.
+"""The operator of Conveyor's pod steps, a thin KubernetesPodOperator. The rules every step task shares (release
+runs, ``until``, run params) are :mod:`conveyor.task_rules`; the approval gate is :mod:`conveyor.gate_sensor`.
 
 ``ConveyorPodOperator`` adds only what the stock operator cannot know: skipping steps that
 run only for a release (with the reason in the log), keeping what the steps found and built
@@ -10,14 +10,13 @@ for deploy steps, the release check right before anything is applied.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, NoReturn
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowSkipException
 from kubernetes.client import models as k8s
 
 from conveyor import apps, records, release
@@ -27,78 +26,20 @@ from conveyor.exceptions import ConveyorError, RunSuperseded, TamperedRecords
 from conveyor.pipeline import STEP_TYPES, SecretRef, StepKind
 from conveyor.pod_manager import PromptPodManager
 from conveyor.run_view import RunReportLink
-from conveyor.spec import RELEASE_TAG, git_ref_problem
 from conveyor.steps.common import SCRIPTS_VOLUME, ensure_step_scripts, scripts_config_map_name
-
-NOT_A_RELEASE = (
-    "Skipped: this run is not a release. Step {step} runs only when the run has a tag_name "
-    "(trigger the run with the param tag_name set, e.g. v1.2.3) or the app sets release.auto_tag."
+from conveyor.task_rules import (
+    NOT_A_RELEASE,
+    fail,
+    load_records,
+    params_problem,
+    past_until,
+    release_tag,
+    run_is_release,
 )
+
 MANIFESTS_ENV = "CONVEYOR_MANIFESTS"
 MANIFESTS_SHA_ENV = "CONVEYOR_MANIFESTS_SHA256"
 BASE_COMMITS_ENV = "CONVEYOR_BASE_COMMITS"
-COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
-SAFE_BRANCH = re.compile(r"[A-Za-z0-9._/-]+")  # as the trigger form's pattern (dag_builder.BRANCH_PATTERN)
-
-
-def is_release(params: dict[str, Any], auto_tag: bool) -> bool:
-    return bool(params.get("tag_name")) or auto_tag
-
-
-def release_tag(params: dict[str, Any], auto_tag: bool, auto_tag_prefix: str, build_number: int) -> str:
-    if params.get("tag_name"):
-        return str(params["tag_name"])
-    return f"{auto_tag_prefix}.{build_number}" if auto_tag else ""
-
-
-def run_is_release(app: str, context: Any, auto_tag: bool) -> bool:
-    """Whether the run releases: what its checkout recorded (the release tag it computed when the run
-    started), not the DAG as it is parsed now, so a spec edited mid-run cannot turn a run into a release."""
-    run_id = context.get("run_id")
-    try:
-        checkout = records.load(app).run(run_id).checked_out if run_id else None
-    except ConveyorError:
-        checkout = None
-    if checkout is not None:
-        return bool(checkout.release_tag)
-    return is_release(context["params"], auto_tag)
-
-
-def past_until(task: Any, params: dict[str, Any]) -> str | None:
-    """Why ``task`` does not run in this run (the reason, for its log), when the run stops earlier: its param
-    ``until`` (set by the push rule that started it, ``git.push[].until``) names a step before this one."""
-    until = params.get("until")
-    if not until or until == task.task_id or until not in task.get_flat_relative_ids(upstream=True):
-        return None
-    return (
-        f"Skipped: this run stops after {until} (param until, set by the push rule that started it: "
-        "git.push[].until in the app spec). Trigger a run without 'until' for the whole pipeline."
-    )
-
-
-def params_problem(params: dict[str, Any]) -> str | None:
-    """Why the run's params cannot be used, checked as whole strings (the UI's pattern check is not enough)."""
-    branch = params.get("branch")
-    if not isinstance(branch, str):
-        return f"The branch param is {branch!r}, not a branch name. Trigger the run with a branch such as main."
-    problem = git_ref_problem(branch)
-    if problem is None and not SAFE_BRANCH.fullmatch(branch):
-        # Kubernetes expands $(NAME) in a pod's args: a branch like $(GIT_PASSWORD) could print a secret.
-        problem = "may only contain letters, digits and . _ / - here"
-    if problem:
-        return (
-            f"The branch {branch!r} is not a valid git branch name: it {problem}. "
-            "Trigger the run with an existing branch."
-        )
-    tag = params.get("tag_name")
-    if tag not in (None, "") and (not isinstance(tag, str) or not RELEASE_TAG.fullmatch(tag)):
-        return (
-            f"The tag_name {tag!r} is not a release tag; use the form v1.2.3 or v1.2.3-rc.1 (nothing before or after)."
-        )
-    commit = params.get("commit")
-    if commit not in (None, "") and (not isinstance(commit, str) or not COMMIT_SHA.fullmatch(commit)):
-        return f"The commit {commit!r} is not a commit SHA: give all 40 lowercase hex digits, or leave it empty."
-    return None
 
 
 def env_literal(value: str) -> str:
@@ -109,17 +50,6 @@ def env_literal(value: str) -> str:
 
 def _strings(value: Any) -> list[str]:
     return [str(v) for v in value if v] if isinstance(value, list) else []
-
-
-def _fail(message: str) -> AirflowFailException:
-    return AirflowFailException(message)
-
-
-def _records(app: str) -> records.AppRecords:
-    try:
-        return records.load(app)
-    except TamperedRecords as exc:
-        raise _fail(str(exc)) from None
 
 
 class ConveyorPodOperator(KubernetesPodOperator):
@@ -192,13 +122,13 @@ class ConveyorPodOperator(KubernetesPodOperator):
             raise AirflowSkipException(NOT_A_RELEASE.format(step=self.task_id))
         problem = params_problem(params)
         if problem:
-            raise _fail(problem)
+            raise fail(problem)
         kind, step_type = self.kind, STEP_TYPES[self.kind]
         started = self._start_run(context) if kind is StepKind.CHECKOUT else None
         if started is not None:
             # What earlier deployments already carried: the change this run brings is measured from there.
-            self._base_commits = _records(self.app).deployed_commits()
-        before = _records(self.app).run(context["run_id"]) if kind is StepKind.BUILD or step_type.reports else None
+            self._base_commits = load_records(self.app).deployed_commits()
+        before = load_records(self.app).run(context["run_id"]) if kind is StepKind.BUILD or step_type.reports else None
         deploy = None
         if kind is StepKind.DEPLOY:
             deploy = self._verify_release(context, str(self.environment), applying=True)
@@ -235,7 +165,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
         try:
             spec = apps.load_app(self.app)
         except ConveyorError as exc:
-            raise _fail(f"The spec of {self.app} cannot be read, so the run cannot start: {exc}") from None
+            raise fail(f"The spec of {self.app} cannot be read, so the run cannot start: {exc}") from None
         try:
             started = records.start_run(
                 self.app,
@@ -247,9 +177,9 @@ class ConveyorPodOperator(KubernetesPodOperator):
                 tag_name=str(context["params"].get("tag_name") or ""),
             )
         except TamperedRecords as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         except RunSuperseded as exc:
-            raise _fail(str(exc)) from exc  # the notifier knows it by its cause: no failure notice
+            raise fail(str(exc)) from exc  # the notifier knows it by its cause: no failure notice
         self.log.info(
             "Build #%s of %s; this run keeps the spec it started with (%s)",
             started.build_number,
@@ -296,7 +226,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
         checkout = before.checked_out
         digest = str((result or {}).get("digest") or "")
         if checkout is None or not digest:
-            raise _fail("The build finished without a checkout record or an image digest; rerun from checkout.")
+            raise fail("The build finished without a checkout record or an image digest; rerun from checkout.")
         built = records.Built(
             run_id=context["run_id"],
             commit=checkout.commit,
@@ -317,7 +247,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
 
         checkout = before.checked_out if before else None
         if checkout is None:
-            raise _fail(f"{self.task_id} ran, but the run has no recorded checkout; rerun from checkout.")
+            raise fail(f"{self.task_id} ran, but the run has no recorded checkout; rerun from checkout.")
         run_id = context["run_id"]
         pod_result = getattr(self, "_pod_result", None)
         failed: tuple[reports.FailedTest, ...] = ()
@@ -390,7 +320,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
         from airflow.sdk import BaseHook
 
         run_id = context["run_id"]
-        history = _records(self.app)
+        history = load_records(self.app)
         audit = {"action": self.task_id, "run_id": run_id, "app": self.app}
         try:
             run = release.RunRelease.of(history, run_id)
@@ -516,7 +446,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
         result: str,
         at: str | None = None,
     ) -> records.Deployed:
-        run = _records(self.app).run(context["run_id"]) if result != "applying" else None
+        run = load_records(self.app).run(context["run_id"]) if result != "applying" else None
         decisions = run.decisions.get(shown.gate, []) if run else []
         return records.Deployed(
             run_id=context["run_id"],
@@ -579,7 +509,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
     ) -> NoReturn:
         self.log.error("%s", message)
         self._audit(base, gate, "refused", 403, message, shown)
-        raise _fail(message + " Nothing was applied.")
+        raise fail(message + " Nothing was applied.")
 
     def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> k8s.V1Pod:
         pod = super().build_pod_request_obj(context, dry_run=dry_run)
@@ -611,7 +541,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
     def _record_deployed(self, context: Any, shown: records.GateOpened, result: str) -> None:
         """Keep how the deployment ended: the next gate diffs against it, and it is the environment's history."""
         env = str(self.environment)
-        started = _records(self.app).run(context["run_id"]).started
+        started = load_records(self.app).run(context["run_id"]).started
         try:
             records.record(self.app, records.Kind.DEPLOYED, self._deployment(context, shown, env, started, result))
         except Exception as exc:  # the pod has run; its "applying" record already stands for it
@@ -649,7 +579,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
             for ref in refs:
                 problem = ref.connection_id == conn_id and connection_type_problem(ref.kind, conn_id, conn.conn_type)
                 if problem:
-                    raise _fail(problem)
+                    raise fail(problem)
             return conn
 
         namespace = self._secrets_namespace()

@@ -58,9 +58,32 @@ def platform_file() -> Path:
     return Path(_conf_get("platform_file", str(conveyor_home() / "config" / "platform.yaml")))
 
 
+# The spellings of a yes/no setting: Airflow's conf.getboolean knows only t/true/1 and f/false/0 (and raises its own
+# error); Conveyor has always taken yes and on, so it reads its flags itself, through _conf_get.
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def _flag(key: str, default: bool) -> bool:
+    """A yes/no setting from ``[conveyor] <key>``: true/false, 1/0, yes/no or on/off, in any case. Anything else
+    is a ConfigurationError, never a silent false (``ture`` must not switch a mode off)."""
+    raw = _conf_get(key, "true" if default else "false")
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    accepted = ", ".join(f"{yes}/{no}" for yes, no in zip(_TRUE, _FALSE, strict=True))
+    raise ConfigurationError(
+        f"[conveyor] {key} is {raw!r}, not true or false. Set [conveyor] {key} in airflow.cfg, or "
+        f"AIRFLOW__CONVEYOR__{key.upper()}, to one of {accepted} (any case); unset, it is "
+        f"{str(default).lower()}."
+    )
+
+
 def strict() -> bool:
     """In strict mode one bad app spec fails the whole DAG file (for CI)."""
-    return _conf_get("strict", "false").strip().lower() in {"1", "true", "yes", "on"}
+    return _flag("strict", default=False)
 
 
 def _seconds(key: str, default: str) -> float:
@@ -80,7 +103,7 @@ def _seconds(key: str, default: str) -> float:
 def gate_deferrable() -> bool:
     """Whether a waiting gate defers to the triggerer (the default) or, where no triggerer runs, is a sensor in
     reschedule mode that looks every ``gate_poll_interval`` (a worker process each time: set it to 10 s or more)."""
-    return _conf_get("gate_deferrable", "true").strip().lower() in {"1", "true", "yes", "on"}
+    return _flag("gate_deferrable", default=True)
 
 
 def gate_poll_interval() -> float:

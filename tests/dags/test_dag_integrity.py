@@ -115,7 +115,7 @@ def test_second_gate_skips_too(dagbag: DagBag) -> None:
 
 
 def test_release_steps_run_with_tag_name_or_auto_tag() -> None:
-    from conveyor.operators import is_release, release_tag
+    from conveyor.task_rules import is_release, release_tag
 
     assert is_release({"tag_name": "v1.0.0"}, auto_tag=False)
     assert not is_release({"tag_name": None}, auto_tag=False)

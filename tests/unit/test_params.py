@@ -8,7 +8,7 @@ import re
 import pytest
 
 from conveyor.dag_builder import BRANCH_PATTERN, TAG_PATTERN
-from conveyor.operators import params_problem
+from conveyor.task_rules import params_problem
 
 
 @pytest.mark.parametrize("tag", ["v1.2.3\n", "v1.2.3 ", " v1.2.3", "v1.2.3\nv9.9.9", "1.2.3", "v1.2.3-", "v01.2.3"])
@@ -67,8 +67,8 @@ def test_until_skips_the_steps_after_it_and_only_those() -> None:
     from pathlib import Path
 
     from conveyor.dag_builder import build_dag
-    from conveyor.operators import past_until
     from conveyor.spec import load_spec
+    from conveyor.task_rules import past_until
 
     spec = load_spec(Path(__file__).resolve().parents[2] / "include" / "apps" / "appointments.yaml")
     dag = build_dag(spec)
