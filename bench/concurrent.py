@@ -1,7 +1,9 @@
 """Benchmark: N releases of N apps started at once (issue #13's ``concurrent_20``), on the running platform.
 
 The N apps are copies of the sample ``appointments`` spec (``bench-01`` ... ``bench-N``, the same repository,
-each deployed under its own name to dev and prod). Airflow is restarted with an apps folder and a platform file
+each deployed under its own name to dev and prod, asking the cluster for 5m of CPU instead of 50m: 2 × N of
+them must fit on the one 2-core node beside the step pods). Their Deployments and Services are deleted at the
+end. Airflow is restarted with an apps folder and a platform file
 that hold them (under $CONVEYOR_STATE/bench/concurrent, beside the sample apps), and restarted as it was at the
 end. The figures, all from the same session:
 
@@ -32,6 +34,7 @@ from typing import Any
 
 import httpx
 import yaml
+from kubernetes import client, config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
@@ -73,7 +76,15 @@ def prepare(count: int) -> dict[str, str]:
     platform = yaml.safe_load((REPO / "config" / "platform.yaml").read_text())
     platform["teams"]["clinic"]["apps"] = [*platform["teams"]["clinic"]["apps"], *names]
     (ROOT / "platform.yaml").write_text(yaml.safe_dump(platform))
+    manifests = ROOT / "manifests"
+    shutil.copytree(REPO / "include" / "manifests", manifests)
+    deployment = manifests / "appointments" / "deployment.yaml"
+    text = deployment.read_text()
+    if "requests: {cpu: 50m, memory: 64Mi}" not in text:
+        raise SystemExit(f"{deployment}: the sample's resource requests changed; update bench/concurrent.py")
+    deployment.write_text(text.replace("requests: {cpu: 50m, memory: 64Mi}", "requests: {cpu: 5m, memory: 32Mi}"))
     return {
+        "AIRFLOW__CONVEYOR__MANIFESTS_FOLDER": str(manifests),
         "AIRFLOW__CONVEYOR__APPS_FOLDER": str(apps),
         "AIRFLOW__CONVEYOR__PLATFORM_FILE": str(ROOT / "platform.yaml"),
     }
@@ -89,6 +100,20 @@ def restart_airflow(extra_env: dict[str, str], why: str) -> None:
         )
         if done.returncode != 0:
             raise SystemExit(f"scripts/airflow/{script} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+
+def remove_deployments(names: list[str]) -> None:
+    """The bench apps' Deployments and Services in every environment (they would hold the node's CPU)."""
+    api = config.new_client_from_config(str(STATE / "kubeconfigs" / "admin.kubeconfig"))
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    for namespace in ("dev", "prod"):
+        for name in names:
+            for delete in (apps.delete_namespaced_deployment, core.delete_namespaced_service):
+                try:
+                    delete(name, namespace)
+                except client.ApiException as exc:
+                    if exc.status != 404:
+                        raise
 
 
 def wait_for_dags(admin: httpx.Client, names: list[str]) -> None:
@@ -199,6 +224,7 @@ def main() -> None:
         sampler.join()
     finally:
         restart_airflow({}, "as it was (the repository's apps)")
+        remove_deployments(names)
     overheads = [x for run in runs for x in run["step_overheads"]]
     single_median = median(single["step_overheads"])
     concurrent_median = median(overheads)

@@ -47,14 +47,20 @@ explain() {
     | jq -r '.spec.selector.matchLabels | to_entries | map("\(.key)=\(.value)") | join(",")' > "$work/selector" || true
   selector="$(cat "$work/selector")"
   [[ -n "$selector" ]] || return 0
-  kubectl get pods --namespace "$namespace" -l "$selector" -o json | jq -r '
+  kubectl get pods --namespace "$namespace" -l "$selector" -o json > "$work/pods" || echo '{"items": []}' > "$work/pods"
+  jq -r '
     .items[] | . as $pod | (.status.containerStatuses // [])[] | select(.ready | not)
     | "pod \($pod.metadata.name) container \(.name): " +
       ((.state.waiting | select(.) | "\(.reason): \(.message // "")") //
        (.state.terminated | select(.) | "terminated \(.reason) exit \(.exitCode): \(.message // "")") //
-       (.lastState.terminated | select(.) | "last exit \(.exitCode) (\(.reason))") // "not ready")' || true
-  kubectl get events --namespace "$namespace" --sort-by=.lastTimestamp -o json | jq -r '
-    .items[-10:][] | select(.type == "Warning") | "event \(.involvedObject.kind)/\(.involvedObject.name): \(.reason): \(.message)"' || true
+       (.lastState.terminated | select(.) | "last exit \(.exitCode) (\(.reason))") // "not ready")' "$work/pods" || true
+  # Only this resource's events: its own, its pods' and their ReplicaSets' (other apps share the namespace).
+  jq -c --arg name "${resource#*/}" \
+    '[$name] + [.items[] | .metadata.name, (.metadata.ownerReferences // [])[].name] | unique' "$work/pods" > "$work/names" \
+    || echo '[]' > "$work/names"
+  kubectl get events --namespace "$namespace" --sort-by=.lastTimestamp -o json | jq -r --slurpfile names "$work/names" '
+    [.items[] | select(.type == "Warning" and (.involvedObject.name as $n | $names[0] | any(.[]; . == $n)))][-10:][]
+    | "event \(.involvedObject.kind)/\(.involvedObject.name): \(.reason): \(.message)"' || true
 }
 for resource in "${rollouts[@]}"; do
   deadline=$(( SECONDS + timeout ))
