@@ -102,6 +102,15 @@ def restart_airflow(extra_env: dict[str, str], why: str) -> None:
             raise SystemExit(f"scripts/airflow/{script} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
 
+def platform_parallelism() -> int | None:
+    """``[core] parallelism`` of the running Airflow (how many tasks run at once), from the environment its
+    components were started with."""
+    for line in (STATE / "airflow" / "airflow.env").read_text().splitlines():
+        if line.startswith("AIRFLOW__CORE__PARALLELISM="):
+            return int(line.split("=", 1)[1])
+    return None
+
+
 def remove_deployments(names: list[str]) -> None:
     """The bench apps' Deployments and Services in every environment (they would hold the node's CPU)."""
     api = config.new_client_from_config(str(STATE / "kubeconfigs" / "admin.kubeconfig"))
@@ -243,7 +252,7 @@ def main() -> None:
         "platform_memory_at_start_gib": sampler.gib("platform", "first"),
         "pods_peak_memory_gib": sampler.gib("pods"),
         "machine_used_peak_gib": sampler.gib("machine_used"),
-        "parallelism": int(os.environ.get("AIRFLOW__CORE__PARALLELISM", "4")),
+        "parallelism": platform_parallelism(),
     }
     key = f"concurrent_{count}"
     result = {key: summary, f"{key}_{executor}": summary, "single": single, "runs": runs}
