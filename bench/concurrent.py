@@ -41,20 +41,8 @@ sys.path.insert(0, str(REPO / "plugins"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from memory import MemorySampler  # noqa: E402
-from release_flow import (  # noqa: E402
-    STATE,
-    PodWatcher,
-    approve_if_open,
-    login,
-    orchestration_seconds,
-    step_overheads,
-    step_table,
-    task_instances,
-    ts,
-)
+from release_flow import STATE, Release, login  # noqa: E402
 from results import layout, publish  # noqa: E402
-
-from conveyor.steps.common import label_value  # noqa: E402
 
 ROOT = STATE / "bench" / "concurrent"
 SAMPLE = REPO / "include" / "apps" / "appointments.yaml"
@@ -138,56 +126,6 @@ def wait_for_dags(admin: httpx.Client, names: list[str]) -> None:
         time.sleep(2)
     for name in names:
         admin.patch(f"/api/v2/dags/{name}", json={"is_paused": False}).raise_for_status()
-
-
-class Release:
-    """One release run of an app: triggered, its pods watched, its gates approved when they open."""
-
-    def __init__(self, admin: httpx.Client, app: str, deciders: dict[str, list[httpx.Client]]) -> None:
-        self.admin, self.app = admin, app
-        tag = f"v0.{int(time.time())}.0"
-        response = admin.post(f"/api/v2/dags/{app}/dagRuns", json={"logical_date": None, "conf": {"tag_name": tag}})
-        response.raise_for_status()
-        self.run_id: str = response.json()["dag_run_id"]
-        self.watcher = PodWatcher(label_value(self.run_id), app)
-        self.watcher.start()
-        self.pending = dict(deciders)
-        self.decided: dict[str, float] = {}
-        self.run: dict[str, Any] | None = None
-
-    def poll(self) -> bool:
-        """Approve what waits; True once the run ended."""
-        if self.run is not None:
-            return True
-        run = self.admin.get(f"/api/v2/dags/{self.app}/dagRuns/{self.run_id}").json()
-        if run["state"] in ("success", "failed"):
-            self.run = run
-            self.watcher.stop.set()
-            return True
-        for gate_id, clients in list(self.pending.items()):
-            if approve_if_open(self.app, self.run_id, gate_id, clients):
-                self.decided[gate_id] = time.time()
-                del self.pending[gate_id]
-        return False
-
-    def figures(self) -> dict[str, Any]:
-        tis = task_instances(self.admin, self.app, self.run_id)
-        steps = step_table(tis, self.watcher.pods)
-        started = {ti["task_id"]: ts(ti["start_date"]) for ti in tis}
-        people = sum(self.decided[g] - (started.get(g) or self.decided[g]) for g in self.decided)
-        run = self.run or {}
-        wall = (ts(run.get("end_date")) or time.time()) - (ts(run.get("start_date")) or time.time())
-        return {
-            "app": self.app,
-            "run_id": self.run_id,
-            "state": run.get("state"),
-            "failed_steps": [s["step"] for s in steps if s["state"] not in ("success", "skipped")],
-            "wall_seconds": round(wall, 2),
-            "gate_waits_s": round(people, 2),
-            "pod_seconds_total": round(sum(s["pod_seconds"] or 0 for s in steps), 2),
-            "orchestration_seconds": round(orchestration_seconds(steps), 2),
-            "step_overheads": [round(x, 2) for x in step_overheads(steps)],
-        }
 
 
 def run_all(admin: httpx.Client, apps: list[str], deciders: dict[str, list[httpx.Client]]) -> list[dict[str, Any]]:

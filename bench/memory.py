@@ -71,7 +71,7 @@ def _processes() -> tuple[dict[int, list[int]], dict[int, str]]:
 
 def _tree(children: dict[int, list[int]], roots: set[int]) -> set[int]:
     seen: set[int] = set()
-    todo = [pid for pid in roots]
+    todo = list(roots)
     while todo:
         pid = todo.pop()
         if pid not in seen:

@@ -157,35 +157,75 @@ def approve_if_open(app: str, run_id: str, gate_id: str, clients: list[httpx.Cli
     return True
 
 
+class Release:
+    """One release run of an app: triggered, its pods watched, its gates approved when they open."""
+
+    def __init__(self, admin: httpx.Client, app: str, deciders: dict[str, list[httpx.Client]]) -> None:
+        self.admin, self.app = admin, app
+        self.tag = f"v0.{int(time.time())}.0"
+        response = admin.post(
+            f"/api/v2/dags/{app}/dagRuns", json={"logical_date": None, "conf": {"tag_name": self.tag}}
+        )
+        response.raise_for_status()
+        self.run_id: str = response.json()["dag_run_id"]
+        self.watcher = PodWatcher(label_value(self.run_id), app)
+        self.watcher.start()
+        self.pending = dict(deciders)
+        self.decided: dict[str, float] = {}
+        self.run: dict[str, Any] | None = None
+
+    def poll(self) -> bool:
+        """Approve what waits; True once the run ended."""
+        if self.run is not None:
+            return True
+        run = self.admin.get(f"/api/v2/dags/{self.app}/dagRuns/{self.run_id}").json()
+        if run["state"] in ("success", "failed"):
+            self.run = run
+            self.watcher.stop.set()
+            return True
+        for gate_id, clients in list(self.pending.items()):
+            if approve_if_open(self.app, self.run_id, gate_id, clients):
+                self.decided[gate_id] = time.time()
+                del self.pending[gate_id]
+        return False
+
+    def figures(self) -> dict[str, Any]:
+        tis = task_instances(self.admin, self.app, self.run_id)
+        steps = step_table(tis, self.watcher.pods)
+        started = {ti["task_id"]: ts(ti["start_date"]) for ti in tis}
+        people = sum(self.decided[g] - (started.get(g) or self.decided[g]) for g in self.decided)
+        run = self.run or {}
+        wall = (ts(run.get("end_date")) or time.time()) - (ts(run.get("start_date")) or time.time())
+        return {
+            "app": self.app,
+            "run_id": self.run_id,
+            "state": run.get("state"),
+            "failed_steps": [s["step"] for s in steps if s["state"] not in ("success", "skipped")],
+            "wall_seconds": round(wall, 2),
+            "gate_waits_s": round(people, 2),
+            "pod_seconds_total": round(sum(s["pod_seconds"] or 0 for s in steps), 2),
+            "orchestration_seconds": round(orchestration_seconds(steps), 2),
+            "step_overheads": [round(x, 2) for x in step_overheads(steps)],
+        }
+
+
 def main() -> None:
     admin = login("admin")
     # Who approves each gate: production needs two approvers.
     deciders = {"approve": [login("alice")], "approve_prod": [login("alice"), login("bob")]}
     admin.patch(f"/api/v2/dags/{APP}", json={"is_paused": False}).raise_for_status()
-    tag = f"v0.{int(time.time())}.0"
-    response = admin.post(f"/api/v2/dags/{APP}/dagRuns", json={"logical_date": None, "conf": {"tag_name": tag}})
-    response.raise_for_status()
-    run_id = response.json()["dag_run_id"]
-    watcher = PodWatcher(label_value(run_id))
-    watcher.start()
+    release = Release(admin, APP, deciders)
+    run_id, watcher, decided = release.run_id, release.watcher, release.decided
     admin_api = config.new_client_from_config(str(STATE / "kubeconfigs" / "admin.kubeconfig"))
     recorder = Recorder(admin_api, f"conveyor/app={APP},conveyor/run={label_value(run_id)}")
     recorder.start()
-    print(f"benchmarking {APP} run {run_id} (tag {tag})", flush=True)
-    pending = dict(deciders)
-    decided: dict[str, float] = {}  # gate → when its last approval was recorded
+    print(f"benchmarking {APP} run {run_id} (tag {release.tag})", flush=True)
     started = time.time()
-    while time.time() - started < 1800:
-        run = admin.get(f"/api/v2/dags/{APP}/dagRuns/{run_id}").json()
-        if run["state"] in ("success", "failed"):
-            break
-        for gate_id, clients in list(pending.items()):
-            if approve_if_open(APP, run_id, gate_id, clients):
-                decided[gate_id] = time.time()
-                del pending[gate_id]
+    while not release.poll() and time.time() - started < 1800:
         time.sleep(1)
     watcher.stop.set()
     recorder.stop.set()
+    run = release.run or admin.get(f"/api/v2/dags/{APP}/dagRuns/{run_id}").json()
     tis = task_instances(admin, APP, run_id)
     steps = step_table(tis, watcher.pods)
     pod_total = sum(s["pod_seconds"] or 0 for s in steps)

@@ -11,6 +11,10 @@
 # Two database roles: `airflow` owns Airflow's metadata database, `conveyor` owns Conveyor's
 # records; each has its own password (generated once, kept in ENV_FILE, mode 600).
 
+_backends_lib="$(dirname "${BASH_SOURCE[0]}")"
+# shellcheck source=ports.sh
+source "$_backends_lib/ports.sh"
+
 _pg_port() { echo "${CONVEYOR_POSTGRES_PORT:-5433}"; }
 _redis_port() { echo "${CONVEYOR_REDIS_PORT:-6380}"; }
 
@@ -51,10 +55,7 @@ _postgres_up() {
       || { tail -n 15 "$state/postgres/initdb.log" >&2; echo "error: initdb failed (log: $state/postgres/initdb.log)" >&2; return 1; }
   fi
   if ! runuser -u postgres -- "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "error: port $port is taken by another program, so Conveyor's PostgreSQL cannot start; stop it (\`ss -ltnp 'sport = :$port'\` shows which) or set CONVEYOR_POSTGRES_PORT" >&2
-      return 1
-    fi
+    port_free "$port" "Conveyor's PostgreSQL" "stop it or set CONVEYOR_POSTGRES_PORT" || return 1
     printf '>> starting PostgreSQL on 127.0.0.1:%s (log: %s)\n' "$port" "$log"
     runuser -u postgres -- "$bin/pg_ctl" -D "$data" -l "$log" -w -t 60 \
       -o "-c listen_addresses=127.0.0.1 -p $port -k $data -c max_connections=300" start >/dev/null \
@@ -80,6 +81,9 @@ SQL
   export AIRFLOW__CONVEYOR__SQL_ALCHEMY_CONN="postgresql+psycopg://conveyor:$conveyor_pw@127.0.0.1:$port/conveyor"
 }
 
+# Whether Conveyor's Redis answers on PORT with PASSWORD (given in the environment, not on a command line).
+_redis_answers() { REDISCLI_AUTH="$2" redis-cli -p "$1" ping 2>/dev/null | grep -q PONG; }
+
 _redis_up() {
   local state=$1 env_file=$2 port dir password
   port="$(_redis_port)"
@@ -100,16 +104,13 @@ daemonize yes
 appendonly yes
 EOF
   )
-  if ! REDISCLI_AUTH="$password" redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; then
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "error: port $port is taken by another program, so Conveyor's Redis cannot start; stop it (\`ss -ltnp 'sport = :$port'\` shows which) or set CONVEYOR_REDIS_PORT" >&2
-      return 1
-    fi
+  if ! _redis_answers "$port" "$password"; then
+    port_free "$port" "Conveyor's Redis" "stop it or set CONVEYOR_REDIS_PORT" || return 1
     printf '>> starting Redis on 127.0.0.1:%s (log: %s)\n' "$port" "$dir/redis.log"
     redis-server "$dir/redis.conf" || { tail -n 15 "$dir/redis.log" >&2; echo "error: Redis did not start (log: $dir/redis.log)" >&2; return 1; }
     local _
     for _ in $(seq 1 50); do
-      REDISCLI_AUTH="$password" redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break
+      _redis_answers "$port" "$password" && break
       sleep 0.2
     done
   fi
