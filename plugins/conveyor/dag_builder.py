@@ -32,6 +32,7 @@ from conveyor.steps.common import label_value
 from conveyor.teams import load_platform, team_ci
 
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
+POD_START_CHECK_SECONDS = 0.25  # the provider's look at a starting pod, in seconds
 log = logging.getLogger(__name__)
 # Whole strings only: JSON Schema patterns are searched, and in Python "$" also matches before a
 # final newline, so "v1.2.3\n" would pass "^...$". The look-ahead refuses any newline (Python and
@@ -246,8 +247,9 @@ def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str])
         log_events_on_failure=True,
         on_finish_action="delete_pod",
         startup_timeout_seconds=300,
-        # how often the operator looks whether the pod started (the default, 5 s, is most of a short step's time)
-        startup_check_interval_seconds=1,
+        # how often the operator looks whether the pod started or ended during its init containers (the default,
+        # 5 s, is most of a short step's time; each look is one small read of the pod and of its events)
+        startup_check_interval_seconds=POD_START_CHECK_SECONDS,
         # the spec's limit (limits.step_timeout, limits.timeouts): a step past it fails and its pod is deleted
         execution_timeout=timedelta(seconds=spec.limits.timeout_of(step.id)),
         trigger_rule=trigger_rule,

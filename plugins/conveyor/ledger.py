@@ -11,7 +11,10 @@ or PostgreSQL), which Airflow's UI does not show, and it is tamper-evident besid
   (say, a reject) is noticed as well.
 
 Reading an app's ledger verifies the whole chain and raises :class:`TamperedRecords` when it
-does not hold; every caller then refuses to act on that app (fail closed).
+does not hold; every caller then refuses to act on that app (fail closed). Every read checks every
+stored record; a record exactly as this process verified it before (each field, its HMAC and the one
+before it) is not hashed and parsed again (see :class:`_Verified`), so a task that reads its app's
+records five times pays for the HMACs once.
 
 Appends are optimistic: read the verified chain, compute the new entries from it (the
 caller may refuse at that point), insert them after the head seen. When another writer
@@ -28,6 +31,7 @@ import json
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,6 +69,7 @@ heads_table = sa.Table(
 
 GENESIS = "0" * 64
 APPEND_ATTEMPTS = 50
+VERIFIED_APPS = 16  # apps whose verified records a process keeps (an app's live history is a few MB at most)
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,8 @@ class Ledger:
         # A key of its own, derived from the signing key: a MAC of one kind never passes for another.
         self._key = hmac.new(key, b"conveyor-ledger-v1", hashlib.sha256).digest()
         self.engine = _engine(url)
+        # what this process verified, per database and key (a Ledger object lives for one call)
+        self._verified = _Verified.of((url, hashlib.sha256(self._key).hexdigest()))
 
     # --- MACs ----------------------------------------------------------------------------
 
@@ -172,12 +179,19 @@ class Ledger:
                 f"archived, but {follows} follows. {fix}"
             )
         entries: list[Entry] = []
+        known = self._verified.rows(app)
         for expected_seq, row in enumerate(rows, start=first):
             if row.seq != expected_seq:
                 raise TamperedRecords(
                     f"Conveyor's records of {app} were changed outside Conveyor: record {expected_seq} is missing "
                     f"(the next one is {row.seq}). {fix}"
                 )
+            stored = (row.seq, row.kind, row.run_id, row.gate, row.at, row.body, row.prev, row.mac)
+            same = known.get(row.seq)
+            if same is not None and same[0] == stored and row.prev == prev:
+                entries.append(same[1])  # verified before, byte for byte, and still chained onto its predecessor
+                prev = row.mac
+                continue
             mac = self._mac(app, row.seq, row.kind, row.run_id, row.gate, row.at, row.body, prev)
             if row.prev != prev or not hmac.compare_digest(mac, row.mac):
                 raise TamperedRecords(
@@ -190,7 +204,10 @@ class Ledger:
             except ValueError:  # signed, so only a bug could write this
                 raise TamperedRecords(f"record {row.seq} of {app} cannot be read. {fix}") from None
             entries.append(Entry(app, row.seq, row.kind, row.run_id, row.gate, at, body, row.mac))
+            known[row.seq] = (stored, entries[-1])
             prev = row.mac
+        for gone in [seq for seq in known if seq < first]:  # archived since: no longer read
+            del known[gone]
         last_seq = rows[-1].seq if rows else 0
         if head is None:
             if rows:
@@ -243,6 +260,7 @@ class Ledger:
         seq = current[-1].seq if current else 0
         prev = current[-1].mac if current else GENESIS
         stored: list[Entry] = []
+        known = self._verified.rows(app)
         for item in new:
             seq += 1
             at = item.at.astimezone(UTC).isoformat(timespec="microseconds")
@@ -264,6 +282,9 @@ class Ledger:
             stored.append(
                 Entry(app, seq, item.kind, item.run_id, item.gate, datetime.fromisoformat(at), json.loads(body), mac)
             )
+            # signed here: a later read need not hash it again (a row rolled back with this transaction
+            # can only come back with these very bytes, this HMAC included)
+            known[seq] = ((seq, item.kind, item.run_id, item.gate, at, body, prev, mac), stored[-1])
             prev = mac
         head_values = {"seq": seq, "mac": prev, "head_mac": self._head_mac(app, seq, prev)}
         old_seq = current[-1].seq if current else 0
@@ -289,6 +310,34 @@ def _is_busy(exc: OperationalError) -> bool:
 
 _engines: dict[str, sa.Engine] = {}
 _engines_lock = threading.Lock()
+
+
+class _Verified:
+    """The records this process verified, per app: sequence number → (the stored row's fields, its entry).
+
+    Only a record whose every stored field (its HMAC and the one before it included) equals one verified
+    before skips the HMAC and the JSON parse; the chain, the sequence and the head are checked on every
+    read as before. Entries are frozen and their readers never change them. The apps read last are kept.
+    """
+
+    _by_ledger: dict[tuple[str, str], _Verified] = {}
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self._apps: OrderedDict[str, dict[int, tuple[tuple[Any, ...], Entry]]] = OrderedDict()
+
+    @classmethod
+    def of(cls, key: tuple[str, str]) -> _Verified:
+        with cls._lock:
+            return cls._by_ledger.setdefault(key, cls())
+
+    def rows(self, app: str) -> dict[int, tuple[tuple[Any, ...], Entry]]:
+        with self._lock:
+            known = self._apps.setdefault(app, {})
+            self._apps.move_to_end(app)
+            while len(self._apps) > VERIFIED_APPS:
+                self._apps.popitem(last=False)
+            return known
 
 
 def _engine(url: str) -> sa.Engine:

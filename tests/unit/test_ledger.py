@@ -68,6 +68,32 @@ def test_an_edited_record_is_noticed(ledger: Ledger) -> None:
     assert len(ledger.read("api")) == 1  # other apps are unaffected
 
 
+def test_a_process_hashes_each_record_once_yet_notices_an_edit_of_one_it_verified(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(ledger, "web", 3)
+    hashed: list[int] = []
+    real = Ledger._mac
+
+    def counting(self: Ledger, app: str, seq: int, *rest: str) -> str:
+        hashed.append(seq)
+        return real(self, app, seq, *rest)
+
+    monkeypatch.setattr(Ledger, "_mac", counting)
+    assert [e.body["n"] for e in ledger.read("web")] == [0, 1, 2]
+    fill(ledger, "web", 1)  # record 4
+    assert [e.seq for e in Ledger(ledger.url, KEY).read("web")] == [1, 2, 3, 4]
+    assert hashed == [4]  # record 4 once, when it was written; 1-3 were verified before, by this process
+    execute(
+        ledger,
+        entries_table.update()
+        .where(entries_table.c.app == "web", entries_table.c.seq == 1)
+        .values(body='{"n":0,"user":"mallory"}'),
+    )
+    with pytest.raises(TamperedRecords, match=r"record 1 \(decision, run r1\) does not match its signature"):
+        ledger.read("web")
+
+
 def test_a_deleted_record_is_noticed(ledger: Ledger) -> None:
     fill(ledger)
     execute(ledger, entries_table.delete().where(entries_table.c.app == "web", entries_table.c.seq == 2))
