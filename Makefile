@@ -39,9 +39,10 @@ test-integration: install ## run the tests against the local platform (after `ma
 test-e2e: install ## run whole pipelines through the running Airflow and platform (after `make up`; E2E=files for some)
 	@scripts/test e2e $(E2E)
 
-lint: install ## ruff and mypy
-	@$(VENV)/bin/ruff check plugins dags tests
+lint: install ## ruff, mypy, and shellcheck on every shell script (scripts/lint-shell; installs shellcheck)
+	@$(VENV)/bin/ruff check plugins dags tests bench
 	@$(VENV)/bin/mypy plugins/conveyor
+	@scripts/lint-shell
 
 validate: install ## validate every app spec strictly
 	@bin/conveyor validate --strict

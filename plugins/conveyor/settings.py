@@ -67,7 +67,13 @@ _FALSE = ("false", "0", "no", "off")
 def _flag(key: str, default: bool) -> bool:
     """A yes/no setting from ``[conveyor] <key>``: true/false, 1/0, yes/no or on/off, in any case. Anything else
     is a ConfigurationError, never a silent false (``ture`` must not switch a mode off)."""
-    raw = _conf_get(key, "true" if default else "false")
+    return parse_flag(key, _conf_get(key, "true" if default else "false"), default)
+
+
+def parse_flag(key: str, raw: str | None, default: bool) -> bool:
+    """``raw`` as the yes/no setting ``[conveyor] <key>`` reads it (None: unset, ``default``)."""
+    if raw is None:
+        return default
     value = raw.strip().lower()
     if value in _TRUE:
         return True

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from conveyor import settings
 from tests.api.conftest import COMMIT, DIGEST, Run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,7 +83,9 @@ class DagTest:
         self.log = log
         # A deferred gate waits queued under dag.test() (its trigger runs in line); a gate that is not deferrable
         # waits up for reschedule, and is queued only while it looks (a state set by hand then would be lost).
-        deferrable = (env or {}).get("AIRFLOW__CONVEYOR__GATE_DEFERRABLE", "true") != "false"
+        deferrable = settings.parse_flag(
+            "gate_deferrable", (env or {}).get("AIRFLOW__CONVEYOR__GATE_DEFERRABLE"), default=True
+        )
         self.waiting_states = ("queued", "deferred") if deferrable else ("up_for_reschedule",)
         self.pod_dir = pod_dir
         pod_dir.mkdir(parents=True, exist_ok=True)

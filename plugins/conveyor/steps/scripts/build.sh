@@ -53,6 +53,7 @@ prune_layer_cache() {
   fi
   b rm --all >/dev/null 2>&1 || true
   find "$dir/layouts" -mindepth 1 -maxdepth 1 -name '.tmp-*' -exec rm -rf {} + 2>/dev/null || true
+  # shellcheck disable=SC2012 # the names are image ids (hex digits); ls -t sorts them newest first
   ls -1t "$dir/layouts" | tail -n +4 | while IFS= read -r old; do rm -rf "${dir:?}/layouts/$old"; done
   # (a few folders of the images only their owner may read are not counted; this root has no DAC_OVERRIDE)
   used="$({ du -sk "$dir" 2>/dev/null || true; } | cut -f1)"
@@ -72,7 +73,7 @@ while IFS= read -r image; do
   b tag "$id" "$image"
   n=$((n + 1))
 done < <(cat "$BUILD_STATE/bases/list" 2>/dev/null || true)
-cd /workspace/src
+cd /workspace/src || exit
 if [[ "$strategy" != dockerfile ]]; then
   dockerfile=/workspace/Dockerfile.conveyor
   [[ -n "$(compgen -G "$CONVEYOR_COPY" || true)" ]] || fail "nothing matches '$CONVEYOR_COPY' in the repository; check 'image.artifact' / the package command."

@@ -23,6 +23,7 @@ for other in /cache/apps/*/; do
   [[ -z "$(find "$other" -maxdepth 0 -mtime -14 -print)" ]] || continue  # a folder made lately, not yet used
   if [[ ! -f "$other/layers/.lock" ]] || flock -x -n "$other/layers/.lock" true; then
     gone="$(mktemp -d "/cache/trash/${other##*/}-XXXXXXXX")"
+    # shellcheck disable=SC2015 # a failed move or removal alike is left to a later run: || true is for both
     mv -T "$other" "$gone" && rm -rf "$gone" 2>/dev/null || true
     say "the caches of ${other##*/} were not used for 14 days: deleted"
   fi

@@ -20,6 +20,7 @@ cat "$work/manifests.yaml"
 say "applying"
 until kubectl apply --namespace "$namespace" -f "$work/manifests.yaml" -o name > "$work/applied" 2> "$work/apply.err"; do
   cat "$work/apply.err" >&2
+  # shellcheck disable=SC2015 # fail unless both hold: the API did not answer and there is time left
   unreachable "$work/apply.err" && (( SECONDS < deadline )) \
     || fail "kubectl apply to $environment failed (above); fix the cause and run the deploy again (applying is idempotent)."
   say "the Kubernetes API did not answer; applying again"

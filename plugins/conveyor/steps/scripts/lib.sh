@@ -14,8 +14,9 @@ fail() { printf '[conveyor] ERROR: %s\n' "$*" >&2; exit 1; }
 # config goes through GIT_CONFIG_* (not -c), so a URL with '=' in it stays one key.
 git_() {
   local url="$1"; shift
+  # shellcheck disable=SC2016 # the helper's text is a shell function git runs: that shell expands it
   GIT_TERMINAL_PROMPT=0 GIT_CONFIG_COUNT=3 \
-    GIT_CONFIG_KEY_0=credential.helper GIT_CONFIG_VALUE_0= \
+    GIT_CONFIG_KEY_0=credential.helper GIT_CONFIG_VALUE_0='' \
     GIT_CONFIG_KEY_1=credential.useHttpPath GIT_CONFIG_VALUE_1=true \
     GIT_CONFIG_KEY_2="credential.$url.helper" \
     GIT_CONFIG_VALUE_2='!f() { test "$1" = get || exit 0; printf "username=%s\npassword=%s\n" "${GIT_USERNAME:-}" "${GIT_PASSWORD:-}"; }; f' \
@@ -30,6 +31,7 @@ tls_flag() { printf -- '--tls-verify=%s' "${REGISTRY_TLS_VERIFY:-true}"; }
 
 # The build step's own files in the shared workspace: the downloaded base images, the built
 # image (an OCI layout) and the digest of an image a rerun reuses.
+# shellcheck disable=SC2034 # used by the build's scripts (prepare, build, publish), which follow this text
 BUILD_STATE=/workspace/conveyor
 
 # Print the digest of REPOSITORY:TAG ($1, $2) when that image exists and was built from this

@@ -13,6 +13,7 @@ if digest="$(built_image_digest "$repository" "$last_tag")"; then
   exit 0
 fi
 if [[ "$strategy" == dockerfile ]]; then
+  # shellcheck disable=SC2154 # dockerfile_bases_py is set before this script's text (common.py SCRIPT_HELPERS)
   python3 -c "$dockerfile_bases_py" /workspace/src "$dockerfile" "$CONVEYOR_REGISTRY" "REGISTRY=$CONVEYOR_REGISTRY" \
     > "$BUILD_STATE/bases/list"
 elif [[ "${CONVEYOR_BASE_IMAGE%%/*}" == "$CONVEYOR_REGISTRY" ]]; then

@@ -9,4 +9,5 @@ exit_file="$CONVEYOR_TEST_STATE/exit-code"
 code="$(head -c 16 "$exit_file" | tr -d '[:space:]')"
 [[ "$code" =~ ^[0-9]{1,3}$ ]] || fail "the test container left '$code' as its exit code; rerun the step."
 say "the test command exited with $code; reading its JUnit XML reports ($*)"
+# shellcheck disable=SC2154 # reports_py is set before this script's text (common.py SCRIPT_HELPERS)
 python3 -c "$reports_py" junit --exit-code "$code" --source /workspace/src -- "$@" | xcom
