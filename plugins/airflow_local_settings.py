@@ -15,8 +15,10 @@ import sys
 
 __all__: list[str] = []  # Airflow copies a local settings module's public names into airflow.settings: none
 
-# What a Conveyor step task imports before its pod starts (the DAG file's modules, the task runner).
-PRELOAD = ("airflow.sdk.execution_time.task_runner", "conveyor.dag_builder", "conveyor.notifier")
+# What a Conveyor step task imports before its pod starts: the task runner, the DAG file's modules, and the
+# Airflow plugin's (conveyor.api: a task process loads the plugins; the scheduler has them already, a Celery
+# worker's task would import FastAPI and the approval API first, ~0.6 s).
+PRELOAD = ("airflow.sdk.execution_time.task_runner", "conveyor.dag_builder", "conveyor.notifier", "conveyor.api")
 
 
 def _runs_tasks(argv: list[str]) -> bool:
