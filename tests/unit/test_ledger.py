@@ -44,6 +44,13 @@ def execute(ledger: Ledger, statement: sa.Executable) -> None:
         conn.execute(statement)
 
 
+def edit_body(ledger: Ledger, seq: int, body: str, app: str = "web") -> None:
+    """What someone with the database but not the key does: change a stored record in place."""
+    execute(
+        ledger, entries_table.update().where(entries_table.c.app == app, entries_table.c.seq == seq).values(body=body)
+    )
+
+
 def test_records_read_back_in_order_per_app(ledger: Ledger) -> None:
     fill(ledger, "web", 3)
     fill(ledger, "api", 1)
@@ -56,12 +63,7 @@ def test_records_read_back_in_order_per_app(ledger: Ledger) -> None:
 
 def test_an_edited_record_is_noticed(ledger: Ledger) -> None:
     fill(ledger)
-    execute(
-        ledger,
-        entries_table.update()
-        .where(entries_table.c.app == "web", entries_table.c.seq == 2)
-        .values(body='{"n":1,"user":"mallory"}'),
-    )
+    edit_body(ledger, 2, '{"n":1,"user":"mallory"}')
     with pytest.raises(TamperedRecords, match=r"record 2 \(decision, run r1\) does not match its signature"):
         ledger.read("web")
     fill(ledger, "api", 1)
@@ -84,12 +86,7 @@ def test_a_process_hashes_each_record_once_yet_notices_an_edit_of_one_it_verifie
     fill(ledger, "web", 1)  # record 4
     assert [e.seq for e in Ledger(ledger.url, KEY).read("web")] == [1, 2, 3, 4]
     assert hashed == [4]  # record 4 once, when it was written; 1-3 were verified before, by this process
-    execute(
-        ledger,
-        entries_table.update()
-        .where(entries_table.c.app == "web", entries_table.c.seq == 1)
-        .values(body='{"n":0,"user":"mallory"}'),
-    )
+    edit_body(ledger, 1, '{"n":0,"user":"mallory"}')
     with pytest.raises(TamperedRecords, match=r"record 1 \(decision, run r1\) does not match its signature"):
         ledger.read("web")
 
