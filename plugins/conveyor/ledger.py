@@ -206,8 +206,9 @@ class Ledger:
             entries.append(Entry(app, row.seq, row.kind, row.run_id, row.gate, at, body, row.mac))
             known[row.seq] = (stored, entries[-1])
             prev = row.mac
-        for gone in [seq for seq in known if seq < first]:  # archived since: no longer read
-            del known[gone]
+        # archived since: no longer read (list(): other threads of this process may add to it meanwhile)
+        for gone in [seq for seq in list(known) if seq < first]:
+            known.pop(gone, None)
         last_seq = rows[-1].seq if rows else 0
         if head is None:
             if rows:
