@@ -97,17 +97,25 @@ class GateWakeTrigger(BaseTrigger):
                     return
                 newest = None
             if newest is not None:
-                if self.end_on_approval and await asyncio.to_thread(self._approved_here):
+                outcome = await asyncio.to_thread(self._outcome)
+                if outcome is gate_rules.GateStatus.APPROVED and self.end_on_approval:
                     yield TaskSuccessEvent()
-                else:
+                    return
+                if outcome is not gate_rules.GateStatus.WAITING:
                     yield TriggerEvent({"woken_by": "record", "seq": newest})
-                return
+                    return
+                # Still waiting for the same build (say, 1 of 2 approvals): nothing for the task to do, and
+                # no task start just to defer again (a resume that quick also races the executor's report of
+                # the deferral, which Airflow then takes for a task changed from outside and fails).
+                self.after = newest
             await asyncio.sleep(self.poll_interval)
 
-    def _approved_here(self) -> bool:
-        """Whether the verified records say the gate is approved; if so, say so in the task's log as the gate's
-        task would (the "approved" notice comes from the gate's success callback, ApprovalSensor.announce_approved,
-        whoever ended it). Any doubt (a record that cannot be read, a gate not open yet) leaves it to the task."""
+    def _outcome(self) -> gate_rules.GateStatus | None:
+        """What the verified records say of the gate now (the same read and rules as the gate's task), said in the
+        task's log as the task would: APPROVED (the "approved" notice comes from the gate's success callback,
+        ApprovalSensor.announce_approved, whoever ended it), WAITING only while the gate shows the run's current
+        build. Any doubt (a record that cannot be read, a gate not open yet, another build) is None: the task looks
+        itself."""
         try:
             run = release.RunRelease.of(records.load(self.app), self.run_id)
             shown = run.run.gate_shown(self.gate)
@@ -115,8 +123,15 @@ class GateWakeTrigger(BaseTrigger):
             step = run.gate(self.gate)
         except Exception as exc:
             self.log.warning("Could not assess gate %s here (%s); the gate's task looks itself.", self.gate, exc)
-            return False
-        if shown is None or assessment.status is not gate_rules.GateStatus.APPROVED:
-            return False
-        self.log.info("%s", approved_line(assessment.approvers, shown, step.releases_to))
-        return True
+            return None
+        if shown is None:
+            return None
+        if assessment.status is gate_rules.GateStatus.APPROVED:
+            self.log.info("%s", approved_line(assessment.approvers, shown, step.releases_to))
+            return assessment.status
+        current = run.run.current_build()
+        same_build = current is not None and (shown.commit, shown.digest) == (current.commit, current.digest)
+        if assessment.status is gate_rules.GateStatus.WAITING and same_build:
+            self.log.info("Waiting: the gate %s, for commit %s.", assessment.explain(), shown.commit[:12])
+            return assessment.status
+        return None

@@ -12,7 +12,7 @@ from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
 from conveyor import records
 from conveyor.gate_trigger import GateWakeTrigger
 from conveyor.ledger import NewEntry
-from tests.unit.test_release_environments import APP, a_run, approve, shown
+from tests.unit.test_release_environments import APP, COMMIT, DIGEST, OTHER, a_run, approve, shown
 
 
 def add(app: str, *, run_id: str = "", gate: str = "", kind: str = "note") -> int:
@@ -85,11 +85,17 @@ def test_an_approval_ends_the_gate_in_the_trigger_and_anything_else_hands_back_t
     approve(opened, "alice")
     wake = GateWakeTrigger(app=APP, run_id=run, gate="approve", after=seen, poll_interval=0.1)
     assert isinstance(first_raw_event(wake), TaskSuccessEvent)  # no worker needed to say "approved"
-    # Without an approval (another gate's decision of the run), the task looks itself.
+    # A record that leaves the gate waiting for the same build (another gate's decision of the run) wakes
+    # nobody: the trigger goes on waiting, no task starts just to defer again.
     other = a_run()
+    records.record(APP, records.Kind.BUILT, records.Built(other, COMMIT, DIGEST))
     opened_other = shown(other, "approve")
     seen = records.load(APP).last_seq
     approve(shown(other, "approve_staging"), "alice")
+    waiting = GateWakeTrigger(app=APP, run_id=other, gate="approve", after=seen, poll_interval=0.1)
+    assert first_raw_event(waiting, within=1.0) is None
+    # A record after which it shows another build than the run's (a rebuild): the task looks itself.
+    records.record(APP, records.Kind.BUILT, records.Built(other, COMMIT, OTHER))
     event = first_raw_event(GateWakeTrigger(app=APP, run_id=other, gate="approve", after=seen, poll_interval=0.1))
     assert event is not None and not isinstance(event, TaskSuccessEvent)
     assert event.payload["woken_by"] == "record"
