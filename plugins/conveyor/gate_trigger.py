@@ -9,9 +9,10 @@ the gate's approval window closes.
 When the verified records (the same read and the same rules, :func:`conveyor.gate.assess`, as the gate's
 task) say the gate is approved, the trigger ends the task itself (``TaskSuccessEvent``), with the approval
 in the task's log: no worker process starts just to say so, and the next step is scheduled at once (the
-"approved" notice comes from the gate's success callback, run by the DAG processor meanwhile). Anything
-else (a reject, an expiry, a newer run) hands back to the gate's task,
-which fails with the reason and tells people. A decision reaches the next step about one poll interval
+"approved" notice comes from the gate's success callback, run by the DAG processor meanwhile). While they
+say it still waits for the same build (1 of 2 approvals), the trigger says so in the task's log and waits on.
+Anything else (a reject, an expiry, a newer run, another build, a doubt) hands back to the gate's task, which
+fails with the reason and tells people. A decision reaches the next step about one poll interval
 plus a task start later, where a rescheduling sensor took up to a whole poke interval (10-30 s).
 """
 
