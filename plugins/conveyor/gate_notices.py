@@ -20,6 +20,11 @@ def approved_line(approvers: Sequence[str], shown: records.GateOpened, releases_
     )
 
 
+def waiting_line(explained: str, shown: records.GateOpened, link: str) -> str:
+    """The log line of a gate still waiting, the same whoever sees it (the gate's task or its trigger)."""
+    return f"Waiting: the gate {explained}, for commit {shown.commit[:12]}, image {shown.digest}. Decide at {link}"
+
+
 def announce(
     kind: str,
     *,

@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
 from conveyor import gate as gate_rules
 from conveyor import records, release
 from conveyor.exceptions import ConveyorError
-from conveyor.gate_notices import announce, approved_line
+from conveyor.gate_notices import announce, approved_line, waiting_line
 from conveyor.gate_trigger import GateWakeTrigger
 from conveyor.task_rules import NOT_A_RELEASE, fail, load_records, past_until, run_is_release
 from conveyor.timefmt import format_duration
@@ -204,13 +204,7 @@ class ApprovalSensor(BaseSensorOperator):
             assert step.policy is not None
             people = tuple([*step.policy.users, *(f"role {r}" for r in step.policy.roles)])
             self._notify("opened", context, shown, people=people)
-        self.log.info(
-            "Waiting: the gate %s, for commit %s, image %s. Decide at %s",
-            assessment.explain(),
-            shown.commit[:12],
-            shown.digest,
-            link,
-        )
+        self.log.info("%s", waiting_line(assessment.explain(), shown, link))
         expires_at = assessment.expires_at or now + timedelta(seconds=float(self.timeout))
         return app_records.last_seq, expires_at
 

@@ -27,7 +27,7 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from conveyor import gate as gate_rules
 from conveyor import records, release
-from conveyor.gate_notices import approved_line
+from conveyor.gate_notices import approved_line, waiting_line
 
 
 class GateWakeTrigger(BaseTrigger):
@@ -133,6 +133,7 @@ class GateWakeTrigger(BaseTrigger):
         current = run.run.current_build()
         same_build = current is not None and (shown.commit, shown.digest) == (current.commit, current.digest)
         if assessment.status is gate_rules.GateStatus.WAITING and same_build:
-            self.log.info("Waiting: the gate %s, for commit %s.", assessment.explain(), shown.commit[:12])
+            link = release.decision_link(self.app, self.run_id, self.gate)
+            self.log.info("%s", waiting_line(assessment.explain(), shown, link))
             return assessment.status
         return None
