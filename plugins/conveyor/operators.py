@@ -24,9 +24,9 @@ from conveyor import gate as gate_rules
 from conveyor.credentials import bind_pod_secrets, remove_secrets, sync_secrets
 from conveyor.exceptions import ConveyorError, RunSuperseded, TamperedRecords
 from conveyor.pipeline import STEP_TYPES, SecretRef, StepKind
-from conveyor.pod_manager import PromptPodManager
+from conveyor.pod_manager import STEP_END_ENV, PromptPodManager, new_step_end_token
 from conveyor.run_view import RunReportLink
-from conveyor.steps.common import SCRIPTS_VOLUME, ensure_step_scripts, scripts_config_map_name
+from conveyor.steps.common import SCRIPTS_VOLUME, ensure_step_scripts, runs_a_step_script, scripts_config_map_name
 from conveyor.task_rules import (
     NOT_A_RELEASE,
     fail,
@@ -519,6 +519,11 @@ class ConveyorPodOperator(KubernetesPodOperator):
             if volume.name == SCRIPTS_VOLUME and volume.config_map is not None:
                 # the scripts this worker has and puts in place (get_or_create_pod), whichever version parsed
                 volume.config_map.name = scripts_config_map_name()
+        for container in pod.spec.containers:
+            if container.name == self.base_container_name and runs_a_step_script(container):
+                # A token for this pod alone: the script ends its log with it (conveyor.pod_manager.StepEnd).
+                container.env = [e for e in container.env or [] if e.name != STEP_END_ENV]
+                container.env.append(k8s.V1EnvVar(name=STEP_END_ENV, value=new_step_end_token()))
         if self._base_commits:
             for container in pod.spec.containers:
                 if container.name == "base":
@@ -563,7 +568,9 @@ class ConveyorPodOperator(KubernetesPodOperator):
         scripts, made by the first step that needs it)."""
         name = ensure_step_scripts(self.client, pod_request_obj.metadata.namespace)
         self.log.info("Step scripts: ConfigMap %s in %s", name, pod_request_obj.metadata.namespace)
-        return super().get_or_create_pod(pod_request_obj, context)
+        pod = super().get_or_create_pod(pod_request_obj, context)
+        self.pod_manager.expect_step_end(pod, self.base_container_name)  # the pod made now, or the one found
+        return pod
 
     def _sync_secrets(self, run_id: str) -> list[str]:
         """Make the Secrets this step's pod mounts, right before it starts."""

@@ -4,6 +4,18 @@
 set -euo pipefail
 
 say() { printf '[conveyor] %s\n' "$*"; }
+
+# The step's last word (the step's own container only: the operator gives it a token made for this pod).
+# The token leaves the environment at once, so no program this script starts inherits it; the last line
+# the script prints, whatever ends it, is "[conveyor] step-end <token> <exit code>", by which the
+# operator knows the step is over before the Kubernetes API says so (conveyor.pod_manager.StepEnd).
+if [[ -n "${CONVEYOR_STEP_END:-}" ]]; then
+  conveyor_step_end_token="$CONVEYOR_STEP_END"
+  unset CONVEYOR_STEP_END
+  # shellcheck disable=SC2154 # the trap's own variable
+  trap 'conveyor_exit=$?; printf "[conveyor] step-end %s %s\n" "$conveyor_step_end_token" "$conveyor_exit"' EXIT
+fi
+
 fail() { printf '[conveyor] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # git_ URL ARG...: git ARG... with the credentials of the Secret (GIT_USERNAME / GIT_PASSWORD),
