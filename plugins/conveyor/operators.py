@@ -19,7 +19,7 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from airflow.sdk.exceptions import AirflowSkipException
 from kubernetes.client import models as k8s
 
-from conveyor import apps, records, release
+from conveyor import apps, records, release, settings
 from conveyor import gate as gate_rules
 from conveyor.credentials import bind_pod_secrets, remove_secrets, sync_secrets
 from conveyor.exceptions import ConveyorError, RunSuperseded, TamperedRecords
@@ -192,6 +192,8 @@ class ConveyorPodOperator(KubernetesPodOperator):
         from conveyor import grants, teams
 
         result = dict(result or {})
+        if not str(result.get("commit") or ""):
+            raise fail("The checkout step handed on no commit, so the run has nothing to build. Rerun from checkout.")
         # A pusher is a verified identity only from a Git server that records it where clients cannot write.
         trusted = grants.pusher_recorded(started.app_spec(), teams.load_platform())
         tag = release_tag(params, self.auto_tag, self.auto_tag_prefix, started.build_number)
@@ -519,9 +521,15 @@ class ConveyorPodOperator(KubernetesPodOperator):
             if volume.name == SCRIPTS_VOLUME and volume.config_map is not None:
                 # the scripts this worker has and puts in place (get_or_create_pod), whichever version parsed
                 volume.config_map.name = scripts_config_map_name()
+        images = settings.load_step_images()
         for container in pod.spec.containers:
-            if container.name == self.base_container_name and runs_a_step_script(container):
-                # A token for this pod alone: the script ends its log with it (conveyor.pod_manager.StepEnd).
+            if (
+                container.name == self.base_container_name
+                and runs_a_step_script(container)
+                and images.is_own(str(container.image))
+            ):
+                # A token for this pod alone: the script ends its log with it (conveyor.pod_manager.StepEnd). Not
+                # for an image an app spec chose (sonar's may be): only Conveyor's code may end a step by its word.
                 container.env = [e for e in container.env or [] if e.name != STEP_END_ENV]
                 container.env.append(k8s.V1EnvVar(name=STEP_END_ENV, value=new_step_end_token()))
         if self._base_commits:

@@ -6,16 +6,18 @@ following the logs again, two between looks at the phase.
 
 Two things make a step end sooner:
 
-- **The step's own word** (:class:`StepEnd`). The base container of a Conveyor step runs Conveyor's script
-  (``lib.sh``), and only that: the app's code runs in init containers. The operator gives that container a
-  random token made for this pod alone (``CONVEYOR_STEP_END``); the script takes it out of its environment at
-  once (no program it starts inherits it) and, as the very last thing it does, prints
-  ``[conveyor] step-end <token> <exit code>``. When that line arrives in the followed log with exit code 0,
-  the step is over: the operator reads its result and deletes the pod without waiting for the API to catch
-  up. A line without the right token is an ordinary log line; a non-zero code, or no line at all (a killed
-  container, an older pod the task reattached to), takes the stock way: the pod status decides. Whatever can
-  print the token can also, from inside that container, write its result and choose its exit code, so
-  the line gives nobody a say they did not have.
+- **The step's own word** (:class:`StepEnd`). When a step's container runs Conveyor's script (``lib.sh``)
+  in one of Conveyor's own images, the operator gives it a random token made for this pod alone
+  (``CONVEYOR_STEP_END``); the app's code runs in init containers, which never get it. The script takes the
+  token out of its environment at once (no program it starts inherits it) and, as the very last thing it
+  does, prints ``[conveyor] step-end <token> <exit code>``. When that line arrives in the followed log with
+  exit code 0, the step is over: the operator reads its result and deletes the pod without waiting for the
+  API to catch up. A line without the right token is an ordinary log line (a test report or manifests the
+  script prints cannot know it); a non-zero code, or no line at all (a killed container, an older pod the
+  task reattached to), takes the stock way: the pod status decides, and an API that already reports the
+  container failed is believed over the line. Anything else that runs in that container could read the
+  token (``/proc/1/environ`` keeps the script's first environment), but it could as well write the step's
+  result and choose its exit code: the line gives nobody a say they did not have.
 - **Looking again promptly**: otherwise, right where the stock loop would sleep, it looks again every 0.2 s
   for up to two seconds first, then falls back to the stock behaviour. One read of a pod is one small API
   call; a step spends at most ten more of them to end seconds sooner.
@@ -46,11 +48,16 @@ POLL_SECONDS = 0.2
 
 # The environment variable that brings the token to the step's script (lib.sh reads and unsets it).
 STEP_END_ENV = "CONVEYOR_STEP_END"
-_STEP_END_LINE = re.compile(r"\[conveyor\] step-end (\S+) (\d{1,3})")
+_STEP_END_LINE = re.compile(r"\[conveyor\] step-end ([0-9a-f]{32}) ([0-9]{1,3})", re.ASCII)
 
 
 def new_step_end_token() -> str:
-    return secrets.token_hex(16)
+    return secrets.token_hex(16)  # 32 hex digits: what _STEP_END_LINE reads
+
+
+def step_end_line(token: str, exit_code: int) -> str:
+    """The line lib.sh's EXIT trap prints (its printf is this format), for tests and readers."""
+    return f"[conveyor] step-end {token} {exit_code}"
 
 
 @dataclass
@@ -66,7 +73,8 @@ class StepEnd:
     def read(self, message: str) -> int | None:
         """The exit code ``message`` reports when it is this container's end line (with this pod's token)."""
         match = _STEP_END_LINE.fullmatch(message.strip())
-        if match is None or not hmac.compare_digest(match.group(1), self.token):
+        # bytes: compare_digest refuses str with non-ASCII, and no log line may fail the task
+        if match is None or not hmac.compare_digest(match.group(1).encode(), self.token.encode()):
             return None
         return int(match.group(2))
 

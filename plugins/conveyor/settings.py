@@ -197,6 +197,10 @@ class StepImages:
             return f"{self.registry}/{self.refs[name]}" if self.registry else self.refs[name]
         return name
 
+    def is_own(self, reference: str) -> bool:
+        """Whether ``reference`` is one of these pinned images (Conveyor's own), not one an app spec names."""
+        return any(reference == self.ref(name) for name in self.refs)
+
     def __hash__(self) -> int:  # dict field: hash by content
         return hash((self.registry, tuple(sorted(self.refs.items()))))
 

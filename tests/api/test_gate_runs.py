@@ -5,6 +5,7 @@ the run waits at the gate."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +76,17 @@ def test_release_waits_for_approval_then_reaches_production_with_the_approved_by
         import hashlib
 
         assert env["CONVEYOR_MANIFESTS_SHA256"] == hashlib.sha256(change["rendered"].encode()).hexdigest()
+        # The step container, and it alone, gets a token of this pod's own to end its log with.
+        assert re.fullmatch("[0-9a-f]{32}", env["CONVEYOR_STEP_END"])
+        others = [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"][1:]]
+        assert all("CONVEYOR_STEP_END" not in str(c.get("env")) for c in others)
+    tokens = {
+        e["value"]
+        for t in ("deploy_dev", "deploy_prod")
+        for e in run.pod(t)["spec"]["containers"][0]["env"]
+        if e["name"] == "CONVEYOR_STEP_END"
+    }
+    assert len(tokens) == 2  # one per pod
     assert "Release verified: approve, approved by alice" in output
 
 

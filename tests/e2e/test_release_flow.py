@@ -80,6 +80,11 @@ def test_release_reaches_production_with_the_tested_digest(
     assert image == f"{build['repository']}@{build['digest']}"
     assert service_get("prod", "/version").json()["version"] == tag
     assert "deployed to prod" in run.log("deploy_prod")
+    # Each step ended by its script's own last word, not by a wait for the pod status (conveyor.pod_manager).
+    for step in ("checkout", "unit_test", "build", "push", "deploy_dev", "tag", "deploy_prod"):
+        log = run.log(step)
+        assert "the step's script ended with exit code 0" in log, step
+        assert "step-end" not in log, step  # the line itself (and its token) stays out of the task log
 
 
 def test_reject_with_reason_stops_before_deploy_dev(

@@ -14,7 +14,7 @@ from typing import Any
 from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
 from kubernetes.client import models as k8s
 
-from conveyor.pod_manager import POLL_SECONDS, STEP_END_ENV, PromptPodManager
+from conveyor.pod_manager import POLL_SECONDS, STEP_END_ENV, PromptPodManager, StepEnd, step_end_line
 
 
 def pod(phase: str, base: str) -> k8s.V1Pod:
@@ -118,7 +118,7 @@ def follow(api: StreamingApi, made: k8s.V1Pod, monkeypatch: Any) -> tuple[Prompt
 
 def test_a_step_is_over_when_its_script_says_so_without_waiting_for_the_pod_status(monkeypatch: Any) -> None:
     # The API still says the container runs (the kubelet has not looked yet); the log's last line says it ended.
-    logs = LogStream("[conveyor] pushed", f"[conveyor] step-end {TOKEN} 0", "never read")
+    logs = LogStream("[conveyor] pushed", step_end_line(TOKEN, 0), "never read")
     api = StreamingApi(logs, pod("Running", "running"))
     made = step_pod()
     manager, logged = follow(api, made, monkeypatch)
@@ -142,7 +142,7 @@ def test_an_end_line_without_this_pods_token_is_just_a_line(monkeypatch: Any) ->
 
 
 def test_a_failed_step_waits_for_the_api_to_say_how_it_failed(monkeypatch: Any) -> None:
-    logs = LogStream("[conveyor] ERROR: push refused", f"[conveyor] step-end {TOKEN} 1")
+    logs = LogStream("[conveyor] ERROR: push refused", step_end_line(TOKEN, 1))
     api = StreamingApi(logs, pod("Running", "running"), pod("Failed", "terminated"))
     made = step_pod()
     manager, _ = follow(api, made, monkeypatch)
@@ -155,7 +155,7 @@ def test_the_api_saying_the_container_failed_outweighs_the_log(monkeypatch: Any)
     failed.status.container_statuses[0].state = k8s.V1ContainerState(
         terminated=k8s.V1ContainerStateTerminated(exit_code=137, reason="OOMKilled")
     )
-    logs = LogStream(f"[conveyor] step-end {TOKEN} 0")
+    logs = LogStream(step_end_line(TOKEN, 0))
     api = StreamingApi(logs, failed)
     made = step_pod()
     manager, _ = follow(api, made, monkeypatch)
@@ -165,7 +165,7 @@ def test_the_api_saying_the_container_failed_outweighs_the_log(monkeypatch: Any)
 
 def test_a_pod_without_a_token_ends_the_stock_way(monkeypatch: Any) -> None:
     # a pod an older Conveyor made, which a retry reattaches to: its log's lines decide nothing
-    logs = LogStream(f"[conveyor] step-end {TOKEN} 0")
+    logs = LogStream(step_end_line(TOKEN, 0))
     api = StreamingApi(logs, pod("Running", "running"), pod("Succeeded", "terminated"))
     made = step_pod(token=None)
     manager, _ = follow(api, made, monkeypatch)
@@ -182,18 +182,41 @@ def run_step_script(body: str, token: str | None) -> subprocess.CompletedProcess
 
 def test_the_step_script_ends_its_log_with_the_token_and_its_exit_code_whatever_ends_it() -> None:
     done = run_step_script("say done", TOKEN)
-    assert done.returncode == 0 and done.stdout.splitlines()[-1] == f"[conveyor] step-end {TOKEN} 0"
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == step_end_line(TOKEN, 0)
     failed = run_step_script("say working; fail 'no registry'; say never", TOKEN)
-    assert failed.returncode == 1 and failed.stdout.splitlines()[-1] == f"[conveyor] step-end {TOKEN} 1"
+    assert failed.returncode == 1 and failed.stdout.splitlines()[-1] == step_end_line(TOKEN, 1)
     broken = run_step_script("say working; false; say never", TOKEN)  # set -e
-    assert broken.returncode == 1 and broken.stdout.splitlines()[-1] == f"[conveyor] step-end {TOKEN} 1"
+    assert broken.returncode == 1 and broken.stdout.splitlines()[-1] == step_end_line(TOKEN, 1)
 
 
 def test_no_program_the_step_script_starts_gets_the_token() -> None:
+    # (the script's own /proc/<pid>/environ keeps it: code in that container could read it, and could as well
+    # write the step's result; see conveyor.pod_manager)
     seen = run_step_script('env; tr "\\0" "\\n" < /proc/self/environ; bash -c env', TOKEN)
     lines = seen.stdout.splitlines()
-    assert lines[-1] == f"[conveyor] step-end {TOKEN} 0"
+    assert StepEnd("p", "base", TOKEN).read(lines[-1]) == 0
     assert all(TOKEN not in line and STEP_END_ENV not in line for line in lines[:-1])
+
+
+def test_what_the_script_wrote_to_stderr_comes_before_its_last_word() -> None:
+    # The operator stops reading at the end line: an error printed just before must not arrive after it.
+    done = run_step_script("for i in $(seq 200); do echo out $i; echo err $i >&2; done; fail 'the last error'", TOKEN)
+    lines = done.stdout.splitlines()
+    assert done.stderr == "" and lines[-2] == "[conveyor] ERROR: the last error"
+    assert StepEnd("p", "base", TOKEN).read(lines[-1]) == 1
+
+
+def test_odd_lines_are_never_an_end_nor_an_error() -> None:
+    end = StepEnd("p", "base", TOKEN)
+    for line in (
+        "[conveyor] step-end é 0",  # non-ASCII where the token goes
+        f"[conveyor] step-end {TOKEN} ٠",  # a digit that is not 0-9
+        f"[conveyor] step-end {TOKEN.upper()} 0",
+        f"[conveyor] step-end {TOKEN} 0 and more",
+        "[conveyor] step-end \udcff 0",
+    ):
+        assert end.read(line) is None, line
+    assert end.read(f"  {step_end_line(TOKEN, 0)}  ") == 0
 
 
 def test_a_script_without_a_token_says_nothing_more() -> None:

@@ -8,10 +8,13 @@ say() { printf '[conveyor] %s\n' "$*"; }
 # The step's last word (the step's own container only: the operator gives it a token made for this pod).
 # The token leaves the environment at once, so no program this script starts inherits it; the last line
 # the script prints, whatever ends it, is "[conveyor] step-end <token> <exit code>", by which the
-# operator knows the step is over before the Kubernetes API says so (conveyor.pod_manager.StepEnd).
+# operator knows the step is over before the Kubernetes API says so (conveyor.pod_manager.StepEnd, which
+# reads this format). stderr joins stdout first: two pipes reach the log in no fixed order, and the
+# operator stops reading at that line, so an error printed just before it must not arrive after it.
 if [[ -n "${CONVEYOR_STEP_END:-}" ]]; then
   conveyor_step_end_token="$CONVEYOR_STEP_END"
   unset CONVEYOR_STEP_END
+  exec 2>&1
   # shellcheck disable=SC2154 # the trap's own variable
   trap 'conveyor_exit=$?; printf "[conveyor] step-end %s %s\n" "$conveyor_step_end_token" "$conveyor_exit"' EXIT
 fi
