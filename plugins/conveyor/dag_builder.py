@@ -271,7 +271,6 @@ def build_dag(spec: AppSpec, *, ctx: PodContext | None = None) -> DAG:
         start_date=START_DATE,
         catchup=False,
         tags=["conveyor", spec.team],
-        params=dag_params(spec),
         doc_md=_doc(pipeline),
         default_args={
             "owner": spec.owner or spec.team,
@@ -287,6 +286,10 @@ def build_dag(spec: AppSpec, *, ctx: PodContext | None = None) -> DAG:
     with dag:
         tasks = [_task(step, pipeline, ctx, templates) for step in pipeline.steps]
         chain(*tasks)
+    # The params after the tasks: Airflow deep-copies the DAG's params into each operator it makes (three times
+    # for ours, once per class), a fifth of the DAG file's time; a task's params are the DAG's merged with its
+    # own when it runs (process_params), so the copies would hold nothing the task needs.
+    dag.params = dag_params(spec)  # type: ignore[assignment]  # attrs converts it to a ParamsDict
     return dag
 
 

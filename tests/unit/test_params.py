@@ -87,3 +87,24 @@ def test_a_branch_kubernetes_or_a_shell_could_expand_is_refused_after_the_trigge
     assert re.search(BRANCH_PATTERN, branch) is None
     problem = params_problem({"branch": branch})
     assert problem is not None and "may only contain letters, digits and . _ / -" in problem
+
+
+def test_every_task_runs_with_the_dags_params_although_it_carries_no_copy() -> None:
+    # The DAG's params are set after its tasks (Airflow would deep-copy them into each operator it makes):
+    # a task's params at run time are the DAG's, with the run's conf over them, as Airflow merges them.
+    from pathlib import Path
+
+    from airflow.sdk.definitions.param import process_params
+
+    from conveyor.dag_builder import build_dag
+    from conveyor.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "include" / "apps" / "appointments.yaml")
+    dag = build_dag(spec)
+    assert sorted(dag.params.keys()) == ["branch", "commit", "tag_name", "until"]
+    for task in dag.tasks:
+        assert not task.params, task.task_id
+        params = process_params(dag, task, {"tag_name": "v1.2.3"}, suppress_exception=False)
+        assert params == {"branch": spec.git.branch, "tag_name": "v1.2.3", "commit": None, "until": None}
+    with pytest.raises(Exception, match="tag_name"):
+        process_params(dag, dag.tasks[0], {"tag_name": "v1.2.3\nx"}, suppress_exception=False)
