@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -152,8 +153,11 @@ def main() -> None:
     names = [f"bench-{n:02d}" for n in range(1, count + 1)]
     executor = layout()
     env = prepare(count)
-    restart_airflow(env, f"with {count} more apps ({env['AIRFLOW__CONVEYOR__APPS_FOLDER']})")
+    # Stopped (SIGTERM) or failed anywhere, the bench still puts Airflow back and removes the apps' Deployments:
+    # a SIGTERM becomes SystemExit, so the finally below runs (Airflow's stop ends the running steps and their pods).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench: stopped (SIGTERM); putting the platform back"))
     try:
+        restart_airflow(env, f"with {count} more apps ({env['AIRFLOW__CONVEYOR__APPS_FOLDER']})")
         admin = login("admin")
         deciders = {"approve": [login("alice")], "approve_prod": [login("alice"), login("bob")]}
         wait_for_dags(admin, names)
