@@ -1,0 +1,113 @@
+"""scripts/lib/service.sh, the one home of how the platform's services (registry, Git server, SonarQube) are
+started, waited for and stopped: run with bash on real processes, as their up and down scripts run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+LIB = Path(__file__).resolve().parents[2] / "scripts" / "lib" / "service.sh"
+
+
+def sh(script: str, tmp_path: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", f'set -euo pipefail; source "{LIB}"; cd "{tmp_path}"; {script}'],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in "ZX"
+
+
+def test_a_service_is_started_waited_for_found_and_stopped(tmp_path: Path) -> None:
+    started = sh(
+        """service_start demo demo.pid logs/demo.log bash -c 'sleep 0.5; touch ready; exec -a demo-server sleep 300'
+        service_wait demo 30 demo.pid demo-server logs/demo.log test -e ready
+        service_pid demo.pid demo-server""",
+        tmp_path,
+    )
+    assert started.returncode == 0, started.stderr
+    pid = int(started.stdout.strip())
+    assert alive(pid) and (tmp_path / "logs" / "demo.log").read_text().startswith("=== ")
+    # Another process's pid in the file is not the service.
+    assert sh("service_pid demo.pid other-server", tmp_path).returncode == 1
+    stopped = sh("service_stop demo demo.pid demo-server", tmp_path)
+    assert stopped.returncode == 0 and f"demo: stopped (pid {pid})" in stopped.stderr
+    assert not alive(pid) and not (tmp_path / "demo.pid").exists()
+    again = sh("service_stop demo demo.pid demo-server", tmp_path)
+    assert again.returncode == 0 and "demo: not running" in again.stderr
+
+
+def test_a_service_that_dies_while_starting_fails_the_wait_with_its_log(tmp_path: Path) -> None:
+    began = time.monotonic()
+    waited = sh(
+        """service_start demo demo.pid demo.log bash -c 'echo "bind: address already in use"; exit 3'
+        service_wait demo 30 demo.pid demo-server demo.log false""",
+        tmp_path,
+    )
+    assert waited.returncode == 1 and time.monotonic() - began < 10  # not the whole timeout
+    assert "bind: address already in use" in waited.stderr
+    assert "demo: error: it stopped while starting" in waited.stderr and "demo.log" in waited.stderr
+
+
+def test_a_service_never_ready_fails_after_its_timeout_saying_so(tmp_path: Path) -> None:
+    waited = sh(
+        """service_start demo demo.pid demo.log bash -c 'echo booting; exec -a demo-server sleep 300'
+        service_wait demo 1 demo.pid demo-server demo.log false""",
+        tmp_path,
+    )
+    pid = int((tmp_path / "demo.pid").read_text())
+    try:
+        assert (
+            waited.returncode == 1 and "demo: error: not ready after 1s" in waited.stderr and "booting" in waited.stderr
+        )
+    finally:
+        os.kill(pid, 9)
+
+
+def test_a_service_that_ignores_sigterm_is_killed_after_its_grace(tmp_path: Path) -> None:
+    started = sh(
+        """service_start demo demo.pid demo.log \\
+             bash -c 'trap "" TERM; touch ready; while :; do sleep 0.1; done # demo-server'
+        service_wait demo 30 demo.pid demo-server demo.log test -e ready""",
+        tmp_path,
+    )
+    assert started.returncode == 0, started.stderr
+    pid = int((tmp_path / "demo.pid").read_text())
+    stopped = sh("service_stop demo demo.pid demo-server 1", tmp_path)
+    assert "did not stop within 1s of SIGTERM; killing" in stopped.stderr
+    assert not alive(pid)
+
+
+def test_one_previous_log_is_kept_once_it_passes_50_mib(tmp_path: Path) -> None:
+    log = tmp_path / "demo.log"
+    with log.open("wb") as f:
+        f.truncate(51 * 1024 * 1024)
+    started = sh("service_start demo demo.pid demo.log true", tmp_path)
+    assert started.returncode == 0
+    assert (tmp_path / "demo.log.1").stat().st_size == 51 * 1024 * 1024
+    assert log.stat().st_size < 1024
+
+
+def test_stopping_a_service_leaves_none_of_its_children(tmp_path: Path) -> None:
+    # A server that leaves a child behind when it ends (SonarQube's search process, Keycloak's java under kc.sh).
+    started = sh(
+        """service_start demo demo.pid demo.log bash -c 'sleep 300 & echo $! > child; touch ready; wait # demo-server'
+        service_wait demo 30 demo.pid demo-server demo.log test -e ready""",
+        tmp_path,
+    )
+    assert started.returncode == 0, started.stderr
+    child = int((tmp_path / "child").read_text())
+    assert alive(child)
+    stopped = sh("service_stop demo demo.pid demo-server 1", tmp_path)
+    assert stopped.returncode == 0 and "killing its process group" in stopped.stderr
+    assert not alive(child)
