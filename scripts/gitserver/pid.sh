@@ -9,5 +9,5 @@
 # shellcheck source=../lib/service.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/service.sh"
 
-server_pattern() { echo "^lighttpd -D -f $1/lighttpd.conf \$|gitserver/server.py"; }
+server_pattern() { echo "lighttpd -D -f $1/lighttpd.conf \$|gitserver/server.py"; }
 server_pid() { service_pid "$1/gitserver.pid" "$(server_pattern "$1")"; }

@@ -6,8 +6,10 @@
 #                                       its command line matches the extended regex PATTERN; else return 1
 #   service_start NAME PIDFILE LOG CMD...
 #                                       CMD detached in a session of its own (no terminal, stdin closed,
-#                                       fd 9 — the callers' lock — not inherited), appending to LOG (one
-#                                       previous log kept once it passes 50 MiB); its pid into PIDFILE
+#                                       fd 9 — the callers' lock — not inherited) under scripts/lib/supervise,
+#                                       which starts it again when it crashes; appending to LOG (one previous
+#                                       log kept once it passes 50 MiB); the supervisor's pid into PIDFILE
+#                                       (its command line holds CMD's, so PATTERN finds either)
 #   service_wait NAME SECONDS PIDFILE PATTERN LOG CHECK...
 #                                       until CHECK succeeds, saying every 10 s that it still waits; fails
 #                                       with LOG's last lines when the process ends or SECONDS pass
@@ -38,7 +40,7 @@ service_start() {
     mv -f "$logfile" "$logfile.1"
   fi
   printf '=== %s %s starting: %s\n' "$(date -u +%FT%TZ)" "$name" "$*" >>"$logfile"
-  setsid nohup "$@" >>"$logfile" 2>&1 </dev/null 9>&- &
+  setsid nohup bash "$(dirname "${BASH_SOURCE[0]}")/supervise" "$name" "$@" >>"$logfile" 2>&1 </dev/null 9>&- &
   echo "$!" >"$pidfile"
 }
 

@@ -303,11 +303,28 @@ def test_git_server_answers_nothing_but_git_requests(path: str, git_password: st
     assert response.status_code == 404, f"GET {path} answered {response.status_code}"
 
 
+def _session_processes(leader: str) -> list[str]:
+    """The pids of the session ``leader`` started (service_start: the supervisor and the server it runs)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text(encoding="utf-8").rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[3] == leader:  # field 6 of /proc/PID/stat, the session id
+            found.append(stat.parent.name)
+    return found
+
+
 def test_git_server_does_not_run_as_root(git_password: str) -> None:
-    pid = (STATE / "gitserver" / "gitserver.pid").read_text(encoding="utf-8").strip()
+    leader = (STATE / "gitserver" / "gitserver.pid").read_text(encoding="utf-8").strip()
+    servers = [
+        p for p in _session_processes(leader) if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"lighttpd\0")
+    ]
+    assert len(servers) == 1, f"expected one lighttpd in the Git server's session {leader}: {servers}"
+    pid = servers[0]
     status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
     uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
-    assert "lighttpd" in Path(f"/proc/{pid}/cmdline").read_text(encoding="utf-8")
     assert "0" not in uids, f"the Git server (pid {pid}) runs as root: {status.splitlines()[:9]}"
     assert all(int(uid) == (STATE / "git").stat().st_uid for uid in uids), "it should run as the repositories' owner"
 

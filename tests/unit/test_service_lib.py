@@ -4,6 +4,7 @@ started, waited for and stopped: run with bash on real processes, as their up an
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -111,3 +112,28 @@ def test_stopping_a_service_leaves_none_of_its_children(tmp_path: Path) -> None:
     stopped = sh("service_stop demo demo.pid demo-server 1", tmp_path)
     assert stopped.returncode == 0 and "killing its process group" in stopped.stderr
     assert not alive(child)
+
+
+def test_a_service_that_crashes_is_started_again_and_stops_for_good_when_stopped(tmp_path: Path) -> None:
+    env = "export SUPERVISE_START_SECONDS=1;"  # a first run counts as started after 1 s (10 s by default)
+    started = sh(
+        env
+        + """service_start demo demo.pid demo.log bash -c 'echo $$ >> runs; exec -a demo-server sleep 300'
+        service_wait demo 30 demo.pid demo-server demo.log test -s runs""",
+        tmp_path,
+    )
+    assert started.returncode == 0, started.stderr
+    time.sleep(1.5)
+    first = int((tmp_path / "runs").read_text().split()[0])
+    os.kill(first, 9)  # a crash
+    deadline = time.monotonic() + 10
+    while len((tmp_path / "runs").read_text().split()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    second = int((tmp_path / "runs").read_text().split()[1])
+    assert alive(second) and second != first
+    said = (tmp_path / "demo.log").read_text()
+    assert re.search(r"supervise: demo ended after \d+s \(status 137\); starting it again in 1s", said), said
+    stopped = sh("service_stop demo demo.pid demo-server", tmp_path)
+    assert stopped.returncode == 0 and not alive(second)
+    time.sleep(1.5)
+    assert len((tmp_path / "runs").read_text().split()) == 2  # not started again after the stop
