@@ -3,11 +3,15 @@ started, waited for and stopped: run with bash on real processes, as their up an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 LIB = Path(__file__).resolve().parents[2] / "scripts" / "lib" / "service.sh"
 
@@ -19,6 +23,17 @@ def sh(script: str, tmp_path: Path, timeout: float = 60) -> subprocess.Completed
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(autouse=True)
+def no_service_left(tmp_path: Path) -> Iterator[None]:
+    """Whatever a test started ends with it, even when it fails halfway (its whole session: the supervisor too)."""
+    yield
+    pidfile = tmp_path / "demo.pid"
+    if pidfile.exists():
+        leader = int(pidfile.read_text())
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader, 9)
 
 
 def alive(pid: int) -> bool:
