@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -339,3 +340,49 @@ def test_sample_app_is_published(git_password: str, tmp_path: Path) -> None:
     assert cloned.returncode == 0, cloned.stderr
     for name in ("Dockerfile", "VERSION", "appointments/server.py", "tests"):
         assert (tmp_path / "app" / name).exists(), f"the published sample lacks {name}"
+
+
+@pytest.mark.parametrize(
+    ("service", "pidfile", "server", "log", "url"),
+    [
+        (
+            "registry",
+            "registry/registry.pid",
+            b"/usr/bin/docker-registry\0",
+            "registry/registry.log",
+            f"{REGISTRY}/v2/",
+        ),
+        (
+            "gitserver",
+            "gitserver/gitserver.pid",
+            b"lighttpd\0",
+            "gitserver/gitserver.log",
+            f"{GIT}/appointments.git/info/refs",
+        ),
+    ],
+)
+def test_a_crashed_server_comes_back_by_itself(service: str, pidfile: str, server: bytes, log: str, url: str) -> None:
+    """scripts/lib/supervise: the server killed (as the kernel's OOM killer would) answers again a moment later,
+    and its log says what happened."""
+    leader = (STATE / pidfile).read_text(encoding="utf-8").strip()
+
+    def servers() -> list[str]:
+        return [p for p in _session_processes(leader) if Path(f"/proc/{p}/cmdline").read_bytes().startswith(server)]
+
+    (before,) = servers()
+    os.kill(int(before), 9)
+    deadline = time.monotonic() + 20
+    answered = None
+    while time.monotonic() < deadline:
+        try:
+            answered = requests.get(url, timeout=2).status_code
+        except requests.ConnectionError:
+            answered = None
+        if answered == 401 and servers() and servers() != [before]:
+            break
+        time.sleep(0.2)
+    assert answered == 401, f"{service} did not answer again within 20 s of its crash; see {STATE / log}"
+    (after,) = servers()
+    assert after != before
+    said = (STATE / log).read_text(encoding="utf-8", errors="replace")
+    assert f"supervise: {service} ended after" in said and "starting it again in 1s" in said
