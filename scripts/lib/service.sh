@@ -1,4 +1,4 @@
-# The platform's long-running services (registry, Git server, SonarQube, ...): one home for how they are
+# The platform's long-running services (registry, Git server, SonarQube, Keycloak): one home for how they are
 # started, waited for, found and stopped. Sourced by their up/down scripts, not executed.
 # shellcheck shell=bash
 #
@@ -7,18 +7,26 @@
 #   service_start NAME PIDFILE LOG CMD...
 #                                       CMD detached in a session of its own (no terminal, stdin closed,
 #                                       fd 9 — the callers' lock — not inherited) under scripts/lib/supervise,
-#                                       which starts it again when it crashes; appending to LOG (one previous
-#                                       log kept once it passes 50 MiB); the supervisor's pid into PIDFILE
-#                                       (its command line holds CMD's, so PATTERN finds either)
+#                                       which starts it again when it crashes after it was ready; appending
+#                                       to LOG (one previous log kept once it passes 50 MiB); the
+#                                       supervisor's pid into PIDFILE (its command line holds CMD's, so
+#                                       PATTERN finds either)
 #   service_wait NAME SECONDS PIDFILE PATTERN LOG CHECK...
-#                                       until CHECK succeeds, saying every 10 s that it still waits; fails
-#                                       with LOG's last lines when the process ends or SECONDS pass
+#                                       until CHECK succeeds, saying every 10 s that it still waits; then the
+#                                       service counts as ready (PIDFILE.ready: from now on a crash is
+#                                       restarted). Fails with LOG's last lines when it ends first, and stops
+#                                       it when SECONDS pass
 #   service_stop NAME PIDFILE PATTERN [GRACE]
-#                                       TERM to the service, then waits until nothing of its session's process
-#                                       group is left (a server's own children too); KILL to the group after
-#                                       GRACE seconds (default 15); removes PIDFILE
+#                                       TERM to the service, then waits until nothing of its session is left
+#                                       (a server's own children too); KILL to the session after GRACE
+#                                       seconds (default 15); removes PIDFILE. A server whose supervisor
+#                                       was killed is found (and stopped) as a member of that session.
 #
 # Messages go to stderr as "NAME: ...", failures as "NAME: error: what happened. what to do" and exit 1.
+
+# The folder of this file, resolved once as it is loaded: the supervisor root starts is this one, never one
+# found relative to a working directory someone else may own.
+_service_lib="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
 
 service_pid() {
   local pidfile=$1 pattern=$2 pid state
@@ -32,6 +40,23 @@ service_pid() {
   echo "$pid"
 }
 
+# _session_members SID [PATTERN]: the live processes (not zombies) of session SID, those whose command line
+# matches PATTERN when given.
+_session_members() {
+  local sid=$1 pattern=${2:-} stat rest fields pid
+  for stat in /proc/[0-9]*/stat; do
+    rest="$(sed 's/.*) //' "$stat" 2>/dev/null)" || continue
+    read -r -a fields <<<"$rest"
+    [[ ${fields[3]:-} == "$sid" && ${fields[0]:-Z} != Z && ${fields[0]:-Z} != X ]] || continue
+    pid="${stat#/proc/}"
+    pid="${pid%/stat}"
+    if [[ -n $pattern ]]; then
+      tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qE -- "$pattern" || continue
+    fi
+    echo "$pid"
+  done
+}
+
 service_start() {
   local name=$1 pidfile=$2 logfile=$3
   shift 3
@@ -39,8 +64,10 @@ service_start() {
   if [[ -f $logfile ]] && (($(stat -c %s "$logfile") > 50 * 1024 * 1024)); then
     mv -f "$logfile" "$logfile.1"
   fi
+  rm -f "$pidfile.ready"
   printf '=== %s %s starting: %s\n' "$(date -u +%FT%TZ)" "$name" "$*" >>"$logfile"
-  setsid nohup bash "$(dirname "${BASH_SOURCE[0]}")/supervise" "$name" "$@" >>"$logfile" 2>&1 </dev/null 9>&- &
+  SUPERVISE_READY_FILE="$pidfile.ready" setsid nohup bash "$_service_lib/supervise" "$name" "$@" \
+    >>"$logfile" 2>&1 </dev/null 9>&- &
   echo "$!" >"$pidfile"
 }
 
@@ -50,7 +77,7 @@ service_wait() {
   local started=$SECONDS next=10 launched
   launched="$(<"$pidfile")"
   until "$@" >/dev/null 2>&1; do
-    # The process itself, not service_pid: while setsid and nohup exec into the server, its command line
+    # The process itself, not service_pid: while setsid and nohup exec into the supervisor, its command line
     # can briefly not match the pattern yet.
     if ! kill -0 "$launched" 2>/dev/null || [[ "$(sed 's/.*) //' "/proc/$launched/stat" 2>/dev/null | cut -c1)" == Z ]]; then
       tail -n 25 "$logfile" >&2 || true
@@ -59,7 +86,8 @@ service_wait() {
     fi
     if ((SECONDS - started >= timeout)); then
       tail -n 25 "$logfile" >&2 || true
-      echo "$name: error: not ready after ${timeout}s; its log's last lines are above ($logfile). Fix the cause, or run make down && make up." >&2
+      service_stop "$name" "$pidfile" "$pattern" 30 || true
+      echo "$name: error: not ready after ${timeout}s, so it was stopped; its log's last lines are above ($logfile). Fix the cause, then run make up again." >&2
       exit 1
     fi
     if ((SECONDS - started >= next)); then
@@ -72,28 +100,49 @@ service_wait() {
     echo "$name: error: ready, but pid $launched in $pidfile is not the server (another process answers?). Stop it (ss -ltnp) and run make up again." >&2
     exit 1
   }
+  : >"$pidfile.ready"
 }
 
 service_stop() {
-  local name=$1 pidfile=$2 pattern=$3 grace=${4:-15} pid
-  if ! pid="$(service_pid "$pidfile" "$pattern")"; then
+  local name=$1 pidfile=$2 pattern=$3 grace=${4:-15} pid="" sid="" members pattern_only=""
+  [[ -s $pidfile ]] && pid="$(<"$pidfile")"
+  [[ $pid =~ ^[0-9]+$ ]] || pid=""
+  if [[ -n $pid ]] && service_pid "$pidfile" "$pattern" >/dev/null; then
+    # The supervisor leads the session service_start made: every process of the service is in it.
+    sid=$pid
+    [[ "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f4)" == "$pid" ]] || sid=""
+    kill -TERM "$pid" 2>/dev/null || true
+  elif [[ -n $pid ]] && members="$(_session_members "$pid" "$pattern")" && [[ -n $members ]]; then
+    # Its supervisor is gone (killed), the server is not: only what matches the service's pattern is stopped.
+    echo "$name: its supervisor (pid $pid) is gone; stopping what is left of it: $(tr '\n' ' ' <<<"$members")" >&2
+    # shellcheck disable=SC2086 # one pid a word
+    kill -TERM $members 2>/dev/null || true
+    sid=$pid
+    pattern_only=$pattern
+  else
     if [[ -e $pidfile ]]; then echo "$name: not running (stale pid file removed)" >&2; else echo "$name: not running" >&2; fi
-    rm -f "$pidfile"
+    rm -f "$pidfile" "$pidfile.ready"
     return 0
   fi
-  kill -TERM "$pid" 2>/dev/null || true
-  # service_start made it the leader of a session and process group of its own (setsid): its pid is the
-  # group's id. Without that (a server started otherwise), the process alone.
-  local group=$pid
-  [[ "$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')" == "$pid" ]] || group=""
-  left() { service_pid "$pidfile" "$pattern" >/dev/null || { [[ -n $group ]] && kill -0 -- "-$group" 2>/dev/null; }; }
+  left() {
+    if [[ -n $sid ]]; then
+      [[ -n "$(_session_members "$sid" "${pattern_only:-}")" ]]
+    else
+      service_pid "$pidfile" "$pattern" >/dev/null
+    fi
+  }
   local deadline=$((SECONDS + grace))
   while ((SECONDS < deadline)) && left; do sleep 0.1; done
   if left; then
-    echo "$name: did not stop within ${grace}s of SIGTERM; killing ${group:+its process group }$pid" >&2
-    kill -KILL -- "${group:+-}$pid" 2>/dev/null || true
+    echo "$name: did not stop within ${grace}s of SIGTERM; killing ${sid:+what is left of its session }${sid:-$pid}" >&2
+    if [[ -n $sid ]]; then
+      # shellcheck disable=SC2046 # one pid a word
+      kill -KILL $(_session_members "$sid" "${pattern_only:-}") 2>/dev/null || true
+    else
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
     sleep 0.2
   fi
-  rm -f "$pidfile"
+  rm -f "$pidfile" "$pidfile.ready"
   echo "$name: stopped (pid $pid)" >&2
 }

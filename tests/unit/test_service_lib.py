@@ -81,13 +81,10 @@ def test_a_service_never_ready_fails_after_its_timeout_saying_so(tmp_path: Path)
         service_wait demo 1 demo.pid demo-server demo.log false""",
         tmp_path,
     )
-    pid = int((tmp_path / "demo.pid").read_text())
-    try:
-        assert (
-            waited.returncode == 1 and "demo: error: not ready after 1s" in waited.stderr and "booting" in waited.stderr
-        )
-    finally:
-        os.kill(pid, 9)
+    assert waited.returncode == 1 and "booting" in waited.stderr
+    assert "demo: error: not ready after 1s, so it was stopped" in waited.stderr
+    assert not (tmp_path / "demo.pid").exists()  # nothing left starting (or crashing) in the background
+    assert sh("pgrep -f demo-server", tmp_path).stdout == ""
 
 
 def test_a_service_that_ignores_sigterm_is_killed_after_its_grace(tmp_path: Path) -> None:
@@ -115,9 +112,10 @@ def test_one_previous_log_is_kept_once_it_passes_50_mib(tmp_path: Path) -> None:
 
 
 def test_stopping_a_service_leaves_none_of_its_children(tmp_path: Path) -> None:
-    # A server that leaves a child behind when it ends (SonarQube's search process, Keycloak's java under kc.sh).
+    # A server with a child that ignores SIGTERM (SonarQube's search process, Keycloak's java under kc.sh).
     started = sh(
-        """service_start demo demo.pid demo.log bash -c 'sleep 300 & echo $! > child; touch ready; wait # demo-server'
+        """service_start demo demo.pid demo.log \\
+             bash -c '(trap "" TERM; exec sleep 300) & echo $! > child; touch ready; wait # demo-server'
         service_wait demo 30 demo.pid demo-server demo.log test -e ready""",
         tmp_path,
     )
@@ -125,20 +123,32 @@ def test_stopping_a_service_leaves_none_of_its_children(tmp_path: Path) -> None:
     child = int((tmp_path / "child").read_text())
     assert alive(child)
     stopped = sh("service_stop demo demo.pid demo-server 1", tmp_path)
-    assert stopped.returncode == 0 and "killing its process group" in stopped.stderr
-    assert not alive(child)
+    assert stopped.returncode == 0 and "demo: stopped" in stopped.stderr
+    assert not alive(child)  # the supervisor ends what its run leaves behind
 
 
-def test_a_service_that_crashes_is_started_again_and_stops_for_good_when_stopped(tmp_path: Path) -> None:
-    env = "export SUPERVISE_START_SECONDS=1;"  # a first run counts as started after 1 s (10 s by default)
+def test_a_server_whose_supervisor_was_killed_is_still_stopped(tmp_path: Path) -> None:
     started = sh(
-        env
-        + """service_start demo demo.pid demo.log bash -c 'echo $$ >> runs; exec -a demo-server sleep 300'
-        service_wait demo 30 demo.pid demo-server demo.log test -s runs""",
+        """service_start demo demo.pid demo.log bash -c 'echo $$ > server; touch ready; exec -a demo-server sleep 300'
+        service_wait demo 30 demo.pid demo-server demo.log test -e ready""",
         tmp_path,
     )
     assert started.returncode == 0, started.stderr
-    time.sleep(1.5)
+    server = int((tmp_path / "server").read_text())
+    os.kill(int((tmp_path / "demo.pid").read_text()), 9)
+    time.sleep(0.3)
+    stopped = sh("service_stop demo demo.pid demo-server", tmp_path)
+    assert stopped.returncode == 0 and "its supervisor" in stopped.stderr and "is gone" in stopped.stderr
+    assert not alive(server)
+
+
+def test_a_service_that_crashes_is_started_again_and_stops_for_good_when_stopped(tmp_path: Path) -> None:
+    started = sh(
+        """service_start demo demo.pid demo.log bash -c 'echo $$ >> runs; exec -a demo-server sleep 300'
+        service_wait demo 30 demo.pid demo-server demo.log test -s runs""",
+        tmp_path,
+    )
+    assert started.returncode == 0, started.stderr  # ready: from now on a crash is restarted
     first = int((tmp_path / "runs").read_text().split()[0])
     os.kill(first, 9)  # a crash
     deadline = time.monotonic() + 10
