@@ -36,6 +36,16 @@ def no_service_left(tmp_path: Path) -> Iterator[None]:
             os.killpg(leader, 9)
 
 
+def start_ready(tmp_path: Path, command: str) -> None:
+    """Start ``command`` as the service demo and wait until it made the file ``ready``."""
+    started = sh(
+        f"""service_start demo demo.pid demo.log {command}
+        service_wait demo 30 demo.pid demo-server demo.log test -e ready""",
+        tmp_path,
+    )
+    assert started.returncode == 0, started.stderr
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
@@ -88,13 +98,7 @@ def test_a_service_never_ready_fails_after_its_timeout_saying_so(tmp_path: Path)
 
 
 def test_a_service_that_ignores_sigterm_is_killed_after_its_grace(tmp_path: Path) -> None:
-    started = sh(
-        """service_start demo demo.pid demo.log \\
-             bash -c 'trap "" TERM; touch ready; while :; do sleep 0.1; done # demo-server'
-        service_wait demo 30 demo.pid demo-server demo.log test -e ready""",
-        tmp_path,
-    )
-    assert started.returncode == 0, started.stderr
+    start_ready(tmp_path, "bash -c 'trap \"\" TERM; touch ready; while :; do sleep 0.1; done # demo-server'")
     pid = int((tmp_path / "demo.pid").read_text())
     stopped = sh("service_stop demo demo.pid demo-server 1", tmp_path)
     assert "did not stop within 1s of SIGTERM; killing" in stopped.stderr
@@ -113,13 +117,9 @@ def test_one_previous_log_is_kept_once_it_passes_50_mib(tmp_path: Path) -> None:
 
 def test_stopping_a_service_leaves_none_of_its_children(tmp_path: Path) -> None:
     # A server with a child that ignores SIGTERM (SonarQube's search process, Keycloak's java under kc.sh).
-    started = sh(
-        """service_start demo demo.pid demo.log \\
-             bash -c '(trap "" TERM; exec sleep 300) & echo $! > child; touch ready; wait # demo-server'
-        service_wait demo 30 demo.pid demo-server demo.log test -e ready""",
-        tmp_path,
+    start_ready(
+        tmp_path, "bash -c '(trap \"\" TERM; exec sleep 300) & echo $! > child; touch ready; wait # demo-server'"
     )
-    assert started.returncode == 0, started.stderr
     child = int((tmp_path / "child").read_text())
     assert alive(child)
     stopped = sh("service_stop demo demo.pid demo-server 1", tmp_path)
@@ -128,12 +128,7 @@ def test_stopping_a_service_leaves_none_of_its_children(tmp_path: Path) -> None:
 
 
 def test_a_server_whose_supervisor_was_killed_is_still_stopped(tmp_path: Path) -> None:
-    started = sh(
-        """service_start demo demo.pid demo.log bash -c 'echo $$ > server; touch ready; exec -a demo-server sleep 300'
-        service_wait demo 30 demo.pid demo-server demo.log test -e ready""",
-        tmp_path,
-    )
-    assert started.returncode == 0, started.stderr
+    start_ready(tmp_path, "bash -c 'echo $$ > server; touch ready; exec -a demo-server sleep 300'")
     server = int((tmp_path / "server").read_text())
     os.kill(int((tmp_path / "demo.pid").read_text()), 9)
     time.sleep(0.3)
