@@ -521,34 +521,23 @@ class ConveyorPodOperator(KubernetesPodOperator):
             if volume.name == SCRIPTS_VOLUME and volume.config_map is not None:
                 # the scripts this worker has and puts in place (get_or_create_pod), whichever version parsed
                 volume.config_map.name = scripts_config_map_name()
-        images = settings.load_step_images()
-        for container in pod.spec.containers:
-            if (
-                container.name == self.base_container_name
-                and runs_a_step_script(container)
-                and images.is_own(str(container.image))
-            ):
-                # A token for this pod alone: the script ends its log with it (conveyor.pod_manager.StepEnd). Not
-                # for an image an app spec chose (sonar's may be): only Conveyor's code may end a step by its word.
-                container.env = [e for e in container.env or [] if e.name != STEP_END_ENV]
-                container.env.append(k8s.V1EnvVar(name=STEP_END_ENV, value=new_step_end_token()))
+        base = next((c for c in pod.spec.containers if c.name == self.base_container_name), None)
+        if base is None:
+            return pod
+        env: dict[str, str] = {}
+        if runs_a_step_script(base) and settings.load_step_images().is_own(str(base.image)):
+            # A token for this pod alone: the script ends its log with it (conveyor.pod_manager.StepEnd). Not
+            # for an image an app spec chose (sonar's may be): only Conveyor's code may end a step by its word.
+            env[STEP_END_ENV] = new_step_end_token()
         if self._base_commits:
-            for container in pod.spec.containers:
-                if container.name == "base":
-                    container.env = [
-                        *(container.env or []),
-                        k8s.V1EnvVar(name=BASE_COMMITS_ENV, value=" ".join(self._base_commits)),
-                    ]
+            env[BASE_COMMITS_ENV] = " ".join(self._base_commits)
         if self._release_manifests is not None:
             # The approved bytes and their hash: the step script checks one against the other before applying.
-            digest = hashlib.sha256(self._release_manifests.encode()).hexdigest()
-            for container in pod.spec.containers:
-                if container.name == "base":
-                    container.env = [e for e in container.env or [] if e.name not in (MANIFESTS_ENV, MANIFESTS_SHA_ENV)]
-                    container.env += [
-                        k8s.V1EnvVar(name=MANIFESTS_ENV, value=env_literal(self._release_manifests)),
-                        k8s.V1EnvVar(name=MANIFESTS_SHA_ENV, value=digest),
-                    ]
+            env[MANIFESTS_ENV] = env_literal(self._release_manifests)
+            env[MANIFESTS_SHA_ENV] = hashlib.sha256(self._release_manifests.encode()).hexdigest()
+        base.env = [e for e in base.env or [] if e.name not in env] + [
+            k8s.V1EnvVar(name=name, value=value) for name, value in env.items()
+        ]
         return pod
 
     def _record_deployed(self, context: Any, shown: records.GateOpened, result: str) -> None:

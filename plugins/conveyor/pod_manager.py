@@ -85,6 +85,10 @@ class StepEnd:
     def concerns(self, pod: k8s.V1Pod, container: str) -> bool:
         return pod.metadata.name == self.pod and container == self.container
 
+    def succeeded_in(self, pod: k8s.V1Pod, container: str) -> bool:
+        """Whether this is ``container`` of ``pod`` and its end line said exit code 0."""
+        return self.concerns(pod, container) and self.succeeded
+
     def ended(self, remote_pod: k8s.V1Pod) -> k8s.V1Pod:
         """``remote_pod`` as it is about to be, which the operator's clean-up judges: the container ended with
         exit code 0 and the pod succeeded. Unless the API already says otherwise: then as the API says."""
@@ -153,7 +157,7 @@ class PromptPodManager(PodManager):
         super()._log_message(message, container_name, *args, **kwargs)
 
     def container_is_running(self, pod: k8s.V1Pod, container_name: str) -> bool:
-        if self.step_end is not None and self.step_end.concerns(pod, container_name) and self.step_end.succeeded:
+        if self.step_end is not None and self.step_end.succeeded_in(pod, container_name):
             return False  # it said so itself, as its last word
         running = super().container_is_running(pod, container_name)
         if not running or container_name == PodDefaults.SIDECAR_CONTAINER_NAME:
@@ -174,7 +178,7 @@ class PromptPodManager(PodManager):
         do_xcom_push: bool = False,
     ) -> k8s.V1Pod:
         end = self.step_end
-        if end is not None and end.concerns(pod, container_name) and end.succeeded:
+        if end is not None and end.succeeded_in(pod, container_name):
             return end.ended(self.read_pod(pod))
         deadline = time.monotonic() + SETTLE_SECONDS
         while time.monotonic() < deadline:
