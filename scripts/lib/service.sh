@@ -28,31 +28,33 @@
 # found relative to a working directory someone else may own.
 _service_lib="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
 
+# _stat PID: the fields of /proc/PID/stat after the command's name (which may hold spaces): state, parent,
+# process group, session, ...; nothing (and status 1) when there is no such process.
+_stat() { local line; { line="$(<"/proc/$1/stat")"; } 2>/dev/null || return 1; echo "${line##*) }"; }
+
+# _live PID: the process runs, not a zombie waiting for its parent (kill -0 succeeds on those).
+_live() { local state; state="$(_stat "$1")" && [[ -n $state && ${state:0:1} != Z && ${state:0:1} != X ]]; }
+
+# _matches PID PATTERN: its command line matches the extended regex PATTERN.
+_matches() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qE -- "$2"; }
+
 service_pid() {
-  local pidfile=$1 pattern=$2 pid state
+  local pidfile=$1 pattern=$2 pid
   [[ -s $pidfile ]] || return 1
   pid="$(<"$pidfile")"
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  # Running, not a zombie waiting for its parent (kill -0 succeeds on those).
-  state="$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null)" || return 1
-  [[ -n $state && ${state:0:1} != Z && ${state:0:1} != X ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qE -- "$pattern" || return 1
-  echo "$pid"
+  if [[ $pid =~ ^[0-9]+$ ]] && _live "$pid" && _matches "$pid" "$pattern"; then echo "$pid"; else return 1; fi
 }
 
 # _session_members SID [PATTERN]: the live processes (not zombies) of session SID, those whose command line
 # matches PATTERN when given.
 _session_members() {
-  local sid=$1 pattern=${2:-} stat rest fields pid
-  for stat in /proc/[0-9]*/stat; do
-    rest="$(sed 's/.*) //' "$stat" 2>/dev/null)" || continue
-    read -r -a fields <<<"$rest"
-    [[ ${fields[3]:-} == "$sid" && ${fields[0]:-Z} != Z && ${fields[0]:-Z} != X ]] || continue
-    pid="${stat#/proc/}"
-    pid="${pid%/stat}"
-    if [[ -n $pattern ]]; then
-      tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qE -- "$pattern" || continue
-    fi
+  local sid=$1 pattern=${2:-} dir pid fields
+  for dir in /proc/[0-9]*; do
+    pid="${dir#/proc/}"
+    read -r -a fields <<<"$(_stat "$pid")" || continue
+    [[ ${fields[3]:-} == "$sid" ]] || continue
+    _live "$pid" || continue
+    [[ -z $pattern ]] || _matches "$pid" "$pattern" || continue
     echo "$pid"
   done
 }
@@ -79,7 +81,7 @@ service_wait() {
   until "$@" >/dev/null 2>&1; do
     # The process itself, not service_pid: while setsid and nohup exec into the supervisor, its command line
     # can briefly not match the pattern yet.
-    if ! kill -0 "$launched" 2>/dev/null || [[ "$(sed 's/.*) //' "/proc/$launched/stat" 2>/dev/null | cut -c1)" == Z ]]; then
+    if ! _live "$launched"; then
       tail -n 25 "$logfile" >&2 || true
       echo "$name: error: it stopped while starting; its log's last lines are above ($logfile). Fix the cause and run make up again." >&2
       exit 1
@@ -110,7 +112,7 @@ service_stop() {
   if [[ -n $pid ]] && service_pid "$pidfile" "$pattern" >/dev/null; then
     # The supervisor leads the session service_start made: every process of the service is in it.
     sid=$pid
-    [[ "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f4)" == "$pid" ]] || sid=""
+    [[ "$(_stat "$pid" | cut -d' ' -f4)" == "$pid" ]] || sid=""
     kill -TERM "$pid" 2>/dev/null || true
   elif [[ -n $pid ]] && members="$(_session_members "$pid" "$pattern")" && [[ -n $members ]]; then
     # Its supervisor is gone (killed), the server is not: only what matches the service's pattern is stopped.
