@@ -7,12 +7,14 @@ that is valid for one of them is valid for all.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from conveyor import settings
+from conveyor.check_cache import cached_check
 from conveyor.exceptions import ConfigurationError, ConveyorError, RenderError, SpecError, SpecProblem
 from conveyor.grants import spec_problems
-from conveyor.render import ImagePolicy, manifest_variables, render_folder
+from conveyor.render import ImagePolicy, manifest_files, manifest_variables, render_folder
 from conveyor.spec import AppSpec, load_spec, spec_files
 from conveyor.teams import Platform, load_platform
 
@@ -48,22 +50,39 @@ def manifest_problems(spec: AppSpec, file: str, platform: Platform, manifests_ro
             tag_name="v0.0.0",
             digest=PLACEHOLDER_DIGEST,
         )
+        folder = manifests_root / env.manifests
+        policy = image_policy(spec, PLACEHOLDER_REGISTRY, PLACEHOLDER_DIGEST, platform)
+        problems += [
+            SpecProblem(file, f"environments.{env.name}.manifests", line)
+            for line in _render_problems(folder, variables, policy, platform)
+        ]
+    return problems
+
+
+def _render_problems(folder: Path, variables: dict[str, str], policy: ImagePolicy, platform: Platform) -> list[str]:
+    """What rendering the folder finds wrong, one line each; kept while the files and the values are the same."""
+
+    def render() -> list[str]:
         try:
-            render_folder(
-                manifests_root / env.manifests,
-                variables,
-                image_policy(spec, PLACEHOLDER_REGISTRY, PLACEHOLDER_DIGEST, platform),
-            )
+            render_folder(folder, variables, policy)
         except RenderError as exc:
             lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines()]
-            problems += [
-                SpecProblem(file, f"environments.{env.name}.manifests", line)
+            return [
+                line
                 for line in lines
                 if line
                 and not line.startswith("Known variables")
                 and "unknown variable(s) in the manifests" not in line
             ]
-    return problems
+        return []
+
+    try:
+        files = [(p.name, p.read_bytes()) for p in manifest_files(folder)]
+    except (RenderError, OSError):
+        return render()  # no folder, no files: the check says so, nothing to keep
+    inputs = [str(folder), json.dumps(variables, sort_keys=True), policy.own_repository, policy.digest]
+    inputs += [json.dumps(platform.images.allowed)] + [part for name, data in files for part in (name, data)]
+    return cached_check(f"manifests {folder} {policy.own_repository}", inputs, render)
 
 
 def _known_image(image: str, platform: Platform) -> bool:

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from conveyor import ledger as ledger_store
+from conveyor import settings
 from conveyor.exceptions import ConveyorError, TamperedRecords
 from conveyor.ledger import Anchor, Entry, Ledger
 from conveyor.records import AppRecords, Deployed, Kind
@@ -29,8 +30,7 @@ from conveyor.records import AppRecords, Deployed, Kind
 
 def default_folder() -> Path:
     """``$AIRFLOW_HOME/conveyor-archive``, beside the default records database."""
-    home = os.environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
-    return Path(home) / "conveyor-archive"
+    return settings.airflow_home() / "conveyor-archive"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,11 @@ from conveyor.gate_sensor import ApprovalSensor
 from conveyor.notifier import StepNotifier
 from conveyor.operators import ConveyorPodOperator
 from conveyor.pipeline import Pipeline, RunValues, Step, build_pipeline, step_secrets
+from conveyor.settings import CiCluster, StepImages
 from conveyor.spec import RELEASE_TAG, AppSpec, Environment
 from conveyor.steps import PodContext, build_step_pod
-from conveyor.steps.common import label_value
-from conveyor.teams import load_platform, team_ci
+from conveyor.steps.common import label_value, step_pod_name
+from conveyor.teams import Platform, load_platform, team_ci
 
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 POD_START_CHECK_SECONDS = 0.25  # the provider's look at a starting pod, in seconds
@@ -203,7 +204,41 @@ def _serializer() -> ApiClient:
     return ApiClient()
 
 
-def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str]) -> Any:
+def _pod_template(pipeline: Pipeline, step: Step, ctx: PodContext, templates: list[str]) -> dict[str, Any]:
+    """A step's pod as the operator's ``pod_template_dict``, made when its task runs (ConveyorPodOperator)."""
+    pod = build_step_pod(pipeline, step, ctx)
+    result: dict[str, Any] = to_template_dict(_serializer().sanitize_for_serialization(pod), templates)
+    return result
+
+
+@dataclass(frozen=True)
+class DagSettings:
+    """What every DAG of one parse of the DAG file shares, read once for all of them (with hundreds of apps,
+    reading the platform file's, the images file's and Airflow's settings per DAG added up)."""
+
+    platform: Platform
+    images: StepImages
+    ci: CiCluster
+    gate_poll_interval: float
+    gate_deferrable: bool
+
+    @classmethod
+    def read(cls) -> DagSettings:
+        return cls(
+            platform=load_platform(),
+            images=settings.load_step_images(),
+            ci=settings.ci_cluster(),
+            gate_poll_interval=settings.gate_poll_interval(),
+            gate_deferrable=settings.gate_deferrable(),
+        )
+
+    def pod_context(self, spec: AppSpec) -> PodContext:
+        return PodContext(
+            ci=team_ci(self.platform, spec.team, self.ci), images=self.images, values=RunValues.airflow(spec)
+        )
+
+
+def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str], shared: DagSettings) -> Any:
     spec = pipeline.spec
     trigger_rule = "none_failed" if step.release_only else "all_success"
     if step.is_gate:
@@ -215,14 +250,12 @@ def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str])
             release_only=step.release_only,
             auto_tag=spec.release.auto_tag,
             timeout=step.policy.timeout,
-            poll_interval=settings.gate_poll_interval(),
-            deferrable=settings.gate_deferrable(),
+            poll_interval=shared.gate_poll_interval,
+            deferrable=shared.gate_deferrable,
             trigger_rule=trigger_rule,
             doc_md=step.doc,
             retries=0,
         )
-    pod = build_step_pod(pipeline, step, ctx)
-    pod_dict = to_template_dict(_serializer().sanitize_for_serialization(pod), templates)
     extra: dict[str, Any] = {}
     if step.type.one_at_a_time:
         extra["max_active_tis_per_dag"] = 1
@@ -238,8 +271,8 @@ def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str])
         deploy_target=(env.cluster, env.namespace) if (env := _environment(pipeline, step)) else None,
         kubernetes_conn_id=ctx.ci.connection_id,
         namespace=ctx.ci.namespace,
-        name=pod.metadata.name,
-        pod_template_dict=pod_dict,
+        name=step_pod_name(pipeline, step),
+        pod_template=partial(_pod_template, pipeline, step, ctx, templates),
         do_xcom_push=step.type.result,
         get_logs=True,
         # The step's init containers (fetch, prepare, package, the image build) log into the task log too.
@@ -258,12 +291,12 @@ def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str])
     )
 
 
-def build_dag(spec: AppSpec, *, ctx: PodContext | None = None) -> DAG:
+def build_dag(spec: AppSpec, *, shared: DagSettings | None = None) -> DAG:
     """The DAG of one app: its id is the app's name, its tasks the pipeline's steps."""
     pipeline = build_pipeline(spec)
-    values = RunValues.airflow(spec)
-    ctx = ctx or PodContext(ci=team_ci(load_platform(), spec.team), images=settings.load_step_images(), values=values)
-    templates = template_strings(values)
+    shared = shared or DagSettings.read()
+    ctx = shared.pod_context(spec)
+    templates = template_strings(ctx.values)
     dag = DAG(
         dag_id=spec.name,
         description=spec.description or f"Conveyor pipeline of {spec.name}",
@@ -284,7 +317,7 @@ def build_dag(spec: AppSpec, *, ctx: PodContext | None = None) -> DAG:
         max_active_runs=spec.limits.max_active_runs,
     )
     with dag:
-        tasks = [_task(step, pipeline, ctx, templates) for step in pipeline.steps]
+        tasks = [_task(step, pipeline, ctx, templates, shared) for step in pipeline.steps]
         chain(*tasks)
     # The params after the tasks: Airflow deep-copies the DAG's params into each operator it makes (three times
     # for ours, once per class), a fifth of the DAG file's time; a task's params are the DAG's merged with its
@@ -352,8 +385,9 @@ def register_apps(namespace: dict[str, Any], folder: Path | None = None, *, team
             else SpecError(", ".join(e.file for e in errors), [p for e in errors for p in e.problems])
         )
     dags: dict[str, DAG] = {}
+    shared = DagSettings.read() if specs else None
     for spec in specs:
-        dag = build_dag(spec)
+        dag = build_dag(spec, shared=shared)
         namespace[f"conveyor_{spec.name.replace('-', '_')}"] = dag
         dags[spec.name] = dag
     for error in errors:

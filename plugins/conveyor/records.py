@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, TypeVar
 
 from conveyor import reports, settings
@@ -381,8 +379,7 @@ class AppRecords:
 
 
 def default_database_url() -> str:
-    home = os.environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
-    return f"sqlite:///{Path(home) / 'conveyor.db'}"
+    return f"sqlite:///{settings.airflow_home() / 'conveyor.db'}"
 
 
 def _ledger() -> Ledger:

@@ -37,6 +37,16 @@ def conveyor_home() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def airflow_home() -> Path:
+    """Airflow's home folder (``AIRFLOW_HOME``, as Airflow defaults it): Conveyor's own files beside Airflow's."""
+    return Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
+
+
+def check_cache_folder() -> Path:
+    """Where the results of checks whose inputs have not changed are kept (conveyor.check_cache)."""
+    return Path(_conf_get("check_cache_folder", str(airflow_home() / "conveyor-cache")))
+
+
 def apps_folder() -> Path:
     """Where the app specs live (``[conveyor] apps_folder``)."""
     return Path(_conf_get("apps_folder", str(conveyor_home() / "include" / "apps")))

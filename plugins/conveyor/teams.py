@@ -359,10 +359,10 @@ def _load(path: str, _stamp: int) -> Platform:
         raise ConfigurationError(f"{path} is invalid: {problems}") from None
 
 
-def team_ci(platform: Platform, team: str) -> settings.CiCluster:
+def team_ci(platform: Platform, team: str, default: settings.CiCluster | None = None) -> settings.CiCluster:
     """Where the pipeline pods of ``team``'s apps run: the team's own CI namespace and connection when the
-    platform file gives it one, else the platform's (``[conveyor] ci_*``)."""
-    default = settings.ci_cluster()
+    platform file gives it one, else the platform's (``default``: ``[conveyor] ci_*``)."""
+    default = default or settings.ci_cluster()
     found = platform.teams.get(team)
     if found is None or found.ci is None:
         return default

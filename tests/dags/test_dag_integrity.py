@@ -177,7 +177,7 @@ def test_pod_templates_only_render_run_values(dagbag: DagBag) -> None:
     }
     # The step scripts are not in the pod template at all (a ConfigMap the pod mounts): pods carry arguments only.
     task = dagbag.dags["appointments"].get_task("build")
-    assert task.pod_template_dict["spec"]["containers"][0]["command"] == ["bash", "/opt/conveyor/steps/publish.sh"]
+    assert task.step_pod_template()["spec"]["containers"][0]["command"] == ["bash", "/opt/conveyor/steps/publish.sh"]
 
 
 def test_gate_expiry_is_a_rejection_with_the_timeout(dagbag: DagBag, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,3 +206,15 @@ def test_every_environment_has_its_own_gate_cluster_and_deploy(dagbag: DagBag) -
     with pytest.raises(AirflowSkipException, match="Step deploy_staging runs only when the run has a tag_name"):
         deploy.execute({"params": {"branch": "main", "tag_name": None}})
     assert "deploy_staging" in dag.params.get_param("until").schema["enum"]
+
+
+def test_step_pods_are_made_when_their_task_runs_not_when_the_file_is_parsed() -> None:
+    """Parsing builds operators only; each pod (hundreds of dicts per app) is made by the task that runs it."""
+    from conveyor.dag_builder import build_dag
+
+    dag = build_dag(load_spec(REPO / "include" / "apps" / "appointments.yaml"))
+    task = dag.get_task("deploy_dev")
+    assert isinstance(task, ConveyorPodOperator) and task.pod_template_dict is None
+    made = task.step_pod_template()
+    assert made is not None and made["metadata"]["name"] == "appointments-deploy-dev" == task.name
+    assert task.pod_template_dict is made and task.step_pod_template() is made, "made once"

@@ -275,6 +275,11 @@ def fetch_container(pipeline: Pipeline, step: Step, ctx: PodContext) -> k8s.V1Co
     )
 
 
+def step_pod_name(pipeline: Pipeline, step: Step) -> str:
+    """The name a step's pod is made with (the provider adds a random suffix)."""
+    return f"{pipeline.app}-{step.id.replace('_', '-')}"
+
+
 def step_pod(
     pipeline: Pipeline,
     step: Step,
@@ -320,7 +325,7 @@ def step_pod(
         api_version="v1",
         kind="Pod",
         metadata=k8s.V1ObjectMeta(
-            name=f"{pipeline.app}-{step.id.replace('_', '-')}",
+            name=step_pod_name(pipeline, step),
             namespace=ctx.ci.namespace,
             labels=step_labels(pipeline, step, ctx.values),
             annotations={"conveyor/description": step.doc},
