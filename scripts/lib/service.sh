@@ -2,8 +2,11 @@
 # started, waited for, found and stopped. Sourced by their up/down scripts, not executed.
 # shellcheck shell=bash
 #
-#   service_pid PIDFILE PATTERN         print the pid in PIDFILE when that process runs (not a zombie) and
-#                                       its command line matches the extended regex PATTERN; else return 1
+#   service_pid PIDFILE PATTERN         print the pid in PIDFILE when that process runs (not a zombie), its
+#                                       command line matches the extended regex PATTERN, it started when the
+#                                       process service_start made did (PIDFILE.start) and belongs to the pid
+#                                       file's owner; else return 1 (a pid reused by another process, even
+#                                       one whose command line looks alike, is never taken for the service)
 #   service_start NAME PIDFILE LOG CMD...
 #                                       CMD detached in a session of its own (no terminal, stdin closed,
 #                                       fd 9 — the callers' lock — not inherited) under scripts/lib/supervise,
@@ -35,6 +38,10 @@ _stat() { local line; { line="$(<"/proc/$1/stat")"; } 2>/dev/null || return 1; e
 # _live PID: the process runs, not a zombie waiting for its parent (kill -0 succeeds on those).
 _live() { local state; state="$(_stat "$1")" && [[ -n $state && ${state:0:1} != Z && ${state:0:1} != X ]]; }
 
+# _started PID: when the process started (clock ticks since boot; field 22 of /proc/PID/stat): with the pid,
+# it names one process for as long as the machine runs.
+_started() { local fields; read -r -a fields <<<"$(_stat "$1")" && [[ -n ${fields[19]:-} ]] && echo "${fields[19]}"; }
+
 # _matches PID PATTERN: its command line matches the extended regex PATTERN.
 _matches() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qE -- "$2"; }
 
@@ -42,7 +49,11 @@ service_pid() {
   local pidfile=$1 pattern=$2 pid
   [[ -s $pidfile ]] || return 1
   pid="$(<"$pidfile")"
-  if [[ $pid =~ ^[0-9]+$ ]] && _live "$pid" && _matches "$pid" "$pattern"; then echo "$pid"; else return 1; fi
+  [[ $pid =~ ^[0-9]+$ ]] && _live "$pid" && _matches "$pid" "$pattern" || return 1
+  [[ "$(stat -c %u "/proc/$pid" 2>/dev/null)" == "$(stat -c %u "$pidfile")" ]] || return 1
+  # (a pid file written before start times were kept has none: the checks above are all it gets)
+  [[ ! -e $pidfile.start || "$(_started "$pid")" == "$(<"$pidfile.start")" ]] || return 1
+  echo "$pid"
 }
 
 # _session_members SID [PATTERN]: the live processes (not zombies) of session SID, those whose command line
@@ -70,7 +81,9 @@ service_start() {
   printf '=== %s %s starting: %s\n' "$(date -u +%FT%TZ)" "$name" "$*" >>"$logfile"
   SUPERVISE_READY_FILE="$pidfile.ready" setsid nohup bash "$_service_lib/supervise" "$name" "$@" \
     >>"$logfile" 2>&1 </dev/null 9>&- &
-  echo "$!" >"$pidfile"
+  local pid=$!
+  _started "$pid" >"$pidfile.start" || rm -f "$pidfile.start"  # (gone already: service_wait says why)
+  echo "$pid" >"$pidfile"
 }
 
 service_wait() {
@@ -114,8 +127,9 @@ service_stop() {
     sid=$pid
     [[ "$(_stat "$pid" | cut -d' ' -f4)" == "$pid" ]] || sid=""
     kill -TERM "$pid" 2>/dev/null || true
-  elif [[ -n $pid ]] && members="$(_session_members "$pid" "$pattern")" && [[ -n $members ]]; then
+  elif [[ -n $pid ]] && ! _live "$pid" && members="$(_session_members "$pid" "$pattern")" && [[ -n $members ]]; then
     # Its supervisor is gone (killed), the server is not: only what matches the service's pattern is stopped.
+    # (While a process with that pid lives, the session is that process's: not the service's.)
     echo "$name: its supervisor (pid $pid) is gone; stopping what is left of it: $(tr '\n' ' ' <<<"$members")" >&2
     # shellcheck disable=SC2086 # one pid a word
     kill -TERM $members 2>/dev/null || true
@@ -123,7 +137,7 @@ service_stop() {
     pattern_only=$pattern
   else
     if [[ -e $pidfile ]]; then echo "$name: not running (stale pid file removed)" >&2; else echo "$name: not running" >&2; fi
-    rm -f "$pidfile" "$pidfile.ready"
+    rm -f "$pidfile" "$pidfile.ready" "$pidfile.start"
     return 0
   fi
   left() {
@@ -145,6 +159,6 @@ service_stop() {
     fi
     sleep 0.2
   fi
-  rm -f "$pidfile" "$pidfile.ready"
+  rm -f "$pidfile" "$pidfile.ready" "$pidfile.start"
   echo "$name: stopped (pid $pid)" >&2
 }

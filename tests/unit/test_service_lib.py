@@ -157,3 +157,27 @@ def test_a_service_that_crashes_is_started_again_and_stops_for_good_when_stopped
     assert stopped.returncode == 0 and not alive(second)
     time.sleep(1.5)
     assert len((tmp_path / "runs").read_text().split()) == 2  # not started again after the stop
+
+
+def test_a_reused_pid_is_not_the_service_even_when_its_command_looks_alike(tmp_path: Path) -> None:
+    """After a crash of the machine or of the supervisor, the pid in the file can belong to another process: one
+    whose command line matches the pattern must still not be stopped, nor taken for a running service."""
+    start_ready(tmp_path, "bash -c 'touch ready; exec -a demo-server sleep 300'")
+    supervisor = int((tmp_path / "demo.pid").read_text())
+    assert sh("service_pid demo.pid demo-server", tmp_path).stdout.strip() == str(supervisor)
+    squatter = subprocess.Popen(["bash", "-c", "exec -a demo-server sleep 300"], start_new_session=True)
+    try:
+        sh("service_stop demo demo.pid demo-server", tmp_path)
+        # the pid file names the look-alike now (as when the kernel hands the old pid to it), start time and all
+        (tmp_path / "demo.pid").write_text(f"{squatter.pid}\n")
+        (tmp_path / "demo.pid.start").write_text("1\n")
+        assert sh("service_pid demo.pid demo-server", tmp_path).returncode == 1
+        stopped = sh("service_stop demo demo.pid demo-server", tmp_path)
+        assert "stale pid file removed" in stopped.stderr and squatter.poll() is None, "the look-alike was stopped"
+        # a pid file of another user's (not the one who starts the services) does not count either
+        (tmp_path / "demo.pid").write_text(f"{squatter.pid}\n")
+        os.chown(tmp_path / "demo.pid", 65534, 65534)
+        assert sh("service_pid demo.pid demo-server", tmp_path).returncode == 1
+    finally:
+        squatter.kill()
+        squatter.wait()
