@@ -80,7 +80,12 @@ def _render_problems(folder: Path, variables: dict[str, str], policy: ImagePolic
         files = [(p.name, p.read_bytes()) for p in manifest_files(folder)]
     except (RenderError, OSError):
         return render()  # no folder, no files: the check says so, nothing to keep
-    inputs = [str(folder), json.dumps(variables, sort_keys=True), policy.own_repository, policy.digest]
+    inputs: list[str | bytes] = [
+        str(folder),
+        json.dumps(variables, sort_keys=True),
+        policy.own_repository,
+        policy.digest,
+    ]
     inputs += [json.dumps(platform.images.allowed)] + [part for name, data in files for part in (name, data)]
     return cached_check(f"manifests {folder} {policy.own_repository}", inputs, render)
 

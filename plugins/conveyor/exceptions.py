@@ -11,6 +11,7 @@ The tree::
     ├── LedgerConflict       appending to an app's records kept colliding with other writers
     ├── RunSuperseded        a newer push of the branch or tag superseded a run before it started
     ├── HookRefused          a git push event was refused (bad signature 401, malformed 400)
+    ├── StepResultError      a step's result in its pod's log is incomplete, malformed or too large
     └── ApprovalError        an approval decision was refused
         ├── NotFound             no such app, run or gate (404)
         ├── NotAnApprover        the user is not allowed to decide this gate (403)
@@ -89,6 +90,11 @@ class HookRefused(ConveyorError):
     def __init__(self, message: str, status_code: int = 400) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class StepResultError(ConveyorError):
+    """The result a step's script handed on in its pod's log cannot be read: lines of it are missing, it is not
+    JSON, or it is larger than a step may hand on (:mod:`conveyor.pod_manager`)."""
 
 
 class ApprovalError(ConveyorError):

@@ -24,7 +24,7 @@ from conveyor import gate as gate_rules
 from conveyor.credentials import bind_pod_secrets, remove_secrets, sync_secrets
 from conveyor.exceptions import ConveyorError, RunSuperseded, TamperedRecords
 from conveyor.pipeline import STEP_TYPES, SecretRef, StepKind
-from conveyor.pod_manager import STEP_END_ENV, PromptPodManager, new_step_end_token
+from conveyor.pod_manager import STEP_END_ENV, STEP_RESULT_ENV, PromptPodManager, new_step_end_token
 from conveyor.run_view import RunReportLink
 from conveyor.steps.common import SCRIPTS_VOLUME, ensure_step_scripts, runs_a_step_script, scripts_config_map_name
 from conveyor.task_rules import (
@@ -298,7 +298,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
         records.record(self.app, records.Kind.PASSED, records.Passed(run_id, self.task_id, checkout.commit))
 
     def extract_xcom(self, pod: k8s.V1Pod, **kwargs: Any) -> Any:
-        """The pod's result as its script wrote it (the provider reads it through the XCom sidecar), kept for
+        """The pod's result as its script handed it on (the pod manager reads it from the step's log), kept for
         :meth:`_record_passed`: what the unit_test and sonar pods report reaches the records straight from the pod,
         never from an XCom a person could edit."""
         result = super().extract_xcom(pod, **kwargs)
@@ -528,7 +528,14 @@ class ConveyorPodOperator(KubernetesPodOperator):
 
     def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> k8s.V1Pod:
         self.step_pod_template()  # rendered already when the task runs; made here for a dry run
-        pod = super().build_pod_request_obj(context, dry_run=dry_run)
+        # The stock operator adds its XCom sidecar whenever do_xcom_push: a step's script hands on its result in
+        # its log instead (conveyor.pod_manager), so the pod is built as one without, and the task still returns
+        # the result (extract_xcom).
+        push, self.do_xcom_push = self.do_xcom_push, False
+        try:
+            pod = super().build_pod_request_obj(context, dry_run=dry_run)
+        finally:
+            self.do_xcom_push = push
         if context is not None:  # the Secrets of this step of this run, not the names the pod was built with
             bind_pod_secrets(pod, self._step_secrets(context["run_id"]))
         for volume in pod.spec.volumes or []:
@@ -539,17 +546,21 @@ class ConveyorPodOperator(KubernetesPodOperator):
         if base is None:
             return pod
         env: dict[str, str] = {}
-        if runs_a_step_script(base) and settings.load_step_images().is_own(str(base.image)):
-            # A token for this pod alone: the script ends its log with it (conveyor.pod_manager.StepEnd). Not
-            # for an image an app spec chose (sonar's may be): only Conveyor's code may end a step by its word.
-            env[STEP_END_ENV] = new_step_end_token()
+        if runs_a_step_script(base):
+            # A token for this pod alone, which marks the script's last lines: its result and its end line
+            # (conveyor.pod_manager.StepEnd). In an image an app spec chose (sonar's may be) it marks the result
+            # only: such a step hands on its result as before, when the XCom sidecar read the file the same
+            # container wrote, but only Conveyor's own code may end a step by its word.
+            own = settings.load_step_images().is_own(str(base.image))
+            if own or self.do_xcom_push:
+                env[STEP_END_ENV if own else STEP_RESULT_ENV] = new_step_end_token()
         if self._base_commits:
             env[BASE_COMMITS_ENV] = " ".join(self._base_commits)
         if self._release_manifests is not None:
             # The approved bytes and their hash: the step script checks one against the other before applying.
             env[MANIFESTS_ENV] = env_literal(self._release_manifests)
             env[MANIFESTS_SHA_ENV] = hashlib.sha256(self._release_manifests.encode()).hexdigest()
-        base.env = [e for e in base.env or [] if e.name not in env] + [
+        base.env = [e for e in base.env or [] if e.name not in {*env, STEP_END_ENV, STEP_RESULT_ENV}] + [
             k8s.V1EnvVar(name=name, value=value) for name, value in env.items()
         ]
         return pod

@@ -85,6 +85,9 @@ def test_release_reaches_production_with_the_tested_digest(
         log = run.log(step)
         assert "the step's script ended with exit code 0" in log, step
         assert "step-end" not in log, step  # the line itself (and its token) stays out of the task log
+        # The result came in the same log, without a sidecar (the XComs above are what it handed on).
+        assert ("the step handed on its result (" in log) == (step in ("checkout", "unit_test", "build")), step
+        assert "step-result" not in log and "xcom sidecar" not in log.lower(), step
 
 
 def test_reject_with_reason_stops_before_deploy_dev(

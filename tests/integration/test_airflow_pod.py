@@ -1,11 +1,13 @@
-"""A KubernetesPodOperator task run through Airflow reaches the local cluster the way every
-pipeline step does.
+"""A step task run through Airflow reaches the local cluster the way every pipeline step does, and
+hands on its result in its log: no XCom sidecar in the pod, no exec into it.
 
 A one-task DAG is written to a temporary folder (a Dag bundle of its own) and run with
 ``dag.test()`` in a subprocess (tests/support/run_dag_test.py) against the test metadata
 database of tests/conftest.py, with the platform's `k8s_ci` connection
-(/var/lib/conveyor/connections/k8s_ci.json) as ``AIRFLOW_CONN_K8S_CI``. Meanwhile the
-test watches the `conveyor-ci` namespace with the admin kubeconfig.
+(/var/lib/conveyor/connections/k8s_ci.json) as ``AIRFLOW_CONN_K8S_CI``. Its task is Conveyor's
+operator running the unit_test step's reporter (lib.sh + unit_test.sh from the step scripts'
+ConfigMap, in the pinned toolbox) on a JUnit report an init container leaves in the workspace.
+Meanwhile the test watches the `conveyor-ci` namespace with the admin kubeconfig.
 """
 
 from __future__ import annotations
@@ -33,25 +35,48 @@ CONNECTION = STATE / "connections" / "k8s_ci.json"
 KUBECONFIG = STATE / "kubeconfigs" / "admin.kubeconfig"
 CI_NS = "conveyor-ci"
 PULL_SECRET = "conveyor-registry"
-SIDECAR = "airflow-xcom-sidecar"
 UP = "run `make up`"
 LOCAL_BUNDLE = "airflow.dag_processing.bundles.local.LocalDagBundle"
 
 DAG_FILE = """\
 from __future__ import annotations
 
-from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import DAG
+from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
 
-with DAG(dag_id={dag_id!r}, schedule=None, catchup=False, tags=["conveyor-tests"]):
-    KubernetesPodOperator(
-        task_id="step",
-        kubernetes_conn_id="k8s_ci",
-        image={image!r},
+from conveyor.operators import ConveyorPodOperator
+from conveyor.steps.common import script_command, scripts_volume
+
+scripts, scripts_mount = scripts_volume()
+workspace = k8s.V1VolumeMount(name="workspace", mount_path="/workspace")
+pod = k8s.V1Pod(
+    spec=k8s.V1PodSpec(
         image_pull_secrets=[k8s.V1LocalObjectReference(name={pull_secret!r})],
-        cmds=["sh", "-c"],
-        arguments=[{script!r}],
+        volumes=[k8s.V1Volume(name="workspace", empty_dir=k8s.V1EmptyDirVolumeSource()), scripts],
+        init_containers=[
+            k8s.V1Container(name="test", image={image!r}, command=["sh", "-c", {tests!r}], volume_mounts=[workspace])
+        ],
+        containers=[
+            k8s.V1Container(
+                name="base",
+                image={image!r},
+                command=script_command("unit_test"),
+                args=["reports/*.xml"],
+                env=[k8s.V1EnvVar(name="CONVEYOR_TEST_STATE", value="/workspace/conveyor/unit-test")],
+                volume_mounts=[workspace, scripts_mount],
+            )
+        ],
+    )
+)
+
+with DAG(dag_id={dag_id!r}, schedule=None, catchup=False, tags=["conveyor-tests"], params={{"branch": "main"}}):
+    ConveyorPodOperator(
+        task_id="step",
+        app="smoke",
+        step_kind="push",  # a kind whose task keeps no records: no app needed
+        kubernetes_conn_id="k8s_ci",
+        pod_template_dict=ApiClient().sanitize_for_serialization(pod),
         labels={{"app.kubernetes.io/part-of": "conveyor-tests"}},
         do_xcom_push=True,
         get_logs=True,
@@ -59,6 +84,18 @@ with DAG(dag_id={dag_id!r}, schedule=None, catchup=False, tags=["conveyor-tests"
         startup_timeout_seconds=180,
     )
 """
+# What the "test" container leaves, as a test command would: a JUnit report and its exit code.
+TESTS = """set -e
+mkdir -p /workspace/src/reports /workspace/conveyor/unit-test
+cat > /workspace/src/reports/junit.xml <<'XML'
+{xml}
+XML
+echo 1 > /workspace/conveyor/unit-test/exit-code
+"""
+JUNIT = (
+    '<testsuite name="smoke" tests="2" failures="1"><testcase classname="smoke" name="test_ok"/>'
+    '<testcase classname="smoke" name="test_{token}"><failure message="expected {token}"/></testcase></testsuite>'
+)
 
 
 def _toolbox() -> str:
@@ -123,18 +160,23 @@ class PodWatch:
 def test_pod_operator_runs_a_step_pod_through_airflow(airflow_db: Path, core: Any, tmp_path: Path) -> None:
     if not CONNECTION.is_file():
         pytest.fail(f"{CONNECTION} does not exist: the cluster's connections were never written; {UP}", pytrace=False)
+    from conveyor import reports
+
     connection = CONNECTION.read_text(encoding="utf-8")
-    extra = json.loads(connection)["extra"]
-    sidecar_image = (json.loads(extra) if isinstance(extra, str) else extra)["xcom_sidecar_container_image"]
     token = uuid.uuid4().hex
     dag_id = f"conveyor_pod_smoke_{token[:8]}"
-    xcom = json.dumps({"token": token, "answer": 42})
-    script = f"echo 'hello from conveyor {token}'; echo '{xcom}' > /airflow/xcom/return.json"
+    junit = JUNIT.format(token=token)
+    tests = TESTS.format(xml=junit)
     bundle = tmp_path / "dags"
     bundle.mkdir()
     (bundle / f"{dag_id}.py").write_text(
-        DAG_FILE.format(dag_id=dag_id, image=_toolbox(), pull_secret=PULL_SECRET, script=script), encoding="utf-8"
+        DAG_FILE.format(dag_id=dag_id, image=_toolbox(), pull_secret=PULL_SECRET, tests=tests), encoding="utf-8"
     )
+    # the summary Conveyor's report reader makes of that report: what the step must hand on
+    (tmp_path / "src" / "reports").mkdir(parents=True)
+    (tmp_path / "src" / "reports" / "junit.xml").write_text(junit, encoding="utf-8")
+    expected = reports.collect(tmp_path / "src", ("reports/*.xml",), 1).to_dict()
+    assert expected["failed"][0]["name"] == f"smoke.test_{token}"
     env = {
         **os.environ,
         "AIRFLOW_CONN_K8S_CI": connection,
@@ -166,25 +208,25 @@ def test_pod_operator_runs_a_step_pod_through_airflow(airflow_db: Path, core: An
     )
     assert pods.error is None, f"watching the pods of {dag_id} failed: {pods.error!r}"
 
-    # one pod, in the connection's namespace, running the pinned toolbox with the pull secret
+    # one pod, in the connection's namespace, running the pinned toolbox with the pull secret, and no
+    # container besides the step's own: no XCom sidecar
     assert len(pods.seen) == 1, f"expected one pod for {dag_id}, saw {sorted(pods.seen)}"
     pod = next(iter(pods.seen.values()))
     assert pod.metadata.namespace == CI_NS
     assert pod.metadata.labels["task_id"] == "step"
-    containers = {c.name: c for c in pod.spec.containers}
-    assert containers["base"].image == _toolbox()
+    assert [c.name for c in pod.spec.containers] == ["base"]
+    assert pod.spec.containers[0].image == _toolbox()
     assert [s.name for s in pod.spec.image_pull_secrets or []] == [PULL_SECRET]
-    assert containers[SIDECAR].image == sidecar_image
+    assert "CONVEYOR_STEP_END" in {e.name for e in pod.spec.containers[0].env or []}
 
-    # the step's stdout is in the task log, and the sidecar was stopped the provider's first way
-    assert f"[base] hello from conveyor {token}" in log, f"the pod's output is not in the task log:\n{log[-4000:]}"
-    assert "Running command... kill -2 $(pgrep" in log
-    assert "Primary kill command failed" not in log, (
-        "the XCom sidecar lacks what the provider's kill command needs (pgrep, id): rebuild it with "
-        "`scripts/images/build xcom-sidecar`"
-    )
+    # the step's output is in the task log, its result is not (a line says it came), and nothing was exec'd
+    assert "[base] [conveyor] unit tests: 1 passed, 1 failed, 0 skipped" in log, log[-4000:]
+    assert "[base] [conveyor] the step handed on its result (" in log, log[-4000:]
+    assert "[base] [conveyor] the step's script ended with exit code 0" in log
+    assert "step-result" not in log and "step-end" not in log
+    assert "Running command" not in log and "xcom sidecar" not in log.lower()
 
-    # the XCom came back into Airflow
+    # the result came back into Airflow as the task's XCom, exactly as the script wrote it
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -196,7 +238,7 @@ def test_pod_operator_runs_a_step_pod_through_airflow(airflow_db: Path, core: An
             )
         ).all()
         values = [XComModel.deserialize_value(row) for row in rows]
-    assert values == [{"token": token, "answer": 42}]
+    assert values == [expected]
 
     # ... and the pod is gone
     assert pods.deleted == set(pods.seen), f"pod {sorted(pods.seen)} was not deleted after the task"

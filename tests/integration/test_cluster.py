@@ -19,8 +19,6 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tests.integration.conftest import exec_stdout
-
 pytestmark = pytest.mark.integration
 
 KUBECONFIGS = Path(os.environ.get("CONVEYOR_KUBECONFIGS", "/var/lib/conveyor/kubeconfigs"))
@@ -288,9 +286,9 @@ def test_node_pulls_from_plain_http_registry_on_bridge(core: client.CoreV1Api, c
     Needs the local registry (`make up`) with the image pushed and the pull secret on
     conveyor-ci's default ServiceAccount (scripts/registry/pull-secrets).
     """
-    image = _pinned_image("xcom-sidecar")
+    image = _pinned_image("base")
     name = _name("pull")
-    pod = _pod(name, image, restart="Never")
+    pod = _pod(name, image, ["true"], restart="Never")
     pod.spec.containers[0].image_pull_policy = "Always"
     core.create_namespaced_pod(CI_NS, pod)
     cleanup.append(("pod", name))
@@ -308,15 +306,36 @@ def test_node_pulls_from_plain_http_registry_on_bridge(core: client.CoreV1Api, c
     assert f'Successfully pulled image "{image}"' in events
 
 
-def test_ci_credentials_run_and_exec_into_pipeline_pods(api_for: Callable[[str], client.ApiClient]) -> None:
-    """What the KubernetesPodOperator does with k8s_ci: create, watch, exec (xcom sidecar), delete."""
-    ci = client.CoreV1Api(api_for("ci"))
-    name = _name("ci-exec")
-    ci.create_namespaced_pod(CI_NS, _pod(name, BUSYBOX_IMAGE, ["sleep", "300"]))
+def test_ci_credentials_run_pipeline_pods_but_cannot_exec_into_them(api_for: Callable[[str], client.ApiClient]) -> None:
+    """What the KubernetesPodOperator does with k8s_ci: create, watch, read the log (a step hands on its result
+    in it), delete. Never a command in a running pod: the pipeline Role grants no pods/exec or pods/attach."""
+    ci_api = api_for("ci")
+    ci = client.CoreV1Api(ci_api)
+    name = _name("ci-run")
+    ci.create_namespaced_pod(CI_NS, _pod(name, BUSYBOX_IMAGE, ["sh", "-c", "echo result-$((6 * 7)); sleep 300"]))
     try:
         _wait(f"pod {name} to be Running", lambda: ci.read_namespaced_pod(name, CI_NS).status.phase == "Running")
-        out = exec_stdout(ci, name, CI_NS, ["/bin/sh", "-c", "echo xcom-$((6 * 7))"])
-        assert out.strip() == "xcom-42"
+        _wait(f"pod {name}'s log", lambda: "result-42" in ci.read_namespaced_pod_log(name, CI_NS))
+
+        # what `kubectl auth can-i VERB pods --subresource=SUB -n conveyor-ci` answers with these credentials
+        def can(verb: str, subresource: str) -> bool:
+            attributes = client.V1ResourceAttributes(
+                namespace=CI_NS, verb=verb, resource="pods", subresource=subresource
+            )
+            review = client.V1SelfSubjectAccessReview(
+                spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attributes)
+            )
+            return bool(client.AuthorizationV1Api(ci_api).create_self_subject_access_review(review).status.allowed)
+
+        assert can("get", "log")
+        for verb in ("create", "get"):
+            for subresource in ("exec", "attach"):
+                assert not can(verb, subresource), f"the pipeline account may {verb} pods/{subresource}"
+        # and the API server refuses it (the credentials are checked before the connection is upgraded)
+        for connect in (ci.connect_post_namespaced_pod_exec, ci.connect_post_namespaced_pod_attach):
+            with pytest.raises(ApiException) as refused:
+                connect(name, CI_NS, stdout=True, **({"command": "true"} if "exec" in connect.__name__ else {}))
+            assert refused.value.status == 403, refused.value
         with pytest.raises(ApiException) as denied:
             ci.list_namespaced_pod("dev")
         assert denied.value.status == 403
@@ -386,7 +405,6 @@ def test_airflow_connections_work_with_the_kubernetes_provider(
     for conn_id, namespace in expected.items():
         hook = KubernetesHook(conn_id=conn_id)
         assert hook.get_namespace() == namespace
-        assert hook.get_xcom_sidecar_container_image() == _pinned_image("xcom-sidecar")
         api = hook.core_v1_client
         try:
             api.list_namespaced_pod(namespace)  # allowed in its own namespace

@@ -401,14 +401,14 @@ def test_an_unreachable_conveyor_neither_fails_nor_holds_up_the_push(
 # --- the checkout step ------------------------------------------------------------------
 
 # Runs the checkout step's script (lib.sh + checkout.sh, exactly as the step's pod does) once
-# per "URL BRANCH" pair in a fresh workspace and prints each XCom it wrote on a line of its own.
+# per "TOKEN URL BRANCH" triple in a fresh workspace: each run gets a token of its own, as each
+# step's pod does, with which it hands on its result in the log (read as the operator reads it).
 CHECKOUT_TWICE = r"""set -eu
 script="$1"; shift
-while [ "$#" -ge 2 ]; do
-  rm -rf /workspace/src /airflow/xcom
-  bash -c "$script" conveyor-checkout "$1" "$2"
-  printf 'XCOM %s\n' "$(jq -c . /airflow/xcom/return.json)"
-  shift 2
+while [ "$#" -ge 3 ]; do
+  rm -rf /workspace/src
+  CONVEYOR_STEP_END="$1" bash -c "$script" conveyor-checkout "$2" "$3"
+  shift 3
 done
 """
 
@@ -436,10 +436,17 @@ def ci() -> Iterator[Any]:
     api.rest_client.pool_manager.clear()
 
 
-def _run_checkout_pod(ci: Any, name: str, secret: str, pairs: list[str], base_commits: str = "") -> str:
+def _run_checkout_pod(
+    ci: Any, name: str, secret: str, checkouts: list[tuple[str, str]], base_commits: str = ""
+) -> tuple[str, list[Any]]:
+    """Checks out each (URL, branch) in one pod; its log and the result each checkout handed on in it."""
     from kubernetes.client import models as k8s
 
+    from conveyor.pod_manager import StepEnd, new_step_end_token
     from conveyor.steps.common import script
+
+    tokens = [new_step_end_token() for _ in checkouts]
+    runs = [arg for token, (url, branch) in zip(tokens, checkouts, strict=True) for arg in (token, url, branch)]
 
     def from_secret(env: str, key: str) -> Any:
         return k8s.V1EnvVar(
@@ -457,7 +464,7 @@ def _run_checkout_pod(ci: Any, name: str, secret: str, pairs: list[str], base_co
                 k8s.V1Container(
                     name="base",
                     image=_toolbox(),
-                    command=["bash", "-c", CHECKOUT_TWICE, "conveyor-test", script("checkout"), *pairs],
+                    command=["bash", "-c", CHECKOUT_TWICE, "conveyor-test", script("checkout"), *runs],
                     env=[
                         from_secret("GIT_USERNAME", "username"),
                         from_secret("GIT_PASSWORD", "password"),
@@ -476,7 +483,9 @@ def _run_checkout_pod(ci: Any, name: str, secret: str, pairs: list[str], base_co
         time.sleep(1)
     log = ci.read_namespaced_pod_log(name, CI_NS, _preload_content=False).data.decode()
     assert phase == "Succeeded", f"the checkout step failed; its log ends:\n{log[-3000:]}"
-    return log
+    results = [StepEnd(name, "base", token).take_all(log.splitlines()).result_text() for token in tokens]
+    assert all(results), f"a checkout handed on no result; its log:\n{log[-3000:]}"
+    return log, [json.loads(result or "") for result in results]
 
 
 def test_checkout_step_hands_on_the_recorded_pusher(
@@ -510,11 +519,9 @@ def test_checkout_step_hands_on_the_recorded_pusher(
     pod = f"checkout-pushers-{token}"
     cleanup.append(lambda: ci.delete_namespaced_pod(pod, CI_NS, grace_period_seconds=0))
     pod_url = url.replace(GIT, GIT_FROM_PODS, 1)
-    log = _run_checkout_pod(ci, pod, secret, [pod_url, "main", pod_url, "side"])
+    log, results = _run_checkout_pod(ci, pod, secret, [(pod_url, "main"), (pod_url, "side")])
 
-    xcoms = [json.loads(line[5:]) for line in log.splitlines() if line.startswith("XCOM ")]
-    assert len(xcoms) == 2, f"the checkout step wrote {len(xcoms)} XComs, not 2; its log:\n{log[-3000:]}"
-    assert xcoms[0] == {
+    assert results[0] == {
         "commit": recorded,
         "branch": "main",
         "message": "typed as Bob, committed as Carol, pushed by alice",
@@ -529,7 +536,8 @@ def test_checkout_step_hands_on_the_recorded_pusher(
         "change_pushers": ["alice"],
     }
     assert "pushed by alice (recorded by the Git server)" in log
-    assert (xcoms[1]["commit"], xcoms[1]["pusher"], xcoms[1]["author_email"]) == (unrecorded, "", "bob@example.com")
+    side = results[1]
+    assert (side["commit"], side["pusher"], side["author_email"]) == (unrecorded, "", "bob@example.com")
     assert f"no pusher recorded for {unrecorded}" in log
 
 
@@ -564,11 +572,10 @@ def test_checkout_step_names_everyone_behind_the_commits_a_release_brings(
     pod = f"checkout-range-{token}"
     cleanup.append(lambda: ci.delete_namespaced_pod(pod, CI_NS, grace_period_seconds=0))
     pod_url = url.replace(GIT, GIT_FROM_PODS, 1)
-    log = _run_checkout_pod(ci, pod, secret, [pod_url, "main"], base_commits=f"{deployed} {'f' * 40}")
+    log, (result,) = _run_checkout_pod(ci, pod, secret, [(pod_url, "main")], base_commits=f"{deployed} {'f' * 40}")
 
-    (xcom,) = [json.loads(line[5:]) for line in log.splitlines() if line.startswith("XCOM ")]
-    assert xcom["commit"] == tip and xcom["pusher"] == "alice"
-    assert (xcom["change_commits"], xcom["change_truncated"]) == (2, False)
-    assert xcom["change_pushers"] == ["alice", "bob"]
-    assert xcom["change_emails"] == ["alice@example.com", "bob@example.com", "test@conveyor.invalid"]
+    assert result["commit"] == tip and result["pusher"] == "alice"
+    assert (result["change_commits"], result["change_truncated"]) == (2, False)
+    assert result["change_pushers"] == ["alice", "bob"]
+    assert result["change_emails"] == ["alice@example.com", "bob@example.com", "test@conveyor.invalid"]
     assert "this release brings 2 commit(s) not deployed before" in log

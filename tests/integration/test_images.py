@@ -22,8 +22,6 @@ import pytest
 import requests
 import yaml
 
-from tests.integration.conftest import exec_stdout
-
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,10 +123,12 @@ def test_toolbox_has_kubectl(auth: tuple[str, str]) -> None:
     )
 
 
-def test_xcom_sidecar_has_shell_cat_sleep(auth: tuple[str, str]) -> None:
-    paths = _paths(_pins()["xcom-sidecar"], auth)
-    for tool in ("/bin/sh", "/bin/cat", "/bin/sleep", "/bin/kill"):
-        assert tool in paths, f"the xcom sidecar lacks {tool}"
+@pytest.mark.parametrize("name", ["toolbox", "sonar-scanner"])
+def test_the_images_step_scripts_run_in_can_hand_on_a_result(name: str, auth: tuple[str, str]) -> None:
+    # lib.sh's EXIT trap prints the step's result into the log with coreutils' `base64 -w` (conveyor.pod_manager)
+    paths = _paths(_pins()[name], auth)
+    for tool in ("/usr/bin/bash", "/usr/bin/base64"):
+        assert tool in paths, f"{_pins()[name]} lacks {tool}; fix images/{name}/Containerfile and {BUILD}"
 
 
 @pytest.mark.parametrize(
@@ -163,10 +163,12 @@ PULL_SECRET = "conveyor-registry"
 
 
 def test_step_images_pull_and_run_in_the_cluster(auth: tuple[str, str]) -> None:
-    """The node's containerd pulls the toolbox and the XCom sidecar from 10.88.0.1:5000 with
-    the `conveyor-registry` pull secret, and they do what a KubernetesPodOperator step needs."""
+    """The node's containerd pulls the toolbox from 10.88.0.1:5000 with the `conveyor-registry` pull
+    secret, its tools run, and Conveyor's step script (lib.sh) hands on a result in the log, as a step does."""
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
+
+    from conveyor.pod_manager import STEP_END_ENV, StepEnd, new_step_end_token
 
     if not KUBECONFIG.is_file():
         pytest.fail(f"{KUBECONFIG} does not exist: the cluster is not set up; run `make up`")
@@ -184,34 +186,22 @@ def test_step_images_pull_and_run_in_the_cluster(auth: tuple[str, str]) -> None:
 
     registry = yaml.safe_load(PINS.read_text(encoding="utf-8"))["registry"]
     name = f"images-probe-{os.urandom(4).hex()}"
-    xcom = client.V1VolumeMount(name="xcom", mount_path="/airflow/xcom")
+    token = new_step_end_token()
+    lib = (REPO / "plugins" / "conveyor" / "steps" / "scripts" / "lib.sh").read_text(encoding="utf-8")
+    probe = "git --version && envsubst --version && skopeo --version && buildah --version\necho '{\"ok\": true}' | xcom"
     pod = client.V1Pod(
         metadata=client.V1ObjectMeta(name=name, labels={"app.kubernetes.io/part-of": "conveyor-tests"}),
         spec=client.V1PodSpec(
             restart_policy="Never",
             termination_grace_period_seconds=0,
             image_pull_secrets=[client.V1LocalObjectReference(name=PULL_SECRET)],
-            volumes=[client.V1Volume(name="xcom", empty_dir=client.V1EmptyDirVolumeSource())],
             containers=[
                 client.V1Container(
                     name="base",
                     image=f"{registry}/{_pins()['toolbox']}",
                     image_pull_policy="Always",
-                    command=[
-                        "sh",
-                        "-c",
-                        "git --version && envsubst --version && skopeo --version && "
-                        "buildah --version && echo '{\"ok\": true}' > /airflow/xcom/return.json",
-                    ],
-                    volume_mounts=[xcom],
-                ),
-                client.V1Container(
-                    name="airflow-xcom-sidecar",
-                    image=f"{registry}/{_pins()['xcom-sidecar']}",
-                    image_pull_policy="Always",
-                    # the KubernetesPodOperator's sidecar command, stopped by SIGINT below
-                    command=["sh", "-c", 'trap "exit 0" INT; while true; do sleep 1; done;'],
-                    volume_mounts=[xcom],
+                    command=["bash", "-c", f"{lib}\n{probe}", "conveyor-probe"],
+                    env=[client.V1EnvVar(name=STEP_END_ENV, value=token)],
                 ),
             ],
         ),
@@ -235,16 +225,12 @@ def test_step_images_pull_and_run_in_the_cluster(auth: tuple[str, str]) -> None:
             if time.monotonic() > deadline:
                 pytest.fail(f"pod {name} did not finish within 180s (waiting: {waiting})")
             time.sleep(1)
-        log = core.read_namespaced_pod_log(name, CI_NS, container="base")
+        log = core.read_namespaced_pod_log(name, CI_NS, container="base", _preload_content=False).data.decode()
         assert base.terminated.exit_code == 0, f"the toolbox step failed: {log}"
         for tool in ("git version", "envsubst", "skopeo version", "buildah version"):
             assert tool in log
-
-        def sidecar(*command: str) -> str:
-            return exec_stdout(core, name, CI_NS, command, container="airflow-xcom-sidecar")
-
-        assert json.loads(sidecar("cat", "/airflow/xcom/return.json")) == {"ok": True}
-        sidecar("kill", "-s", "SIGINT", "1")
+        end = StepEnd(name, "base", token).take_all(log.splitlines())
+        assert end.exit_code == 0 and json.loads(end.result_text() or "null") == {"ok": True}, log[-2000:]
     finally:
         core.delete_namespaced_pod(name, CI_NS, grace_period_seconds=0)
         api.close()

@@ -11,8 +11,8 @@ over: one Secret per step of this run (`step_secrets(..., run_id=...)`, made wit
 `conveyor.credentials.secret_for` from the platform's git and registry connections under
 connection ids unique to the test), the pod pointed at them with `bind_pod_secrets`, and deleted
 with `remove_secrets` when the pod is over. The build pushes to `conveyor-test/<app>` on the
-local registry (deleted afterwards) and hands on its digest through the XCom sidecar, as in
-Airflow; a second run of the same build reuses that image instead of building again.
+local registry (deleted afterwards) and hands on its digest in its log, as the operator reads it in
+Airflow (conveyor.pod_manager); a second run of the same build reuses that image instead of building again.
 
 The passwords to look for are read from /var/lib/conveyor/secrets, the cluster credentials from
 /var/lib/conveyor/kubeconfigs.
@@ -36,8 +36,6 @@ from typing import Any
 import pytest
 import requests
 import yaml
-
-from tests.integration.conftest import exec_stdout
 
 pytestmark = pytest.mark.integration
 
@@ -356,17 +354,19 @@ class StepRun:
     pod: Any  # the pod spec as created
     logs: dict[str, str]  # container name -> its log
     exit_codes: dict[str, int | None]
-    xcom: dict[str, Any] | None
+    xcom: dict[str, Any] | None  # the result the step handed on in its log (the task's XCom)
     secrets: list[str]  # the names of the Secrets the step had
 
 
 def run_step(core: Any, app: App, step_id: str, run: str, cleanup: list[Callable[[], object]]) -> StepRun:
     """Runs one step's pod as the operator does: the step's own Secrets made first and pointed at,
-    the XCom sidecar added (for the build), the logs read, the pod and Secrets deleted after."""
-    from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import add_xcom_sidecar
+    its container given the pod's token (it hands on its result in its log with it), the logs read,
+    the pod and Secrets deleted after."""
+    from kubernetes.client import models as k8s
 
     from conveyor.credentials import bind_pod_secrets, remove_secrets, secret_for
     from conveyor.pipeline import step_secrets
+    from conveyor.pod_manager import STEP_END_ENV, StepEnd, new_step_end_token
     from conveyor.settings import ci_cluster, load_step_images
     from conveyor.steps import PodContext, build_step_pod
 
@@ -379,10 +379,9 @@ def run_step(core: Any, app: App, step_id: str, run: str, cleanup: list[Callable
         core.create_namespaced_secret(CI_NS, secret_for(ref, app.connections[ref.connection_id], CI_NS))
     ctx = PodContext(ci=ci_cluster(), images=load_step_images(), values=_run_values(run, app.commit))
     pod = bind_pod_secrets(build_step_pod(pipeline, step, ctx), refs)
-    with_xcom = step.kind.value == "build"
-    if with_xcom:
-        sidecar = f"{_pins()['registry']}/{_pins()['images']['xcom-sidecar']}"
-        pod = add_xcom_sidecar(pod, sidecar_container_image=sidecar)
+    token = new_step_end_token()
+    main = pod.spec.containers[0]
+    main.env = [*(main.env or []), k8s.V1EnvVar(name=STEP_END_ENV, value=token)]
     pod.metadata.name = f"{pipeline.app}-{step_id.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
     name = pod.metadata.name
     core.create_namespaced_pod(CI_NS, pod)
@@ -402,21 +401,16 @@ def run_step(core: Any, app: App, step_id: str, run: str, cleanup: list[Callable
         if time.monotonic() > deadline:
             pytest.fail(f"pod {CI_NS}/{name} did not finish within 600s ({_events(core, name)})")
         time.sleep(2)
-    xcom = None
     status = core.read_namespaced_pod(name, CI_NS).status
-    base = next((c for c in status.container_statuses or [] if c.name == "base"), None)
-    if with_xcom and base is not None and base.state.terminated and base.state.terminated.exit_code == 0:
-        raw = exec_stdout(core, name, CI_NS, ["cat", "/airflow/xcom/return.json"], container="airflow-xcom-sidecar")
-        xcom = json.loads(raw)
     logs, codes = {}, {}
     for c in [*(status.init_container_statuses or []), *(status.container_statuses or [])]:
-        if c.name == "airflow-xcom-sidecar":
-            continue
         codes[c.name] = c.state.terminated.exit_code if c.state.terminated else None
         if c.state.waiting is None:
             logs[c.name] = core.read_namespaced_pod_log(
                 name, CI_NS, container=c.name, _preload_content=False
             ).data.decode("utf-8", "replace")
+    result = StepEnd(name, "base", token).take_all(logs.get("base", "").splitlines()).result_text()
+    xcom = json.loads(result) if result and codes.get("base") == 0 else None
     core.delete_namespaced_pod(name, CI_NS, grace_period_seconds=0)
     remove_secrets(core, CI_NS, names)
     return StepRun(pod=pod, logs=logs, exit_codes=codes, xcom=xcom, secrets=names)

@@ -7,8 +7,8 @@ for decisions, the deploy steps check the release — and so do the pods, on the
 connections name (tests/integration/test_airflow_pod.py). Without a cluster (tests/api), set
 $CONVEYOR_TEST_PODS, a JSON object of task id -> result: then a stand-in replaces each pod,
 writes the pod Conveyor built to $CONVEYOR_TEST_POD_DIR/<task>.json and hands on what the
-step's script would (for a step with an XCom result, through the operator's ``extract_xcom``, as the provider
-reads the sidecar).
+step's script would (for a step with an XCom result, through the operator's ``extract_xcom``, as its pod
+manager reads it from the step's log).
 A task named in $CONVEYOR_TEST_POD_BLOCK (task id -> file) waits until that file exists, so a
 test can act while the step "runs".
 """
@@ -25,7 +25,6 @@ from unittest import mock
 
 from airflow.dag_processing.dagbag import DagBag
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
 from kubernetes.client import ApiClient
 
 from conveyor.operators import ConveyorPodOperator
@@ -50,7 +49,7 @@ def pod_stand_in(self: KubernetesPodOperator, context: Any) -> Any:
     result = RESULTS.get(self.task_id)
     if not self.do_xcom_push:
         return result
-    with mock.patch.object(PodManager, "extract_xcom", return_value=json.dumps(result)):
+    with mock.patch.object(type(self.pod_manager), "extract_xcom", return_value=json.dumps(result)):
         return self.extract_xcom(pod)
 
 

@@ -5,19 +5,45 @@ set -euo pipefail
 
 say() { printf '[conveyor] %s\n' "$*"; }
 
-# The step's last word (the step's own container only: the operator gives it a token made for this pod).
-# The token leaves the environment at once, so no program this script starts inherits it; the last line
-# the script prints, whatever ends it, is "[conveyor] step-end <token> <exit code>", by which the
-# operator knows the step is over before the Kubernetes API says so (conveyor.pod_manager.StepEnd, which
-# reads this format). stderr joins stdout first: two pipes reach the log in no fixed order, and the
-# operator stops reading at that line, so an error printed just before it must not arrive after it.
-if [[ -n "${CONVEYOR_STEP_END:-}" ]]; then
-  conveyor_step_end_token="$CONVEYOR_STEP_END"
-  unset CONVEYOR_STEP_END
+# The step's result (JSON, written by `xcom`): a file of this script's, emptied first, so that only what this
+# run wrote is handed on.
+conveyor_result_file="${TMPDIR:-/tmp}/conveyor-result.json"
+rm -f "$conveyor_result_file"
+
+# The step's last words (the step's own container only: the operator gives it a token made for this pod, as
+# CONVEYOR_STEP_END in Conveyor's own images, CONVEYOR_STEP_RESULT in one an app spec chose). The token leaves
+# the environment at once, so no program this script starts inherits it. Whatever ends the script, the last
+# lines it prints are its result, if it wrote one, as "[conveyor] step-result <token> <i>/<n> <base64>" lines,
+# then "[conveyor] step-end <token> <exit code>": the operator reads the result from the log (no sidecar, no
+# exec) and knows the step is over before the Kubernetes API says so (conveyor.pod_manager.StepEnd, which reads
+# these formats). stderr joins stdout first: two pipes reach the log in no fixed order, and the operator stops
+# reading at the end line, so an error printed just before it must not arrive after it.
+if [[ -n "${CONVEYOR_STEP_END:-}${CONVEYOR_STEP_RESULT:-}" ]]; then
+  conveyor_token="${CONVEYOR_STEP_END:-$CONVEYOR_STEP_RESULT}"
+  unset CONVEYOR_STEP_END CONVEYOR_STEP_RESULT
   exec 2>&1
-  # shellcheck disable=SC2154 # the trap's own variable
-  trap 'conveyor_exit=$?; printf "[conveyor] step-end %s %s\n" "$conveyor_step_end_token" "$conveyor_exit"' EXIT
+  trap 'conveyor_last_words "$?"' EXIT
 fi
+
+# conveyor_last_words CODE: the EXIT trap. Pieces of 8000 base64 characters (RESULT_LINE_WIDTH in
+# conveyor.pod_manager), far below the 16 KiB at which the container runtime splits a log line. A result that
+# cannot be printed fails the step.
+conveyor_last_words() {
+  local code="$1" encoded pieces=() i
+  if [[ -s "$conveyor_result_file" ]]; then
+    if encoded="$(base64 -w 8000 "$conveyor_result_file")"; then
+      mapfile -t pieces <<<"$encoded"
+      for i in "${!pieces[@]}"; do
+        printf '[conveyor] step-result %s %d/%d %s\n' "$conveyor_token" "$((i + 1))" "${#pieces[@]}" "${pieces[i]}"
+      done
+    else
+      printf '[conveyor] ERROR: %s\n' "the step's result could not be handed on: this image needs base64 (GNU coreutils)."
+      [[ "$code" != 0 ]] || code=1
+    fi
+  fi
+  printf '[conveyor] step-end %s %s\n' "$conveyor_token" "$code"
+  exit "$code"
+}
 
 fail() { printf '[conveyor] ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -38,8 +64,8 @@ git_() {
     git -c advice.detachedHead=false -c init.defaultBranch=main -c safe.directory='*' "$@"
 }
 
-# Write the step's result for Airflow's XCom (read by the KubernetesPodOperator's sidecar).
-xcom() { mkdir -p /airflow/xcom && cat > /airflow/xcom/return.json; }
+# Write the step's result (JSON, from stdin): the task's XCom. The EXIT trap above hands it on through the log.
+xcom() { cat > "$conveyor_result_file"; }
 
 # skopeo / buildah against the registry, with the mounted auth file.
 tls_flag() { printf -- '--tls-verify=%s' "${REGISTRY_TLS_VERIFY:-true}"; }
