@@ -33,6 +33,7 @@ from conveyor.steps.common import label_value, step_pod_name
 from conveyor.teams import Platform, load_platform, team_ci
 
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
+RETRY_DELAY = timedelta(seconds=10)  # a lost pod or task process is tried again soon, not after Airflow's 5 min
 POD_START_CHECK_SECONDS = 0.25  # the provider's look at a starting pod, in seconds
 log = logging.getLogger(__name__)
 # Whole strings only: JSON Schema patterns are searched, and in Python "$" also matches before a
@@ -308,6 +309,8 @@ def build_dag(spec: AppSpec, *, shared: DagSettings | None = None) -> DAG:
         default_args={
             "owner": spec.owner or spec.team,
             "retries": spec.retries,
+            # (only failures of the platform are retried: ConveyorPodOperator fails the step's own for good)
+            "retry_delay": RETRY_DELAY,
             # A step that fails on its last try tells the app's team; its next success tells them it recovered.
             "on_failure_callback": StepNotifier(app=spec.name),
             "on_success_callback": StepNotifier(app=spec.name),

@@ -24,7 +24,7 @@ from conveyor import gate as gate_rules
 from conveyor.credentials import bind_pod_secrets, remove_secrets, sync_secrets
 from conveyor.exceptions import ConveyorError, RunSuperseded, TamperedRecords
 from conveyor.pipeline import STEP_TYPES, SecretRef, StepKind
-from conveyor.pod_manager import STEP_END_ENV, STEP_RESULT_ENV, PromptPodManager, new_step_end_token
+from conveyor.pod_manager import STEP_END_ENV, STEP_RESULT_ENV, PromptPodManager, new_step_end_token, own_failure
 from conveyor.run_view import RunReportLink
 from conveyor.steps.common import SCRIPTS_VOLUME, ensure_step_scripts, runs_a_step_script, scripts_config_map_name
 from conveyor.task_rules import (
@@ -155,9 +155,10 @@ class ConveyorPodOperator(KubernetesPodOperator):
         try:
             made = self._sync_secrets(context["run_id"])
             result = super().execute(context)
-        except Exception:
+        except Exception as exc:
             if deploy is not None:
                 self._record_deployed(context, deploy, "failed")
+            self._fail_for_good_if_own(exc)
             raise
         finally:
             self._remove_secrets(made)
@@ -255,7 +256,6 @@ class ConveyorPodOperator(KubernetesPodOperator):
         records, passed or not; then record the pass, or fail the task saying why. The pods hand on their report
         and exit 0 even when tests fail, so that it arrives: the verdict is made here, by the rules of
         :mod:`conveyor.reports`. Only a recorded pass counts for the gate (a task state can be set by hand)."""
-        from airflow.sdk.exceptions import AirflowException
 
         from conveyor import reports
         from conveyor.run_view import run_link
@@ -294,7 +294,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
         for test in failed:
             self.log.error("Failing test (%s): %s%s", test.kind, test.name, f": {test.message}" if test.message else "")
         if failure:
-            raise AirflowException(f"{failure} See {link}")
+            raise fail(f"{failure} See {link}")  # a verdict: the same commit tried again gets the same one
         records.record(self.app, records.Kind.PASSED, records.Passed(run_id, self.task_id, checkout.commit))
 
     def extract_xcom(self, pod: k8s.V1Pod, **kwargs: Any) -> Any:
@@ -637,13 +637,35 @@ class ConveyorPodOperator(KubernetesPodOperator):
                 " ".join(names),
             )
 
-    # --- failure notices: the last lines of a failed pod, read before the pod is deleted ------------
+    # --- failures: the step's own, not tried again; the last lines of a failed pod, read before it is deleted -
 
     log_tail: tuple[str, ...] = ()  # of this try's pod, when it failed: conveyor.notifier quotes them
+    own_failure: str | None = None  # of this try's pod: what of the step's own code failed (pod_manager.own_failure)
 
     def cleanup(self, pod: k8s.V1Pod, remote_pod: k8s.V1Pod, xcom_result: Any = None, context: Any = None) -> None:
+        self.own_failure = own_failure(remote_pod)
         self.log_tail = self._failed_pod_log_tail(remote_pod)
         super().cleanup(pod, remote_pod, xcom_result, context)
+
+    def _fail_for_good_if_own(self, exc: Exception) -> None:
+        """A step whose own code failed (its script, the app's build or tests) or that ran past its time limit
+        fails for good: another try would do the same again. Everything else (a pod that could not start or was
+        lost, the Kubernetes API, the task's own process) is tried again, as the spec's ``retries`` say, and a
+        try again finds the pod of the one before when it still runs (reattach_on_restart)."""
+        from airflow.sdk.exceptions import AirflowFailException, AirflowTaskTimeout
+
+        if isinstance(exc, AirflowFailException):
+            return
+        if isinstance(exc, AirflowTaskTimeout):
+            raise fail(
+                f"{self.task_id} ran past its time limit ({self.execution_timeout}; limits in the app spec); its pod "
+                "was deleted. Not tried again: raise the limit or make the step faster, then clear the task."
+            ) from exc
+        if self.own_failure:
+            raise fail(
+                f"{exc} — {self.own_failure}: the step's own code failed (its log above says why), so it is not "
+                "tried again; fix the cause and clear the task, or trigger a new run."
+            ) from exc
 
     def _failed_pod_log_tail(self, remote_pod: k8s.V1Pod | None) -> tuple[str, ...]:
         """The last lines of the container that failed (an init container, or the step's own), as the task log

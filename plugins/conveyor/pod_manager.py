@@ -256,6 +256,25 @@ class StepEnd:
         return pod
 
 
+def own_failure(remote_pod: k8s.V1Pod | None) -> str | None:
+    """What failed in the step's own code, when a container of the pod ended by itself with an exit code of
+    1–127 (its program said no: a script's ``fail``, a compiler, a test runner, kubectl); None when no container
+    did, or one was ended by a signal (128 and up: deleted, evicted, out of memory), which is the platform's
+    doing. The first such container, init containers first, as they run."""
+    status = remote_pod.status if remote_pod is not None else None
+    if status is None:
+        return None
+    for kind, statuses in (
+        ("init container", status.init_container_statuses),
+        ("container", status.container_statuses),
+    ):
+        for container in statuses or []:
+            ended = container.state.terminated if container.state else None
+            if ended is not None and 0 < (ended.exit_code or 0) < 128 and ended.reason != "OOMKilled":
+                return f"the step's {kind} '{container.name}' exited with code {ended.exit_code}"
+    return None
+
+
 class PromptPodManager(PodManager):
     """A PodManager that ends a step when its script says it ended (``expect_step_end``), else within 0.2 s of
     the API saying so, and reads the step's result from its log (``extract_xcom``)."""

@@ -581,7 +581,15 @@ class AppSpec(_Model):
     release: Release = Field(default_factory=Release)
     notifications: Notifications = Field(default_factory=Notifications)
     resources: Resources = Field(default_factory=Resources)
-    retries: int = Field(default=0, ge=0, le=5, description="retries of each pod step")
+    retries: int = Field(
+        default=2,
+        ge=0,
+        le=5,
+        description="how often a pod step is tried again when the platform failed it (its pod could not start or "
+        "was lost, its task's process or worker died: a try again finds the pod still running and goes on with "
+        "it); a step whose own code failed (its script, the app's build or tests, a quality gate) or that ran past "
+        "its time limit fails at once",
+    )
     limits: Limits = Field(default_factory=Limits)
     retention: Retention = Field(default_factory=Retention)
 

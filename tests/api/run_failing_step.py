@@ -35,7 +35,9 @@ def failing_pod(self: Any, context: Any) -> Any:
     # A step's credentials are read by the task before its pod starts (the masker learns them then).
     BaseHook.get_connection("step_secret")
     pod = self.build_pod_request_obj(context)
-    terminated = k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(exit_code=1))
+    # ended by SIGKILL (its node lost it, say): a failure of the platform, which the spec's retries try again (a
+    # step whose own script exits 1–127 fails for good: tests/unit/test_step_failures.py)
+    terminated = k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(exit_code=137, reason="Error"))
     failed = k8s.V1Pod(
         metadata=pod.metadata,
         spec=pod.spec,
