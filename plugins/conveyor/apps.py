@@ -87,7 +87,14 @@ def _render_problems(folder: Path, variables: dict[str, str], policy: ImagePolic
         policy.digest,
     ]
     inputs += [json.dumps(platform.images.allowed)] + [part for name, data in files for part in (name, data)]
-    return cached_check(f"manifests {folder} {policy.own_repository}", inputs, render)
+
+    def unchanged() -> bool:
+        try:
+            return [(p.name, p.read_bytes()) for p in manifest_files(folder)] == files
+        except (RenderError, OSError):
+            return False
+
+    return cached_check(f"manifests {folder} {policy.own_repository}", inputs, render, still=unchanged)
 
 
 def _known_image(image: str, platform: Platform) -> bool:

@@ -279,6 +279,8 @@ def _task(step: Step, pipeline: Pipeline, ctx: PodContext, templates: list[str],
         # The step's init containers (fetch, prepare, package, the image build) log into the task log too.
         init_container_logs=True,
         log_events_on_failure=True,
+        # the pod's spec holds the step's token and a deploy's approved manifests: not for the failure's message
+        log_pod_spec_on_failure=False,
         on_finish_action="delete_pod",
         startup_timeout_seconds=300,
         # how often the operator looks whether the pod started or ended during its init containers (the default,

@@ -24,7 +24,14 @@ from conveyor import gate as gate_rules
 from conveyor.credentials import bind_pod_secrets, remove_secrets, sync_secrets
 from conveyor.exceptions import ConveyorError, RunSuperseded, TamperedRecords
 from conveyor.pipeline import STEP_TYPES, SecretRef, StepKind
-from conveyor.pod_manager import STEP_END_ENV, STEP_RESULT_ENV, PromptPodManager, new_step_end_token, own_failure
+from conveyor.pod_manager import (
+    STEP_END_ENV,
+    STEP_RESULT_ENV,
+    PromptPodManager,
+    StepEnd,
+    new_step_end_token,
+    own_failure,
+)
 from conveyor.run_view import RunReportLink
 from conveyor.steps.common import SCRIPTS_VOLUME, ensure_step_scripts, runs_a_step_script, scripts_config_map_name
 from conveyor.task_rules import (
@@ -300,8 +307,18 @@ class ConveyorPodOperator(KubernetesPodOperator):
     def extract_xcom(self, pod: k8s.V1Pod, **kwargs: Any) -> Any:
         """The pod's result as its script handed it on (the pod manager reads it from the step's log), kept for
         :meth:`_record_passed`: what the unit_test and sonar pods report reaches the records straight from the pod,
-        never from an XCom a person could edit."""
-        result = super().extract_xcom(pod, **kwargs)
+        never from an XCom a person could edit.
+
+        A result that cannot be read is kept too: :meth:`cleanup` raises it once the pod is dealt with, where the
+        provider's clean-up would put its own "Pod … returned a failure" in its place."""
+        from conveyor.exceptions import StepResultError
+
+        self._result_error: StepResultError | None = None
+        try:
+            result = super().extract_xcom(pod, **kwargs)
+        except StepResultError as exc:
+            self._result_error = exc
+            raise
         self._pod_result = result
         return result
 
@@ -590,9 +607,32 @@ class ConveyorPodOperator(KubernetesPodOperator):
         scripts, made by the first step that needs it)."""
         name = ensure_step_scripts(self.client, pod_request_obj.metadata.namespace)
         self.log.info("Step scripts: ConfigMap %s in %s", name, pod_request_obj.metadata.namespace)
-        pod = super().get_or_create_pod(pod_request_obj, context)
+        pod = self._ended_pod_of_an_earlier_try(pod_request_obj, context)
+        if pod is None:
+            pod = super().get_or_create_pod(pod_request_obj, context)  # a running one of an earlier try, or a new one
         self.pod_manager.expect_step_end(pod, self.base_container_name)  # the pod made now, or the one found
         return pod
+
+    def _ended_pod_of_an_earlier_try(self, pod_request_obj: k8s.V1Pod, context: Any) -> k8s.V1Pod | None:
+        """The pod of an earlier try of this step in this run that succeeded while no task followed it (its task's
+        process died): the stock operator deletes such a pod and starts the step over, which would run its tests,
+        build or deploy twice. A pod that carries a step token (this Conveyor made it) has its result in its log,
+        so the try goes on with it. A pod that failed is left to the stock way (deleted, the step run again), as
+        is one without a token."""
+        if not self.reattach_on_restart:
+            return None
+        found = self.find_pod(pod_request_obj.metadata.namespace, context=context)
+        status = found.status if found is not None else None
+        if found is None or status is None or status.phase != "Succeeded":
+            return None
+        if StepEnd.of(found, self.base_container_name) is None:
+            return None
+        self.log.info(
+            "Going on with pod %s of an earlier try, which succeeded while no task followed it: its log has the "
+            "step's result, so the step is not started over",
+            found.metadata.name,
+        )
+        return found
 
     def _sync_secrets(self, run_id: str) -> list[str]:
         """Make the Secrets this step's pod mounts, right before it starts."""
@@ -645,7 +685,15 @@ class ConveyorPodOperator(KubernetesPodOperator):
     def cleanup(self, pod: k8s.V1Pod, remote_pod: k8s.V1Pod, xcom_result: Any = None, context: Any = None) -> None:
         self.own_failure = own_failure(remote_pod)
         self.log_tail = self._failed_pod_log_tail(remote_pod)
-        super().cleanup(pod, remote_pod, xcom_result, context)
+        result_error, self._result_error = getattr(self, "_result_error", None), None
+        try:
+            super().cleanup(pod, remote_pod, xcom_result, context)
+        except Exception as exc:
+            if result_error is None:
+                raise
+            raise result_error from exc  # what went wrong, rather than that the pod "returned a failure"
+        if result_error is not None:
+            raise result_error
 
     def _fail_for_good_if_own(self, exc: Exception) -> None:
         """A step whose own code failed (its script, the app's build or tests) or that ran past its time limit
@@ -672,6 +720,7 @@ class ConveyorPodOperator(KubernetesPodOperator):
         shows them; none when the pod succeeded or its log cannot be read (the notice then goes without)."""
         from airflow.providers.cncf.kubernetes.utils.container import container_is_succeeded
 
+        from conveyor.pod_manager import is_step_line
         from conveyor.step_notices import TAIL_LINES
 
         if remote_pod is None or self._killed or container_is_succeeded(remote_pod, self.base_container_name):
@@ -690,4 +739,6 @@ class ConveyorPodOperator(KubernetesPodOperator):
         except Exception as exc:
             self.log.warning("Could not read the last lines of container %s for the failure notice: %s", container, exc)
             return ()
-        return tuple(f"[{container}] {line}" for line in str(text or "").splitlines())
+        # the step's result and end lines carry its token and are for the operator only, as in the task log
+        lines = (line for line in str(text or "").splitlines() if not is_step_line(line))
+        return tuple(f"[{container}] {line}" for line in lines)

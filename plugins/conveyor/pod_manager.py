@@ -73,6 +73,10 @@ STEP_RESULT_ENV = "CONVEYOR_STEP_RESULT"
 MAX_RESULT_BYTES = 1024 * 1024  # a step result; the largest, a test summary, is bounded far below (reports.py)
 RESULT_LINE_WIDTH = 8000  # base64 characters per result line, as lib.sh prints them (a multiple of 4: they join)
 _MAX_RESULT_CHARS = 4 * -(-MAX_RESULT_BYTES // 3)  # MAX_RESULT_BYTES, in base64
+# A log line longer than this (in bytes, or characters) is no line of the step's own (its result and end lines are
+# under ~8.2 KB): it goes to the task log as it is, never decoded or parsed to look for the token in it.
+MAX_STEP_LINE = 16 * 1024
+STEP_LINE_PREFIXES = ("[conveyor] step-result ", "[conveyor] step-end ")  # how lib.sh's own lines begin
 _TOO_LARGE = f"its result is larger than {MAX_RESULT_BYTES:,} bytes, the most a step hands on"
 _STEP_END_LINE = re.compile(r"\[conveyor\] step-end ([0-9a-f]{32}) ([0-9]{1,3})", re.ASCII)
 _RESULT_LINE = re.compile(
@@ -94,6 +98,11 @@ def step_result_lines(token: str, result: bytes) -> list[str]:
     text = base64.b64encode(result).decode()
     pieces = [text[i : i + RESULT_LINE_WIDTH] for i in range(0, len(text), RESULT_LINE_WIDTH)]
     return [f"[conveyor] step-result {token} {i}/{len(pieces)} {piece}" for i, piece in enumerate(pieces, 1)]
+
+
+def is_step_line(line: str) -> bool:
+    """Whether ``line`` looks like a result or end line, whatever its token: not for people to read."""
+    return line.lstrip().startswith(STEP_LINE_PREFIXES)
 
 
 def _ours(token: str, match: re.Match[str] | None) -> re.Match[str] | None:
@@ -133,15 +142,19 @@ class StepEnd:
 
     def read(self, message: str) -> int | None:
         """The exit code ``message`` reports when it is this container's end line (with this pod's token)."""
+        if len(message) > MAX_STEP_LINE:
+            return None
         match = _ours(self.token, _STEP_END_LINE.fullmatch(message.strip()))
         return int(match.group(2)) if match else None
 
     def is_result_line(self, message: str) -> bool:
-        return _ours(self.token, _RESULT_LINE.fullmatch(message.strip())) is not None
+        return len(message) <= MAX_STEP_LINE and _ours(self.token, _RESULT_LINE.fullmatch(message.strip())) is not None
 
     def take(self, message: str) -> bool:
         """Keep what ``message`` says when it is this pod's end line or a line of its result (True then: a line
         of the step's own, not for the task log). The first end line counts; result lines after it do not."""
+        if len(message) > MAX_STEP_LINE:
+            return False
         code = self.read(message)
         if code is not None:
             if self.exit_code is None:
@@ -286,10 +299,21 @@ class PromptPodManager(PodManager):
         environment, as the operator made the pod or as it found it to reattach)."""
         self.step_end = StepEnd.of(pod, container)
 
+    def _step_end_in(self, pod: k8s.V1Pod, container: str) -> StepEnd | None:
+        """What to look for in the log of ``container`` of ``pod``. A manager that was never told (the operator
+        makes one anew after a credentials refresh) finds the token in the pod's spec and keeps it, so the lines
+        it then logs (:meth:`_log_message`, which is given no pod) stay out of the task log all the same."""
+        end = self.step_end
+        if end is None or end.pod != pod.metadata.name:
+            found = StepEnd.of(pod, container)
+            if found is not None:
+                self.step_end = end = found
+        return end if end is not None and end.concerns(pod, container) else None
+
     def read_pod_logs(self, pod: k8s.V1Pod, container_name: str, *args: Any, **kwargs: Any) -> Any:
         logs = super().read_pod_logs(pod, container_name, *args, **kwargs)
-        end = self.step_end
-        if end is None or not end.concerns(pod, container_name) or not kwargs.get("follow", True):
+        end = self._step_end_in(pod, container_name)
+        if end is None or not kwargs.get("follow", True):
             return logs
         return self._until_step_end(logs, end)
 
@@ -301,6 +325,8 @@ class PromptPodManager(PodManager):
         try:
             for raw in logs:
                 yield raw
+                if len(raw) > MAX_STEP_LINE:
+                    continue  # no line of the step's own: not worth decoding
                 message = parse_log_line(raw.decode("utf-8", errors="replace"))[1]
                 if end.take(message) and end.ends_step and end.read(message) is not None:
                     stopped = True
@@ -357,7 +383,9 @@ class PromptPodManager(PodManager):
             _request_timeout=(60, 300),
         )
         try:
-            return whole.take_all(raw.decode("utf-8", errors="replace") for raw in response)
+            return whole.take_all(
+                raw.decode("utf-8", errors="replace") for raw in response if len(raw) <= MAX_STEP_LINE
+            )
         finally:
             response.close()
 

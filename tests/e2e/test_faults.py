@@ -94,7 +94,9 @@ def task_instance(run: PipelineRun, task_id: str) -> dict[str, Any]:
     return dict(response.json())
 
 
-def assert_went_on_with(run: PipelineRun, pod: str, selector: str, since: float) -> str:
+def assert_went_on_with(
+    run: PipelineRun, pod: str, selector: str, since: float, said: str = "Found matching pod"
+) -> str:
     """The run succeeded, unit_test in a later try that found the pod of the first, and no pod is left: what was
     observed, in words for docs/reliability.md."""
     assert run.wait_until_finished(timeout=900) == "success", run.tasks()
@@ -102,7 +104,7 @@ def assert_went_on_with(run: PipelineRun, pod: str, selector: str, since: float)
     ti = task_instance(run, "unit_test")
     assert ti["state"] == "success" and ti["try_number"] >= 2, ti
     log = run.log("unit_test", ti["try_number"])
-    assert f"Found matching pod {pod}" in log, f"try {ti['try_number']} did not go on with pod {pod}:\n{log[-3000:]}"
+    assert f"{said} {pod}" in log, f"try {ti['try_number']} did not go on with pod {pod}:\n{log[-3000:]}"
     assert "Unit tests: " in log and "kept in Conveyor's records" in log  # the report the pod handed on, kept
     run.wait("the step's pods to be deleted", lambda: pods(selector) == [], timeout=120)
     return (
@@ -127,6 +129,26 @@ def test_a_step_whose_task_process_is_killed_goes_on_with_its_pod(
     observed["test_a_step_whose_task_process_is_killed_goes_on_with_its_pod"] = (
         "the task's own process SIGKILLed while its pod runs the app's tests",
         assert_went_on_with(run, pod, selector, since),
+    )
+
+
+def test_a_step_whose_task_died_takes_the_result_of_the_pod_that_succeeded_meanwhile(
+    trigger: Callable[..., PipelineRun], tmp_path: Path, observed: dict[str, tuple[str, str]]
+) -> None:
+    """The stock operator deletes an ended pod it finds and starts the step over; the pod's result is in its log."""
+    run, selector = slow_run(trigger, tmp_path, seconds=3)
+    pod = wait_for_tests_running(run, selector)
+    ti = task_instance(run, "unit_test")
+    found = subprocess.run(["pgrep", "-f", f"airflow worker -- {ti['id']}"], capture_output=True, text=True)
+    assert found.returncode == 0, f"no process runs task instance {ti['id']}"
+    for pid in found.stdout.split():
+        os.kill(int(pid), signal.SIGKILL)
+    since = time.monotonic()
+    run.wait("the pod to succeed", lambda: any(p["status"]["phase"] == "Succeeded" for p in pods(selector)), 120)
+    outcome = assert_went_on_with(run, pod, selector, since, said="Going on with pod")
+    observed["test_a_step_whose_task_died_takes_the_result_of_the_pod_that_succeeded_meanwhile"] = (
+        "the task's own process SIGKILLed, and its pod succeeds before the next try",
+        outcome.replace("went on with the pod", "took the result of the pod"),
     )
 
 

@@ -126,3 +126,39 @@ def test_one_entry_per_app_and_folder(tmp_path: Path, renders: list[Path]) -> No
         manifests(tmp_path, f"redis:{n}")
         problems(root, platform)
     assert len(os.listdir(tmp_path / "cache")) == 1
+
+
+def test_a_folder_others_may_write_to_is_not_used(
+    tmp_path: Path, renders: list[Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    platform = load_platform(REPO / "config" / "platform.yaml")
+    root = manifests(tmp_path, "redis:7")
+    shared = tmp_path / "shared-cache"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("AIRFLOW__CONVEYOR__CHECK_CACHE_FOLDER", str(shared))
+    assert problems(root, platform) == problems(root, platform) != []
+    assert len(renders) == 2 and list(shared.iterdir()) == []
+    assert "Not using the check cache" in caplog.text and "chmod 700" in caplog.text
+    # the folder Conveyor makes is its owner's alone
+    monkeypatch.setenv("AIRFLOW__CONVEYOR__CHECK_CACHE_FOLDER", str(tmp_path / "made" / "cache"))
+    problems(root, platform)
+    assert (tmp_path / "made" / "cache").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_file_that_changes_while_it_is_checked_is_not_kept_under_its_old_contents(
+    tmp_path: Path, renders: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    platform = load_platform(REPO / "config" / "platform.yaml")
+    root = manifests(tmp_path, "redis:7")  # refused
+    real = apps.render_folder
+
+    def pulled_meanwhile(folder: Path, *args: Any, **kwargs: Any) -> str:
+        manifests(tmp_path, "redis@sha256:" + "ab" * 32)  # a `git pull` lands between the two reads
+        return real(folder, *args, **kwargs)
+
+    monkeypatch.setattr(apps, "render_folder", pulled_meanwhile)
+    assert problems(root, platform) == []  # what the render saw: the new file
+    monkeypatch.setattr(apps, "render_folder", real)
+    manifests(tmp_path, "redis:7")
+    assert problems(root, platform), "the answer for the new file was kept under the old file's key"

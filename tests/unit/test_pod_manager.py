@@ -22,6 +22,7 @@ from kubernetes.client import models as k8s
 from conveyor.exceptions import StepResultError
 from conveyor.pod_manager import (
     MAX_RESULT_BYTES,
+    MAX_STEP_LINE,
     POLL_SECONDS,
     STEP_END_ENV,
     STEP_RESULT_ENV,
@@ -141,15 +142,18 @@ class StreamingApi(ScriptedApi):
         return self.whole or WholeLog(*(c.decode().split(" ", 1)[1].rstrip("\n") for c in self.logs.chunks))
 
 
-def follow(api: StreamingApi, made: k8s.V1Pod, monkeypatch: Any) -> tuple[PromptPodManager, list[str]]:
-    """Follow the base container's log as the operator does; what the provider would write into the task log
-    comes back as lines."""
+def follow(
+    api: StreamingApi, made: k8s.V1Pod, monkeypatch: Any, *, told: bool = True
+) -> tuple[PromptPodManager, list[str]]:
+    """Follow the base container's log as the operator does (``told``: by a manager it told what to expect);
+    what the provider would write into the task log comes back as lines."""
     logged: list[str] = []
     monkeypatch.setattr(
         PodManager, "_log_message", lambda _, message, container, *a, **k: logged.append(f"[{container}] {message}")
     )
     manager = PromptPodManager(kube_client=api)  # type: ignore[arg-type]
-    manager.expect_step_end(made, "base")
+    if told:
+        manager.expect_step_end(made, "base")
     manager.fetch_container_logs(made, "base", follow=True)
     return manager, logged
 
@@ -288,6 +292,48 @@ def test_the_result_comes_in_the_log_and_stays_out_of_the_task_log(monkeypatch: 
         "[base] [conveyor] the step's script ended with exit code 0",
     ]
     assert not any("step-result" in line or TOKEN in line for line in logged)
+
+
+def test_a_manager_made_anew_after_a_credentials_refresh_keeps_the_token_out_of_the_task_log(
+    monkeypatch: Any,
+) -> None:
+    # On a 401 the provider drops its pod manager; the one made in its place was never told what to expect.
+    logs = LogStream("[conveyor] pushed", *result_lines(), step_end_line(TOKEN, 0), "never read")
+    made = step_pod()
+    api = StreamingApi(logs, pod("Running", "running"), pod("Running", "terminated"))
+    manager, logged = follow(api, made, monkeypatch, told=False)
+    assert logs.asked == len(logs.chunks) - 1 and logs.closed  # it still stopped at the end line
+    assert logged[-2:] == [
+        f"[base] [conveyor] the step handed on its result ({len(json.dumps(RESULT))} bytes)",
+        "[base] [conveyor] the step's script ended with exit code 0",
+    ]
+    assert not any("step-result" in line or "step-end" in line or TOKEN in line for line in logged)
+    assert json.loads(manager.extract_xcom(made)) == RESULT
+
+
+def test_a_huge_line_goes_to_the_task_log_unread(monkeypatch: Any) -> None:
+    # Result and end lines are under ~8.2 KB; a longer line (whatever it says) is never decoded nor parsed.
+    padded_end = step_end_line(TOKEN, 0) + " " * MAX_STEP_LINE
+    huge = "x" * (4 * MAX_STEP_LINE)
+    logs = LogStream(huge, padded_end, *result_lines(), step_end_line(TOKEN, 0))
+    made = step_pod()
+    manager, logged = follow(StreamingApi(logs, pod("Running", "running")), made, monkeypatch)
+    assert f"[base] {huge}" in logged and f"[base] {padded_end}" in logged  # yielded to the log as before
+    assert manager.step_end is not None and manager.step_end.exit_code == 0 and logs.asked == len(logs.chunks)
+    assert json.loads(manager.extract_xcom(made)) == RESULT
+    decoded: list[int] = []
+    real_decode = bytes.decode
+
+    class Raw(bytes):
+        def decode(self, *args: Any, **kwargs: Any) -> str:
+            decoded.append(len(self))
+            return real_decode(self, *args, **kwargs)
+
+    whole = WholeLog()
+    whole.lines = [Raw(f"{line}\n".encode()) for line in (huge, padded_end, *result_lines(), step_end_line(TOKEN, 0))]
+    api = StreamingApi(LogStream(), whole=whole)
+    assert json.loads(PromptPodManager(kube_client=api).extract_xcom(made)) == RESULT  # type: ignore[arg-type]
+    assert decoded and max(decoded) <= MAX_STEP_LINE  # the whole log's huge lines were skipped undecoded
 
 
 def test_a_result_of_many_lines_arrives_whole_in_any_order_and_twice(monkeypatch: Any) -> None:

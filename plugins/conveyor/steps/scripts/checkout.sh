@@ -79,7 +79,9 @@ if ((${#bases[@]})); then
   ((${#change[@]})) || change=("$commit")
   say "this release brings ${#change[@]} commit(s) not deployed before$([[ $truncated == true ]] && echo " (the newest $max_commits checked)")"
 fi
-mapfile -t emails < <(git -C /workspace/src log --no-walk=unsorted --format='%ae%n%ce' "${change[@]}" | sort -u)
+# (an address longer than 254 characters is no address: left out, so that at most 1,000 commits' worth of
+# addresses, the subject and the author stay far below the largest result a step may hand on, 1 MiB)
+mapfile -t emails < <(git -C /workspace/src log --no-walk=unsorted --format='%ae%n%ce' "${change[@]}" | awk 'length($0) <= 254' | sort -u)
 
 pusher=""
 pushers=()
@@ -115,8 +117,8 @@ fi
 jq -n --arg commit "$commit" --arg branch "$branch" --arg message "$subject" --arg author "$author" \
   --arg author_email "$author_email" --arg committer_email "$committer_email" --arg pusher "$pusher" \
   --argjson change_commits "${#change[@]}" --argjson change_truncated "$truncated" \
-  --args '{commit: $commit, branch: $branch, message: $message, author: $author,
-    author_email: $author_email, committer_email: $committer_email, pusher: $pusher,
+  --args '{commit: $commit, branch: $branch, message: $message[:1000], author: $author[:600],
+    author_email: $author_email[:254], committer_email: $committer_email[:254], pusher: $pusher,
     change_commits: $change_commits, change_truncated: $change_truncated,
     change_emails: ($ARGS.positional | map(select(startswith("email:"))) | map(ltrimstr("email:"))),
     change_pushers: ($ARGS.positional | map(select(startswith("pusher:"))) | map(ltrimstr("pusher:")) | unique)}' \
