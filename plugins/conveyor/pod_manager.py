@@ -310,6 +310,57 @@ class PromptPodManager(PodManager):
                 self.step_end = end = found
         return end if end is not None and end.concerns(pod, container) else None
 
+    _starting = False  # while await_pod_start waits for the pod to leave Pending
+
+    async def await_pod_start(self, pod: k8s.V1Pod, *args: Any, **kwargs: Any) -> None:
+        self._starting = True
+        try:
+            await super().await_pod_start(pod, *args, **kwargs)
+        finally:
+            self._starting = False
+
+    def read_pod(self, pod: k8s.V1Pod) -> k8s.V1Pod:
+        """The pod; while it starts, one whose step container the kubelet already serves the log of counts as
+        running. The API reports a pod running a second or two after its container started (the kubelet looks for
+        changed containers once a second, then reports); a short step's container has then often ended, and the
+        pod goes from Pending to Succeeded only after the kubelet wound it up. The kubelet serves a container's
+        log from its own first look on: following it from then on saves that second on every step."""
+        remote_pod = super().read_pod(pod)
+        end = self.step_end
+        status = remote_pod.status
+        if not self._starting or end is None or end.pod != pod.metadata.name or status is None:
+            return remote_pod
+        if status.phase != PodPhase.PENDING or not self._init_containers_done(remote_pod):
+            return remote_pod
+        try:
+            self._client.read_namespaced_pod_log(
+                name=pod.metadata.name,
+                namespace=pod.metadata.namespace,
+                container=end.container,
+                limit_bytes=1,
+                _request_timeout=(2, 5),
+            )
+        except Exception:  # not yet (the kubelet calls it waiting to start): the stock loop looks again
+            return remote_pod
+        started = copy.deepcopy(remote_pod)
+        started.status.phase = PodPhase.RUNNING  # for the stock loop, which waits for a phase past Pending
+        return started
+
+    @staticmethod
+    def _init_containers_done(pod: k8s.V1Pod) -> bool:
+        """Every init container ended successfully as far as the API says (only then may the step's start)."""
+        inits = pod.spec.init_containers if pod.spec else None
+        if not inits:
+            return True
+        statuses = {s.name: s for s in (pod.status.init_container_statuses or [])}
+        return all(
+            (done := statuses.get(c.name)) is not None
+            and done.state is not None
+            and done.state.terminated is not None
+            and done.state.terminated.exit_code == 0
+            for c in inits
+        )
+
     def read_pod_logs(self, pod: k8s.V1Pod, container_name: str, *args: Any, **kwargs: Any) -> Any:
         logs = super().read_pod_logs(pod, container_name, *args, **kwargs)
         end = self._step_end_in(pod, container_name)

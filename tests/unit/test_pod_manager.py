@@ -508,3 +508,46 @@ def test_the_operator_builds_no_xcom_sidecar_and_gives_the_token_by_whose_image_
     found = StepEnd.of(chosen)
     assert found is not None and not found.ends_step and found.container == "base"
     assert StepEnd.of(operator_pod("registry.example/their-scanner:2", do_xcom_push=False)) is None
+
+
+class StartingApi(ScriptedApi):
+    """The API still calls the pod Pending; the kubelet serves the step container's log from ``serves_after`` reads
+    of the pod on (before: it answers as it does for a container it calls waiting to start)."""
+
+    def __init__(self, made: k8s.V1Pod, serves_after: int) -> None:
+        super().__init__(made)
+        self.serves_after = serves_after
+        self.log_reads: list[str] = []
+
+    def read_namespaced_pod_log(self, name: str, namespace: str, container: str, **_: Any) -> str:
+        self.log_reads.append(container)
+        if self.reads < self.serves_after:
+            raise RuntimeError('(400) container "base" in pod "p" is waiting to start: ContainerCreating')
+        return "["
+
+
+def test_a_starting_pod_whose_step_log_is_served_counts_as_running() -> None:
+    import asyncio
+
+    made = step_pod()
+    made.status.phase = "Pending"
+    made.status.container_statuses = None
+    api = StartingApi(made, serves_after=3)
+    manager = PromptPodManager(kube_client=api)  # type: ignore[arg-type]
+    manager.expect_step_end(made, "base")
+    assert manager.read_pod(made).status.phase == "Pending" and api.log_reads == [], "only while it starts"
+    asyncio.run(manager.await_pod_start(made, schedule_timeout=30, startup_timeout=30, check_interval=0.01))
+    assert api.reads == 3 and api.log_reads == ["base"] * 2, "it waited for the log, not for the API's phase"
+    assert made.status.phase == "Pending", "the pod the operator holds is left as it is"
+    # a pod whose init containers (the app's tests, say) have not all ended is not asked for the step's log
+    made.spec.init_containers = [k8s.V1Container(name="test")]
+    api = StartingApi(made, serves_after=0)
+    manager = PromptPodManager(kube_client=api)  # type: ignore[arg-type]
+    manager.expect_step_end(made, "base")
+    manager._starting = True
+    assert manager.read_pod(made).status.phase == "Pending" and api.log_reads == []
+    # nor one that is not a step's (no token)
+    plain = step_pod(token=None)
+    plain.status.phase = "Pending"
+    manager.expect_step_end(plain, "base")
+    assert manager.read_pod(plain).status.phase == "Pending" and api.log_reads == []
